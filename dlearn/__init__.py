@@ -1,0 +1,1 @@
+"""dlearn: data-parallel CNN and RNN training in JAX/Flax."""

@@ -1,0 +1,67 @@
+"""Defaults shared by every experiment config, and the `smoke` shrink for a quick CPU run.
+
+An experiment file in experiments/configs/ starts from `base()`, sets what it varies, and ends with
+`return configs.finish(config, arg)`, so that `--config=experiments/configs/X.py:smoke` runs the
+same experiment in a minute on a laptop CPU.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def base() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = 'seed_dcnn'  # 'seed_dcnn' | 'resnet' | 'rnn'
+  config.resnet = ml_collections.ConfigDict({'stage_sizes': (2, 2, 2, 2), 'width': 64})
+  config.rnn = ml_collections.ConfigDict(
+      {'cell': 'lstm', 'hidden_size': 128, 'num_layers': 1, 'bidirectional': False})
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'cifar10'  # any tfds name, or a dataset prepared by `python -m dlearn.prepare`
+  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS_DATA_DIR
+  # Test splits are held back: model selection uses validation carved from train.
+  config.data.train_split = 'train[:90%]'
+  config.data.eval_split = 'train[90%:]'
+  config.data.max_length = ml_collections.FieldReference(None, field_type=int)  # sequences only
+  config.data.mean = CIFAR10_MEAN
+  config.data.std = CIFAR10_STD
+  config.data.augment = True  # random crop with zero padding, and horizontal flip
+  config.data.crop_padding = 4
+
+  config.mapping = 'pmap'  # 'pmap' | 'shard_map': how the per-device step runs on every device
+  config.batch_size = 128  # global, over every device of every process
+  config.eval_batch_size = 512
+  config.optimizer = 'sgd'  # 'sgd' | 'adamw'
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.nesterov = False
+  config.weight_decay = 0.0
+  config.schedule = 'constant'  # 'constant' | 'cosine'
+  config.warmup_steps = 0
+  config.label_smoothing = 0.0
+  config.num_epochs = 10.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.eval_every_steps = -1  # -1: once per epoch, and at the end
+  config.log_every_steps = 100
+  config.seed = 0
+  return config
+
+
+def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the config-file argument: '' for the experiment as written, 'smoke' for a run of a
+  few steps on small splits (the real code path, on a laptop CPU)."""
+  if arg == 'smoke':
+    config.data.train_split = 'train[:1024]'
+    config.data.eval_split = 'train[-300:]'  # 300: no eval batch divides it, on purpose
+    config.batch_size = 64
+    config.eval_batch_size = 128
+    config.num_train_steps = 20
+    config.log_every_steps = 5
+    if config.model == 'resnet':
+      config.resnet.stage_sizes, config.resnet.width = (1, 1), 8
+  elif arg:
+    raise ValueError(f"Unknown config argument {arg!r}: use ':smoke' or nothing.")
+  return config

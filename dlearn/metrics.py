@@ -1,0 +1,84 @@
+"""Metrics as sums and counts until reported; JSON-lines and TensorBoard writers; console progress.
+
+A step returns sums over its examples (`loss_sum`, `correct`, `count`); averages are taken once, at
+report time, so a short or padded batch is weighted by what it really holds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+
+def summarize(totals: dict) -> dict[str, float]:
+  """{'loss_sum', 'correct', 'count'} sums → {'loss', 'accuracy', 'count'}."""
+  count = float(totals['count'])
+  return {'loss': float(totals['loss_sum']) / max(count, 1.0),
+          'accuracy': float(totals['correct']) / max(count, 1.0),
+          'count': int(count)}
+
+
+def accumulate(totals: dict | None, step_sums: dict) -> dict:
+  step_sums = jax.device_get(step_sums)
+  if totals is None:
+    return {k: np.float64(v) for k, v in step_sums.items()}
+  return {k: totals[k] + np.float64(v) for k, v in step_sums.items()}
+
+
+class MetricWriter:
+  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tensorboard`
+  (view with `tensorboard --logdir WORKDIR`). Only process 0 writes; the others do nothing."""
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    if not self._active:
+      return
+    # tensorboard's own event writer: TensorBoard files without TensorFlow.
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, prefix: str, scalars: dict[str, float]):
+    if not self._active:
+      return
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    record = {'step': int(step), **{f'{prefix}/{k}': float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    values = [Summary.Value(tag=k, simple_value=v) for k, v in record.items() if k != 'step']
+    self._events.add_event(Event(wall_time=time.time(), step=int(step),
+                                 summary=Summary(value=values)))
+    self._events.flush()
+
+  def close(self):
+    if self._active:
+      self._jsonl.close()
+      self._events.close()
+
+
+class Progress:
+  """One console line per report: step, steps/s, ETA, loss, accuracy."""
+
+  def __init__(self, total_steps: int, first_step: int = 0):
+    self.total_steps = total_steps
+    self.restart(first_step)
+
+  def restart(self, step: int):
+    """Starts the steps/s clock afresh at `step` (after compilation or an evaluation)."""
+    self._last_step, self._last_time = step, time.perf_counter()
+
+  def report(self, step: int, scalars: dict[str, float]) -> float:
+    now = time.perf_counter()
+    steps_per_second = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self.total_steps - step) / max(steps_per_second, 1e-9)
+    logging.info('step %d/%d  %.2f steps/s  ETA %s  loss %.4f  accuracy %.4f', step,
+                 self.total_steps, steps_per_second, time.strftime('%H:%M:%S', time.gmtime(eta)),
+                 scalars['loss'], scalars['accuracy'])
+    return steps_per_second

@@ -1,0 +1,88 @@
+"""The device axis: one per-device step body, mapped over devices by `jax.pmap` or by `jax.jit` of
+`jax.shard_map`.
+
+A step body is written for one device and reduces over the named axis `AXIS` with `lax.pmean`/
+`lax.psum`. Its first argument (the train state) is replicated: the same on every device, in and
+out. Its second (the batch) is split along its leading [devices] axis. Its outputs must be the same
+on every device (reduce them over `AXIS` first).
+"""
+from __future__ import annotations
+
+import collections
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = 'batch'
+MAPPINGS = ('pmap', 'shard_map')
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
+
+
+def local_device_count(mesh: Mesh) -> int:
+  return len(mesh.local_devices)
+
+
+def per_device_batch_size(global_batch_size: int, mesh: Mesh, what: str = 'batch_size') -> int:
+  """The batch each device sees; a global batch the devices do not divide is an error here,
+  before anything is compiled."""
+  devices = mesh.size
+  if global_batch_size <= 0 or global_batch_size % devices:
+    below = max(devices, global_batch_size // devices * devices)
+    raise ValueError(
+        f'config.{what}={global_batch_size} is the global batch and must be a positive multiple '
+        f'of the {devices} devices ({jax.process_count()} process(es)); use e.g. {below} or '
+        f'{below + devices}.')
+  return global_batch_size // devices
+
+
+def replicate(tree, mesh: Mesh):
+  """Places a copy of `tree` on every device of `mesh`, as global jax.Arrays."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def to_global(local_batch, mesh: Mesh):
+  """Host-local numpy [local_devices, per_device_batch, ...] → one global jax.Array per leaf,
+  split over `mesh` along its leading axis. Every process passes its own share."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def prefetch(batches: Iterator, mesh: Mesh, size: int = 2) -> Iterator:
+  """Keeps `size` batches on their way to the devices while the current step runs."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(to_global(batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+def map_over_devices(body: Callable, mesh: Mesh, mapping: str = 'pmap',
+                     donate_state: bool = False) -> Callable:
+  """body(state, batch) → outputs, run on every device of `mesh`.
+
+  'pmap' maps with `jax.pmap` over the batch's leading axis. 'shard_map' runs the same body under
+  `jax.jit(jax.shard_map(...))`, each device seeing a [1, ...] block of the batch. Both return one
+  function, compiled on its first call and reused for every later one.
+  """
+  donate = (0,) if donate_state else ()
+  if mapping == 'pmap':
+    return jax.pmap(body, axis_name=AXIS, in_axes=(None, 0), out_axes=None,
+                    devices=mesh.devices.flat, donate_argnums=donate)
+  if mapping == 'shard_map':
+    def per_device(state, batch):
+      return body(state, jax.tree.map(lambda x: x[0], batch))
+    # check_vma=False gives the body pmap's semantics: a gradient is this device's own until the
+    # body's lax.pmean. With the check on, JAX would sum gradients of replicated parameters over
+    # devices by itself, and the body's pmean would then see sums, not per-device gradients.
+    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                           check_vma=False)
+    return jax.jit(mapped, donate_argnums=donate)
+  raise ValueError(f'Unknown config.mapping {mapping!r}: choose one of {MAPPINGS}.')

@@ -1,0 +1,252 @@
+"""Training and evaluation: the train state, the per-device step bodies, and the loop.
+
+The step bodies are pure functions written for one device; `parallel.map_over_devices` runs them on
+every device (pmap or jit of shard_map, by `config.mapping`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax import lax
+
+from dlearn import metrics as metrics_lib
+from dlearn import models, parallel
+from dlearn.data import augment, pipeline
+
+AXIS = parallel.AXIS
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  model_state: nnx.State  # everything of the model that is not a parameter: BatchNorm statistics
+  opt_state: optax.OptState
+  rng: jax.Array  # base key; a step folds in its number and the device index
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimizer, state
+# ----------------------------------------------------------------------------------------------
+def model_input_shape(config, info: pipeline.DatasetInfo):
+  if info.kind == 'image' and config.model == 'rnn':
+    height, width, channels = info.example_shape
+    return (height, width * channels)  # rows as time steps: 32x32x3 → 32 steps of 96
+  if info.kind == 'sequence' and config.model != 'rnn':
+    raise ValueError(f'config.model={config.model!r} takes images, but dataset '
+                     f'{info.name!r} holds sequences: use model "rnn".')
+  return info.example_shape
+
+
+def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  warmup_steps = int(config.warmup_steps)
+  if config.schedule == 'constant':
+    schedule = optax.constant_schedule(config.learning_rate)
+  elif config.schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup_steps,
+                                                  max(total_steps, warmup_steps + 1))
+  else:
+    raise ValueError(f"Unknown config.schedule {config.schedule!r}: 'constant' or 'cosine'.")
+  if config.optimizer == 'sgd':
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(schedule, momentum=config.momentum or None,
+                                 nesterov=config.nesterov))
+  if config.optimizer == 'adamw':
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+  raise ValueError(f"Unknown config.optimizer {config.optimizer!r}: 'sgd' or 'adamw'.")
+
+
+def create_train_state(config, info: pipeline.DatasetInfo, tx):
+  """(graphdef, state): the model's static structure, and its arrays with the optimizer's."""
+  model = models.create_model(config, num_classes=info.num_classes,
+                              input_shape=model_input_shape(config, info), axis_name=AXIS,
+                              seed=config.seed)
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=tx.init(params),
+                     rng=jax.random.key_data(jax.random.key(config.seed + 1)))
+  return graphdef, state
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-device step bodies
+# ----------------------------------------------------------------------------------------------
+def model_inputs(batch, config, info: pipeline.DatasetInfo, rng, train: bool):
+  """The model's positional inputs for one device's batch."""
+  if info.kind == 'sequence':
+    return batch['sequence'], batch['length']
+  images = batch['image']
+  if train and config.data.augment:
+    images = augment.random_crop_and_flip(rng, images, config.data.crop_padding)
+  images = augment.normalize(images, config.data.mean, config.data.std)
+  if config.model != 'rnn':
+    return (images,)
+  batch_size, height = images.shape[:2]
+  return (images.reshape(batch_size, height, -1), jnp.full((batch_size,), height, jnp.int32))
+
+
+def device_rng(base_key_data, step):
+  """This device's key for this step: the step and the device index folded into the base key, so
+  no two steps and no two devices draw the same augmentation or dropout."""
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(base_key_data), step)
+  return jax.random.fold_in(step_key, lax.axis_index(AXIS))
+
+
+def _sums(logits, labels, per_example_loss, mask):
+  """Metric sums over this device's examples, summed over all devices."""
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return lax.psum({'loss_sum': jnp.sum(per_example_loss * mask),
+                   'correct': jnp.sum(correct * mask),
+                   'count': jnp.sum(mask)}, AXIS)
+
+
+def _cross_entropy(logits, labels, label_smoothing: float):
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
+  """One optimisation step on one device's batch; gradients, BatchNorm statistics and metrics are
+  averaged (or summed) over every device, so all devices leave with the same state."""
+  inputs = model_inputs(batch, config, info, device_rng(state.rng, state.step), train=True)
+  labels, mask = batch['label'], batch['mask']
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state.model_state, copy=True)
+    logits = model(*inputs, train=True)
+    per_example = _cross_entropy(logits, labels, config.label_smoothing)
+    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return loss, (logits, per_example, nnx.split(model, nnx.Param, ...)[2])
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, (logits, per_example, model_state)), grads = grad_fn(state.params)
+  grads = lax.pmean(grads, AXIS)
+  model_state = lax.pmean(model_state, AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            model_state=model_state, opt_state=opt_state)
+  return new_state, _sums(logits, labels, per_example, mask)
+
+
+def eval_step(state: TrainState, batch, *, graphdef, config, info):
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  logits = model(*model_inputs(batch, config, info, None, train=False), train=False)
+  per_example = _cross_entropy(logits, batch['label'], 0.0)
+  return _sums(logits, batch['label'], per_example, batch['mask'])
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation over a whole split
+# ----------------------------------------------------------------------------------------------
+def evaluate(mapped_eval_step, state, source, info, config, mesh) -> dict[str, float]:
+  """Loss and accuracy over every example of `source`, each counted once."""
+  batches = pipeline.eval_iterator(
+      source, info, global_batch_size=config.eval_batch_size,
+      local_device_count=parallel.local_device_count(mesh),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  totals = None
+  for batch in parallel.prefetch(batches, mesh):
+    sums = mapped_eval_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return metrics_lib.summarize(jax.device_get(totals))
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` on every device, evaluating every epoch and at the end; writes the resolved
+  config, metrics.jsonl and TensorBoard files to `workdir`. Returns the final metrics and state."""
+  # --- Devices: check batch sizes before any data is read or anything compiled.
+  mesh = parallel.make_mesh()
+  parallel.per_device_batch_size(config.batch_size, mesh)
+  parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  logging.info('%d devices (%s) in %d process(es); global batch %d, %s.', mesh.size,
+               jax.devices()[0].platform, jax.process_count(), config.batch_size, config.mapping)
+  if config.mapping not in parallel.MAPPINGS:
+    raise ValueError(f'Unknown config.mapping {config.mapping!r}: one of {parallel.MAPPINGS}.')
+
+  # --- Input
+  data = config.data
+  train_source = pipeline.load_split(data.name, data.train_split, data.data_dir)
+  eval_source = pipeline.load_split(data.name, data.eval_split, data.data_dir)
+  info = pipeline.dataset_info(train_source, data.name, data.max_length)
+  steps_per_epoch = len(train_source) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'Split {data.train_split!r} of {data.name!r} has {len(train_source)} '
+                     f'examples, fewer than one global batch (config.batch_size='
+                     f'{config.batch_size}).')
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else int(config.num_epochs * steps_per_epoch))
+  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  train_batches = pipeline.train_iterator(
+      train_source, info, local_batch_size=config.batch_size // jax.process_count(),
+      local_device_count=parallel.local_device_count(mesh), seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  # --- Model and state, replicated on every device
+  tx = create_optimizer(config, total_steps)
+  graphdef, state = create_train_state(config, info, tx)
+  state = parallel.replicate(state, mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('%s: %s parameters; %d train / %d eval examples; %d steps (%d per epoch).',
+               config.model, f'{num_params:,}', len(train_source), len(eval_source), total_steps,
+               steps_per_epoch)
+
+  # --- Steps: mapped once, compiled on first call, reused for every step.
+  step_args = dict(graphdef=graphdef, config=config, info=info)
+  p_train_step = parallel.map_over_devices(
+      functools.partial(train_step, tx=tx, **step_args), mesh, config.mapping, donate_state=True)
+  p_eval_step = parallel.map_over_devices(functools.partial(eval_step, **step_args), mesh,
+                                          config.mapping)
+
+  # --- Outputs
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  writer = metrics_lib.MetricWriter(workdir)
+  progress = metrics_lib.Progress(total_steps)
+
+  # --- Loop
+  totals, train_summary, eval_summary = None, {}, {}
+  start = time.perf_counter()
+  for step, batch in zip(range(1, total_steps + 1), parallel.prefetch(train_batches, mesh)):
+    state, sums = p_train_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if step == 1:
+      jax.block_until_ready(state)
+      logging.info('First step (compilation included) took %.1f s.', time.perf_counter() - start)
+      progress.restart(1)
+      start, totals = time.perf_counter(), None
+    elif step % config.log_every_steps == 0 or step == total_steps:
+      train_summary = metrics_lib.summarize(jax.device_get(totals))
+      train_summary['steps_per_second'] = progress.report(step, train_summary)
+      writer.write(step, 'train', train_summary)
+      totals = None
+    if step % eval_every == 0 or step == total_steps:
+      eval_summary = evaluate(p_eval_step, state, eval_source, info, config, mesh)
+      logging.info('eval at step %d: loss %.4f  accuracy %.4f  (%d examples)', step,
+                   eval_summary['loss'], eval_summary['accuracy'], eval_summary['count'])
+      writer.write(step, 'eval', eval_summary)
+      progress.restart(step)
+  train_seconds = time.perf_counter() - start
+  writer.close()
+  result = {'train': train_summary, 'eval': eval_summary, 'steps': total_steps,
+            'seconds_after_first_step': train_seconds}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  return {**result, 'state': state}

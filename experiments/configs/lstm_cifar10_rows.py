@@ -1,0 +1,24 @@
+"""CIFAR-10 read as sequences (each image's 32 rows are 32 time steps of 96 features), classified
+by an LSTM: the RNN counterpart of the article's CNN recipe.
+
+  python -m dlearn.main --config=experiments/configs/lstm_cifar10_rows.py --workdir=/tmp/lstm_rows
+Any cell: --config.rnn.cell=simple (the article's Elman cell) | lstm | gru;
+stacked and bidirectional: --config.rnn.num_layers=2 --config.rnn.bidirectional=True
+"""
+from dlearn import configs
+
+
+def get_config(arg=None):
+  config = configs.base()
+  config.model = 'rnn'
+  config.rnn.cell = 'lstm'
+  config.rnn.hidden_size = 256
+  config.data.augment = False
+  config.batch_size = 256
+  config.optimizer = 'adamw'
+  config.learning_rate = 2e-3
+  config.weight_decay = 1e-4
+  config.schedule = 'cosine'
+  config.warmup_steps = 100
+  config.num_epochs = 10
+  return configs.finish(config, arg)

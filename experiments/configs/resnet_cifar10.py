@@ -1,0 +1,25 @@
+"""A ResNet-18-style CNN with BatchNorm (statistics synchronised over every device) on CIFAR-10:
+SGD with Nesterov momentum, cosine schedule, weight decay, crop-and-flip augmentation.
+
+  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=/tmp/resnet
+Narrower and shorter, for a CPU:
+  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=/tmp/resnet \
+      --config.resnet.width=16 --config.num_epochs=5
+"""
+from dlearn import configs
+
+
+def get_config(arg=None):
+  config = configs.base()
+  config.model = 'resnet'
+  config.resnet.stage_sizes = (2, 2, 2, 2)
+  config.resnet.width = 64
+  config.batch_size = 256
+  config.learning_rate = 0.2
+  config.nesterov = True
+  config.weight_decay = 5e-4
+  config.schedule = 'cosine'
+  config.warmup_steps = 200
+  config.label_smoothing = 0.1
+  config.num_epochs = 30
+  return configs.finish(config, arg)

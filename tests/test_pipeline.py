@@ -1,0 +1,81 @@
+"""The input pipeline: per-device batch shapes, per-process shares, eval that counts every example
+once, and the errors a user meets first."""
+import numpy as np
+import pytest
+
+from dlearn.data import pipeline
+
+IMAGES = pipeline.DatasetInfo('synthetic', 'image', (4, 4, 3), 5, tuple('abcde'))
+SEQUENCES = pipeline.DatasetInfo('synthetic', 'sequence', (6, 2), 3, ('x', 'y', 'z'))
+
+
+def _images(n):
+  # Each record remembers its index in its label and first pixel, so tests can tell which it is.
+  return [{'image': np.full((4, 4, 3), i % 256, np.uint8), 'label': i} for i in range(n)]
+
+
+def test_train_batches_have_the_per_device_shape():
+  batch = next(pipeline.train_iterator(_images(50), IMAGES, local_batch_size=16,
+                                       local_device_count=8, seed=0))
+  assert batch['image'].shape == (8, 2, 4, 4, 3) and batch['image'].dtype == np.uint8
+  assert batch['label'].shape == (8, 2) and batch['mask'].shape == (8, 2)
+
+
+def test_each_process_trains_on_its_own_part():
+  seen = []
+  for process in range(2):
+    batches = pipeline.train_iterator(_images(40), IMAGES, local_batch_size=4,
+                                      local_device_count=2, seed=0, process_index=process,
+                                      process_count=2)
+    seen.append({int(label) for _ in range(5) for label in next(batches)['label'].ravel()})
+  assert seen[0] and seen[1] and not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(range(40))
+
+
+def test_each_epoch_has_a_new_order_and_every_example():
+  batches = pipeline.train_iterator(_images(16), IMAGES, local_batch_size=16, local_device_count=8,
+                                    seed=0)
+  first, second = (next(batches)['label'].ravel().tolist() for _ in range(2))
+  assert sorted(first) == sorted(second) == list(range(16))
+  assert first != second
+
+
+@pytest.mark.parametrize('num_examples,global_batch,processes', [(37, 16, 1), (37, 16, 2),
+                                                                 (5, 16, 2), (64, 16, 2)])
+def test_eval_counts_every_example_exactly_once(num_examples, global_batch, processes):
+  steps, counts = [], np.zeros(num_examples, int)
+  for process in range(processes):
+    batches = list(pipeline.eval_iterator(_images(num_examples), IMAGES,
+                                          global_batch_size=global_batch, local_device_count=4,
+                                          process_index=process, process_count=processes))
+    steps.append(len(batches))
+    for batch in batches:
+      assert batch['label'].shape == (4, global_batch // processes // 4)
+      for label, mask in zip(batch['label'].ravel(), batch['mask'].ravel()):
+        counts[label] += int(mask)
+  assert len(set(steps)) == 1, 'every process must run the same number of eval steps'
+  assert steps[0] == pipeline.eval_steps(num_examples, global_batch)
+  np.testing.assert_array_equal(counts, 1)
+
+
+def test_sequences_are_padded_with_their_lengths():
+  records = [{'sequence': np.ones((n, 2), np.float32), 'label': n % 3} for n in (1, 6, 3, 2)]
+  batch = next(pipeline.eval_iterator(records, SEQUENCES, global_batch_size=4,
+                                      local_device_count=2))
+  assert batch['sequence'].shape == (2, 2, 6, 2)
+  np.testing.assert_array_equal(batch['length'].ravel(), [1, 6, 3, 2])
+  np.testing.assert_array_equal(batch['sequence'][0, 0, 1:], 0)  # padding is zeros
+
+
+def test_a_sequence_longer_than_max_length_is_a_clear_error():
+  records = [{'sequence': np.ones((7, 2), np.float32), 'label': 0}]
+  with pytest.raises(ValueError, match='7 steps, more than config.data.max_length=6'):
+    next(pipeline.eval_iterator(records, SEQUENCES, global_batch_size=2, local_device_count=2))
+
+
+def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):
+  with pytest.raises(FileNotFoundError) as error:
+    pipeline.load_split('cifar10', 'train', str(tmp_path))
+  message = str(error.value)
+  assert str(tmp_path) in message
+  assert f'tfds build cifar10 --file_format=array_record --data_dir={tmp_path}' in message

@@ -1,0 +1,116 @@
+"""The parallel step: the same global batch gives the same model on 1 and on 8 devices, under pmap
+and under shard_map, and BatchNorm statistics end identical on every device."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from dlearn import configs, parallel, train
+from dlearn.data.pipeline import DatasetInfo
+
+IMAGES = DatasetInfo('synthetic', 'image', (16, 16, 3), 10, tuple('abcdefghij'))
+GLOBAL_BATCH = 16
+
+
+def _config(model):
+  config = configs.base()
+  config.model = model
+  config.resnet.stage_sizes, config.resnet.width = (1, 1), 8
+  config.rnn.hidden_size = 16
+  config.data.augment = False  # augmentation folds in the device index: it differs by design
+  config.batch_size = GLOBAL_BATCH
+  config.learning_rate = 0.05
+  return config
+
+
+def _batches(steps, num_devices, seed=0):
+  rng = np.random.default_rng(seed)
+  for _ in range(steps):
+    batch = {'image': rng.integers(0, 256, (GLOBAL_BATCH, 16, 16, 3), dtype=np.uint8),
+             'label': rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32),
+             'mask': np.ones(GLOBAL_BATCH, np.float32)}
+    yield {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
+
+
+def _train(model, num_devices, mapping='pmap', steps=3, config=None):
+  config = config or _config(model)
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  tx = train.create_optimizer(config, steps)
+  graphdef, state = train.create_train_state(config, IMAGES, tx)
+  step = parallel.map_over_devices(
+      functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config, info=IMAGES),
+      mesh, mapping, donate_state=True)
+  state = parallel.replicate(state, mesh)
+  for batch in _batches(steps, num_devices):
+    state, sums = step(state, parallel.to_global(batch, mesh))
+  return state, jax.device_get(sums)
+
+
+def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize('model', ['seed_dcnn', 'resnet', 'rnn'])
+def test_one_and_eight_devices_give_the_same_parameters(model):
+  one, one_sums = _train(model, 1)
+  eight, eight_sums = _train(model, 8)
+  _assert_trees_close(one.params, eight.params)
+  _assert_trees_close(one.model_state, eight.model_state)
+  assert one_sums['count'] == eight_sums['count'] == GLOBAL_BATCH
+  np.testing.assert_allclose(one_sums['loss_sum'], eight_sums['loss_sum'], rtol=1e-5)
+
+
+def test_training_changes_the_parameters():
+  # Guards the tests above: equal parameters must not come from steps that do nothing.
+  config = _config('seed_dcnn')
+  _, initial = train.create_train_state(config, IMAGES, train.create_optimizer(config, 1))
+  trained, _ = _train('seed_dcnn', 8)
+  assert not np.allclose(initial.params['dense2']['kernel'][...],
+                         trained.params['dense2']['kernel'])
+
+
+@pytest.mark.parametrize('model', ['resnet', 'rnn'])
+def test_pmap_and_shard_map_give_the_same_parameters(model):
+  with_pmap, _ = _train(model, 8, 'pmap')
+  with_shard_map, _ = _train(model, 8, 'shard_map')
+  _assert_trees_close(with_pmap.params, with_shard_map.params, rtol=1e-6, atol=1e-7)
+  _assert_trees_close(with_pmap.model_state, with_shard_map.model_state, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('mapping', parallel.MAPPINGS)
+def test_batchnorm_statistics_are_identical_on_every_device(mapping):
+  state, _ = _train('resnet', 8, mapping, steps=2)
+  leaves = jax.tree.leaves(state.model_state)
+  assert leaves, 'the ResNet should hold BatchNorm statistics'
+  for leaf in leaves:
+    shards = [np.asarray(shard.data) for shard in leaf.addressable_shards]
+    assert len(shards) == 8
+    for shard in shards[1:]:
+      np.testing.assert_array_equal(shard, shards[0])
+  # ...and they are the statistics of the whole global batch, as on one device.
+  one, _ = _train('resnet', 1, mapping, steps=2)
+  _assert_trees_close(one.model_state, state.model_state)
+
+
+def test_a_batch_the_devices_do_not_divide_fails_before_any_work(tmp_path):
+  config = _config('seed_dcnn')
+  config.batch_size = 12
+  config.data.name = 'a_dataset_that_does_not_exist'
+  with pytest.raises(ValueError, match=r'config.batch_size=12 .* multiple of the 8 devices.*8 or 16'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_randomness_differs_per_device_and_per_step():
+  base = jax.random.key_data(jax.random.key(0))
+
+  def keys(step):
+    mapped = jax.pmap(lambda _: jax.random.key_data(train.device_rng(base, step)),
+                      axis_name=parallel.AXIS)
+    return {tuple(np.asarray(k).ravel()) for k in mapped(np.zeros(8))}
+
+  step0, step1 = keys(0), keys(1)
+  assert len(step0) == 8 and len(step1) == 8
+  assert not step0 & step1
+  assert keys(0) == step0  # and reproducible

@@ -46,8 +46,19 @@ def base() -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.eval_every_steps = -1  # -1: once per epoch, and at the end
   config.log_every_steps = 100
+  config.checkpoint_every_steps = -1  # -1: once per epoch, and at the end
+  config.max_checkpoints_to_keep = 3
   config.seed = 0
   return config
+
+
+def use_cifar10_jpeg(config: ml_collections.ConfigDict) -> None:
+  """The CIFAR-10 JPEG training images as prepared by `python -m dlearn.prepare` (README):
+  'train' (45,000) and 'validation' (the last 10% of each class, 5,000)."""
+  config.data.name = 'cifar10_jpeg'
+  config.data.data_dir = 'data/tfds'
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
 
 
 def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dlearn import train
+from dlearn import metrics, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the resolved config, metrics and TensorBoard '
@@ -20,6 +20,7 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  metrics.quiet_library_logs()
   logging.info('Config:\n%s', FLAGS.config)
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

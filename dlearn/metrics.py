@@ -29,6 +29,17 @@ def accumulate(totals: dict | None, step_sums: dict) -> dict:
   return {k: totals[k] + np.float64(v) for k, v in step_sums.items()}
 
 
+def _not_library_chatter(record) -> bool:
+  noisy = ('/orbax/', '/tensorflow_datasets/', '/grain/')
+  return record.levelno >= logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
+def quiet_library_logs():
+  """Orbax, tfds and grain log every save and read at INFO; keep their warnings and errors."""
+  from absl import logging as absl_logging
+  absl_logging.get_absl_logger().addFilter(_not_library_chatter)
+
+
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tensorboard`
   (view with `tensorboard --logdir WORKDIR`). Only process 0 writes; the others do nothing."""

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 from jax import lax
 
+from dlearn import checkpoint as checkpoint_lib
 from dlearn import metrics as metrics_lib
 from dlearn import models, parallel
 from dlearn.data import augment, pipeline
@@ -64,6 +65,18 @@ def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   if config.optimizer == 'adamw':
     return optax.adamw(schedule, weight_decay=config.weight_decay)
   raise ValueError(f"Unknown config.optimizer {config.optimizer!r}: 'sgd' or 'adamw'.")
+
+
+def _abstract_train_state(config, info, tx):
+  """(graphdef, state of shapes and dtypes only): the restore target of a checkpoint."""
+  graphdef = None
+
+  def create():
+    nonlocal graphdef
+    graphdef, state = create_train_state(config, info, tx)
+    return state
+  abstract_state = jax.eval_shape(create)
+  return graphdef, abstract_state
 
 
 def create_train_state(config, info: pipeline.DatasetInfo, tx):
@@ -143,24 +156,46 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
 def eval_step(state: TrainState, batch, *, graphdef, config, info):
   model = nnx.merge(graphdef, state.params, state.model_state)
   logits = model(*model_inputs(batch, config, info, None, train=False), train=False)
-  per_example = _cross_entropy(logits, batch['label'], 0.0)
-  return _sums(logits, batch['label'], per_example, batch['mask'])
+  labels, mask = batch['label'], batch['mask']
+  sums = _sums(logits, labels, _cross_entropy(logits, labels, 0.0), mask)
+  num_classes = logits.shape[-1]
+  # confusion[true, predicted]: counts of unmasked examples.
+  confusion = (jax.nn.one_hot(labels, num_classes) * mask[:, None]).T @ jax.nn.one_hot(
+      jnp.argmax(logits, -1), num_classes)
+  return {**sums, 'confusion': lax.psum(confusion, AXIS)}
 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation over a whole split
 # ----------------------------------------------------------------------------------------------
-def evaluate(mapped_eval_step, state, source, info, config, mesh) -> dict[str, float]:
-  """Loss and accuracy over every example of `source`, each counted once."""
+def evaluate(mapped_eval_step, state, source, info, config, mesh):
+  """({'loss', 'accuracy', 'count'}, confusion matrix [true, predicted]) over every example of
+  `source`, each counted once."""
   batches = pipeline.eval_iterator(
       source, info, global_batch_size=config.eval_batch_size,
       local_device_count=parallel.local_device_count(mesh),
       process_index=jax.process_index(), process_count=jax.process_count())
-  totals = None
-  for batch in parallel.prefetch(batches, mesh):
+  totals = previous_sums = None
+  for batch, _ in parallel.prefetch(((batch, None) for batch in batches), mesh):
     sums = mapped_eval_step(state, batch)
+    previous_sums = parallel.wait_for_previous(previous_sums, sums)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return metrics_lib.summarize(jax.device_get(totals))
+  totals = jax.device_get(totals)
+  return metrics_lib.summarize(totals), totals['confusion'].astype(int)
+
+
+def restore_for_evaluation(workdir: str, config, info, mesh):
+  """(graphdef, state) of the newest checkpoint in `workdir`, placed on `mesh`."""
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {checkpoint_lib.directory(workdir)}: train first, '
+                            'or name the work directory of a finished run.')
+  tx = create_optimizer(config, 1)
+  graphdef, abstract_state = _abstract_train_state(config, info, tx)
+  state, _ = checkpointer.restore(step, abstract_state, mesh)
+  checkpointer.close()
+  return graphdef, state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,15 +203,16 @@ def evaluate(mapped_eval_step, state, source, info, config, mesh) -> dict[str, f
 # ----------------------------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` on every device, evaluating every epoch and at the end; writes the resolved
-  config, metrics.jsonl and TensorBoard files to `workdir`. Returns the final metrics and state."""
+  config, metrics.jsonl, TensorBoard files and checkpoints to `workdir`, and resumes from the
+  newest checkpoint there. Returns the final metrics and state."""
   # --- Devices: check batch sizes before any data is read or anything compiled.
+  if config.mapping not in parallel.MAPPINGS:
+    raise ValueError(f'Unknown config.mapping {config.mapping!r}: one of {parallel.MAPPINGS}.')
   mesh = parallel.make_mesh()
   parallel.per_device_batch_size(config.batch_size, mesh)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   logging.info('%d devices (%s) in %d process(es); global batch %d, %s.', mesh.size,
                jax.devices()[0].platform, jax.process_count(), config.batch_size, config.mapping)
-  if config.mapping not in parallel.MAPPINGS:
-    raise ValueError(f'Unknown config.mapping {config.mapping!r}: one of {parallel.MAPPINGS}.')
 
   # --- Input
   data = config.data
@@ -191,15 +227,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else int(config.num_epochs * steps_per_epoch))
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  checkpoint_every = (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
+                      else steps_per_epoch)
   train_batches = pipeline.train_iterator(
       train_source, info, local_batch_size=config.batch_size // jax.process_count(),
       local_device_count=parallel.local_device_count(mesh), seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
 
-  # --- Model and state, replicated on every device
+  # --- Model and state: the newest checkpoint in workdir, or a fresh start
   tx = create_optimizer(config, total_steps)
-  graphdef, state = create_train_state(config, info, tx)
-  state = parallel.replicate(state, mesh)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    graphdef, state = create_train_state(config, info, tx)
+    state = parallel.replicate(state, mesh)
+  else:
+    graphdef, abstract_state = _abstract_train_state(config, info, tx)
+    state, data_state = checkpointer.restore(latest, abstract_state, mesh)
+    train_batches.set_state(data_state)
+    logging.info('Resumed from the checkpoint of step %d in %s.', latest,
+                 checkpoint_lib.directory(workdir))
+  first_step = int(jax.device_get(state.step))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('%s: %s parameters; %d train / %d eval examples; %d steps (%d per epoch).',
                config.model, f'{num_params:,}', len(train_source), len(eval_source), total_steps,
@@ -218,18 +266,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   writer = metrics_lib.MetricWriter(workdir)
-  progress = metrics_lib.Progress(total_steps)
+  progress = metrics_lib.Progress(total_steps, first_step)
 
   # --- Loop
-  totals, train_summary, eval_summary = None, {}, {}
+  def batches_with_position():
+    for batch in train_batches:
+      yield batch, train_batches.get_state()  # the position after this batch
+
+  totals, previous_sums, train_summary, eval_summary = None, None, {}, {}
   start = time.perf_counter()
-  for step, batch in zip(range(1, total_steps + 1), parallel.prefetch(train_batches, mesh)):
+  batches = parallel.prefetch(batches_with_position(), mesh)
+  for step, (batch, data_state) in zip(range(first_step + 1, total_steps + 1), batches):
     state, sums = p_train_step(state, batch)
+    previous_sums = parallel.wait_for_previous(previous_sums, sums)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if step == 1:
+    if step == first_step + 1:
       jax.block_until_ready(state)
       logging.info('First step (compilation included) took %.1f s.', time.perf_counter() - start)
-      progress.restart(1)
+      progress.restart(step)
       start, totals = time.perf_counter(), None
     elif step % config.log_every_steps == 0 or step == total_steps:
       train_summary = metrics_lib.summarize(jax.device_get(totals))
@@ -237,12 +291,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write(step, 'train', train_summary)
       totals = None
     if step % eval_every == 0 or step == total_steps:
-      eval_summary = evaluate(p_eval_step, state, eval_source, info, config, mesh)
+      eval_summary, _ = evaluate(p_eval_step, state, eval_source, info, config, mesh)
       logging.info('eval at step %d: loss %.4f  accuracy %.4f  (%d examples)', step,
                    eval_summary['loss'], eval_summary['accuracy'], eval_summary['count'])
       writer.write(step, 'eval', eval_summary)
       progress.restart(step)
+    if step % checkpoint_every == 0 or step == total_steps:
+      checkpointer.save(step, state, data_state)
   train_seconds = time.perf_counter() - start
+  checkpointer.close()
   writer.close()
   result = {'train': train_summary, 'eval': eval_summary, 'steps': total_steps,
             'seconds_after_first_step': train_seconds}

@@ -26,7 +26,7 @@ def run_main(tmp_path):
     workdir = str(tmp_path / 'workdir')
     command = [sys.executable, '-c', _ENTRY.format(num_examples=NUM_EXAMPLES),
                f'--config=experiments/configs/{config_file}:smoke', f'--workdir={workdir}',
-               *overrides]
+               '--config.data.name=cifar10', *overrides]  # the catalogue name mock_data knows
     # conftest.py's XLA_FLAGS (8 devices) reach the child through the environment.
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

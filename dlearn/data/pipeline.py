@@ -27,6 +27,10 @@ class DatasetInfo:
   example_shape: tuple[int, ...]  # [H, W, C] for images; [max_length, features] for sequences
   num_classes: int
   class_names: tuple[str, ...]
+  # Sequences: per-channel statistics of the train split (recorded by dlearn.prepare) used to
+  # standardise inputs; None leaves values as they are.
+  feature_mean: tuple[float, ...] | None = None
+  feature_std: tuple[float, ...] | None = None
 
 
 def _default_data_dir() -> str:
@@ -61,12 +65,15 @@ def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
     return DatasetInfo(name, 'image', tuple(features['image'].shape), label.num_classes,
                        class_names)
   if 'sequence' in features:
+    metadata = source.dataset_info.metadata or {}
+    max_length = max_length or metadata.get('max_length')
     if not max_length:
       raise ValueError(f'Dataset {name!r} holds sequences: set config.data.max_length (the length '
                        'every sequence is padded to, so that batches keep one shape).')
     num_features = features['sequence'].shape[-1]
+    mean, std = metadata.get('feature_mean'), metadata.get('feature_std')
     return DatasetInfo(name, 'sequence', (max_length, num_features), label.num_classes,
-                       class_names)
+                       class_names, tuple(mean) if mean else None, tuple(std) if std else None)
   raise ValueError(f'Dataset {name!r} has features {sorted(features)}: dlearn reads datasets with '
                    "an 'image' or a 'sequence' feature and a 'label'.")
 
@@ -78,10 +85,13 @@ def _example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
   if info.kind == 'image':
     return {'image': np.asarray(record['image'], np.uint8), 'label': label}
   sequence = np.asarray(record['sequence'], np.float32)
+  if info.feature_mean is not None:
+    sequence = (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)
   max_length = info.example_shape[0]
   if len(sequence) > max_length:
     raise ValueError(f'A sequence of {info.name!r} has {len(sequence)} steps, more than '
-                     f'config.data.max_length={max_length}: raise max_length.')
+                     f'config.data.max_length={max_length}: set --config.data.max_length='
+                     f'{len(sequence)} or more.')
   padded = np.zeros(info.example_shape, np.float32)
   padded[:len(sequence)] = sequence
   return {'sequence': padded, 'length': np.int32(len(sequence)), 'label': label}

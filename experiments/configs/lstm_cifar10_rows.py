@@ -1,7 +1,7 @@
 """CIFAR-10 read as sequences (each image's 32 rows are 32 time steps of 96 features), classified
 by an LSTM: the RNN counterpart of the article's CNN recipe.
 
-  python -m dlearn.main --config=experiments/configs/lstm_cifar10_rows.py --workdir=/tmp/lstm_rows
+  python -m dlearn.main --config=experiments/configs/lstm_cifar10_rows.py --workdir=workdirs/lstm_rows
 Any cell: --config.rnn.cell=simple (the article's Elman cell) | lstm | gru;
 stacked and bidirectional: --config.rnn.num_layers=2 --config.rnn.bidirectional=True
 """
@@ -10,6 +10,7 @@ from dlearn import configs
 
 def get_config(arg=None):
   config = configs.base()
+  configs.use_cifar10_jpeg(config)  # see seed_dcnn_cifar10.py for preparing it
   config.model = 'rnn'
   config.rnn.cell = 'lstm'
   config.rnn.hidden_size = 256

@@ -1,9 +1,9 @@
 """A ResNet-18-style CNN with BatchNorm (statistics synchronised over every device) on CIFAR-10:
 SGD with Nesterov momentum, cosine schedule, weight decay, crop-and-flip augmentation.
 
-  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=/tmp/resnet
+  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=workdirs/resnet
 Narrower and shorter, for a CPU:
-  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=/tmp/resnet \
+  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=workdirs/resnet \
       --config.resnet.width=16 --config.num_epochs=5
 """
 from dlearn import configs
@@ -11,6 +11,7 @@ from dlearn import configs
 
 def get_config(arg=None):
   config = configs.base()
+  configs.use_cifar10_jpeg(config)  # see seed_dcnn_cifar10.py for preparing it
   config.model = 'resnet'
   config.resnet.stage_sizes = (2, 2, 2, 2)
   config.resnet.width = 64

@@ -1,9 +1,16 @@
 """The article's recipe: `seed_dcnn` on CIFAR-10, SGD lr 0.01 momentum 0.9, batch 32, 10 epochs.
 
-Train (every local device; validation is the last 10% of the training images):
-  python -m dlearn.main --config=experiments/configs/seed_dcnn_cifar10.py --workdir=/tmp/seed_dcnn
+Data: the CIFAR-10 training images as JPEG (../shared/data), prepared once; the validation split
+is the last 10% of each class, carved by `dlearn.prepare` (the test split is held back):
+  python -m dlearn.prepare --name=cifar10_jpeg \
+      --train=../shared/data/cifar10_jpeg_train.tar.gz --data_dir=data/tfds
+Train on every local device:
+  python -m dlearn.main --config=experiments/configs/seed_dcnn_cifar10.py --workdir=workdirs/seed_dcnn
 A one-minute CPU check of the same code path:
-  python -m dlearn.main --config=experiments/configs/seed_dcnn_cifar10.py:smoke --workdir=/tmp/smoke
+  python -m dlearn.main --config=experiments/configs/seed_dcnn_cifar10.py:smoke --workdir=workdirs/smoke
+On the tfds catalogue CIFAR-10 instead (`tfds build cifar10 --file_format=array_record`):
+  --config.data.name=cifar10 --config.data.data_dir=~/tensorflow_datasets \
+  --config.data.train_split='train[:90%]' --config.data.eval_split='train[90%:]'
 
 The article's recipe has no augmentation; it is off here to match.
 """
@@ -13,6 +20,7 @@ from dlearn import configs
 def get_config(arg=None):
   config = configs.base()
   config.model = 'seed_dcnn'
+  configs.use_cifar10_jpeg(config)
   config.batch_size = 32
   config.learning_rate = 0.01
   config.momentum = 0.9

@@ -1,0 +1,141 @@
+"""Reader for the sktime/aeon `.ts` text format of the UEA/UCR time-series archives.
+
+A file has `#` comments, `@` header lines (`@problemName`, `@dimensions`, `@equalLength`,
+`@classLabel true a b c`, ...), then `@data` and one case per line: channels separated by `:`,
+values within a channel by `,`, the class label last. Univariate or multivariate, equal or
+variable length.
+
+Missing values (`?` or `NaN`), a documented rule:
+  1. missing values at the end of a case, in every channel, are not part of it: the case ends at
+     its last step where some channel has a value (this is how some archives pad unequal lengths);
+  2. any other missing value is linearly interpolated from the nearest observed values of its
+     channel, and repeats the nearest observed value at a channel's ends;
+  3. a channel with no observed value at all is zeros.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+_MISSING = ('?', 'nan', 'NaN', 'NAN')
+_KNOWN_HEADERS = {'problemname', 'timestamps', 'missing', 'univariate', 'dimension', 'dimensions',
+                  'equallength', 'serieslength', 'classlabel', 'targetlabel', 'data'}
+
+
+class TsFormatError(ValueError):
+  """A `.ts` file that does not follow the format; the message names the file and line."""
+
+
+@dataclasses.dataclass
+class TsData:
+  class_names: tuple[str, ...]
+  sequences: list[np.ndarray]  # each [length, channels] float32
+  labels: list[int]  # indices into class_names
+  lines: list[int]  # the line each case came from
+
+
+def _fill_missing(values: np.ndarray) -> np.ndarray:
+  """Rules 2 and 3 above, for one channel [length]."""
+  observed = ~np.isnan(values)
+  if not observed.any():
+    return np.zeros_like(values)
+  if observed.all():
+    return values
+  steps = np.arange(len(values))
+  return np.interp(steps, steps[observed], values[observed]).astype(values.dtype)
+
+
+def _parse_case(line: str, path: str, number: int, num_channels: int | None,
+                class_index: dict[str, int]) -> tuple[np.ndarray, int]:
+  fields = line.split(':')
+  *channels, label = fields
+  if num_channels is not None and len(channels) != num_channels:
+    raise TsFormatError(f'{path}:{number}: {len(channels)} channel(s) before the class label, '
+                        f'but the header declares @dimensions {num_channels}.')
+  label = label.strip()
+  if label not in class_index:
+    raise TsFormatError(f'{path}:{number}: class label {label!r} is not declared in '
+                        f'@classLabel ({" ".join(class_index)}).')
+  columns = []
+  for channel, text in enumerate(channels):
+    values = []
+    for position, value in enumerate(text.split(',')):
+      value = value.strip()
+      if value in _MISSING:
+        values.append(np.nan)
+        continue
+      try:
+        values.append(float(value))
+      except ValueError:
+        raise TsFormatError(f'{path}:{number}: channel {channel + 1}, value {position + 1} is '
+                            f'{value!r}, not a number (missing values are written ? or NaN).'
+                            ) from None
+    columns.append(values)
+  lengths = {len(values) for values in columns}
+  if len(lengths) != 1:
+    raise TsFormatError(f'{path}:{number}: the channels of this case have different lengths '
+                        f'{sorted(lengths)}; every channel of a case needs one value per step.')
+  sequence = np.asarray(columns, np.float32).T  # [length, channels]
+  observed_steps = np.flatnonzero(~np.isnan(sequence).all(axis=1))
+  if not len(observed_steps):
+    raise TsFormatError(f'{path}:{number}: this case has no observed value.')
+  sequence = sequence[:observed_steps[-1] + 1]  # rule 1
+  sequence = np.stack([_fill_missing(c) for c in sequence.T], axis=1) if np.isnan(
+      sequence).any() else sequence
+  return sequence, class_index[label]
+
+
+def read_ts(path: str) -> TsData:
+  """Parses and checks a whole `.ts` file; raises TsFormatError naming the file and line."""
+  header: dict[str, str] = {}
+  class_names = None
+  num_channels = None
+  sequences, labels, lines = [], [], []
+  in_data = False
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for number, raw in enumerate(f, start=1):
+      line = raw.strip()
+      if not line or line.startswith('#'):
+        continue
+      if not in_data:
+        if not line.startswith('@'):
+          raise TsFormatError(f'{path}:{number}: expected an @ header line or @data before the '
+                              f'cases, found {line[:40]!r}.')
+        key, _, value = line[1:].partition(' ')
+        key, value = key.lower(), value.strip()
+        if key not in _KNOWN_HEADERS:
+          raise TsFormatError(f'{path}:{number}: unknown header @{key}.')
+        header[key] = value
+        if key == 'timestamps' and value.lower() == 'true':
+          raise TsFormatError(f'{path}:{number}: @timeStamps true is not supported; write the '
+                              'values without time stamps.')
+        if key in ('dimension', 'dimensions'):
+          if not value.isdigit() or int(value) < 1:
+            raise TsFormatError(f'{path}:{number}: @{key} must be a positive whole number, not '
+                                f'{value!r}.')
+          num_channels = int(value)
+        if key == 'univariate' and value.lower() == 'true':
+          num_channels = num_channels or 1
+        if key == 'classlabel':
+          flag, *names = value.split()
+          if flag.lower() != 'true' or not names:
+            raise TsFormatError(f'{path}:{number}: @classLabel must be `true` followed by the class '
+                                f'labels; this reader is for classification files.')
+          class_names = tuple(names)
+        if key == 'data':
+          if class_names is None:
+            raise TsFormatError(f'{path}:{number}: @data comes before any @classLabel line.')
+          class_index = {name: i for i, name in enumerate(class_names)}
+          in_data = True
+        continue
+      sequence, label = _parse_case(line, path, number, num_channels, class_index)
+      num_channels = sequence.shape[1]  # every later case must match the first
+      sequences.append(sequence)
+      labels.append(label)
+      lines.append(number)
+  if not in_data:
+    raise TsFormatError(f'{path}: no @data line; is this a .ts file?')
+  if not sequences:
+    raise TsFormatError(f'{path}: no cases after @data (an empty split).')
+  return TsData(class_names, sequences, labels, lines)

@@ -1,16 +1,28 @@
-"""Orbax checkpoints of the train state together with the input iterator's position.
+"""Orbax checkpoints of the train state together with the input iterator's position; preemption.
 
 A checkpoint holds global jax.Arrays (the replicated train state) and the grain iterator state as
 JSON: no pickle anywhere. Restoring targets an abstract state built with `jax.eval_shape` and
 placed on the current mesh, so a checkpoint written on 8 devices restores onto 4 or 1.
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a crash
+during a save never leaves a checkpoint that is later taken as complete.
 """
 from __future__ import annotations
 
 import os
+import signal
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+# The exit status of a run stopped by SIGTERM/SIGINT after saving (EX_TEMPFAIL: "try again";
+# rerunning the same command resumes).
+PREEMPTED_EXIT_STATUS = 75
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, unwritable directory)."""
 
 
 def directory(workdir: str) -> str:
@@ -18,23 +30,39 @@ def directory(workdir: str) -> str:
 
 
 class Checkpointer:
-  """Saves asynchronously every so many steps, keeps the newest `max_to_keep`, and commits
-  atomically (a step directory becomes visible only once complete)."""
+  """Saves asynchronously; keeps the newest `max_to_keep` checkpoints and, with `best_metric`, also
+  the best one by that metric (e.g. 'eval/accuracy')."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, read_only: bool = False):
-    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else max_to_keep,
-                                           create=not read_only,
-                                           read_only=read_only,
-                                           enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(directory(workdir), options=options,
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, best_metric: str | None = None,
+               best_mode: str = 'max', read_only: bool = False):
+    policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
+    if best_metric:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == 'min', n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+        preservation_policy=None if read_only else ocp.checkpoint_managers.AnyPreservationPolicy(
+            policies))
+    self.directory = directory(workdir)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'data'))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_state: dict | None):
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})))
+  def save(self, step: int, state, data_state: dict | None, metrics: dict | None = None,
+           wait: bool = False):
+    try:
+      self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})))
+      if wait:
+        self._manager.wait_until_finished()
+    except OSError as e:  # also what an earlier asynchronous save left behind
+      raise CheckpointWriteError(
+          f'Could not write the checkpoint of step {step} to {self.directory}: {e}. Earlier '
+          f'checkpoints are untouched (newest complete: step {self.latest_step()}); free space '
+          'or fix permissions and rerun the same command to resume.') from e
 
   def restore(self, step: int, abstract_state, mesh):
     """(state placed replicated on `mesh`, iterator state) of checkpoint `step`."""
@@ -45,6 +73,42 @@ class Checkpointer:
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     return restored['state'], restored['data']
 
+  def reached_preemption(self, step: int) -> bool:
+    """Multi-process jobs: JAX's preemption sync point, the step at which every process saves."""
+    return self._manager.reached_preemption(step)
+
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self._manager.wait_until_finished()
+    except OSError as e:
+      raise CheckpointWriteError(f'The last checkpoint could not be written to {self.directory}: '
+                                 f'{e}. Earlier checkpoints are untouched.') from e
+    finally:
+      self._manager.close()
+
+
+class StopSignals:
+  """SIGTERM (preemption, schedulers) and SIGINT (Ctrl-C) ask the loop to stop at the next step
+  boundary, after a checkpoint, instead of dying mid-step. A second Ctrl-C stops at once.
+
+  In a multi-process job JAX's own preemption service catches SIGTERM and makes every process
+  agree on the step (`Checkpointer.reached_preemption`); this handler then covers SIGINT."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      if signum == signal.SIGTERM and jax.process_count() > 1:
+        continue
+      self._previous[signum] = signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signal.Signals(signum).name
+    logging.warning('%s received: saving a checkpoint at the next step boundary, then '
+                    'stopping.', self.received)
+
+  def restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)

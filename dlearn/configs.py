@@ -47,7 +47,11 @@ def base() -> ml_collections.ConfigDict:
   config.eval_every_steps = -1  # -1: once per epoch, and at the end
   config.log_every_steps = 100
   config.checkpoint_every_steps = -1  # -1: once per epoch, and at the end
-  config.max_checkpoints_to_keep = 3
+  config.max_checkpoints_to_keep = 3  # the newest ones...
+  config.best_checkpoint_metric = ''  # ...and, e.g. 'eval/accuracy', the best by this metric
+  config.fresh = False  # True: discard the work directory's checkpoints and metrics first
+  config.init_from = ''  # a work directory whose newest parameters start this run (step 0)
+  config.skip_nonfinite_steps = False  # False: a non-finite loss or gradient stops the run
   config.seed = 0
   return config
 

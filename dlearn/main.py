@@ -3,10 +3,12 @@
   python -m dlearn.main --config=experiments/configs/seed_dcnn_cifar10.py --workdir=/tmp/run \
       [--config.batch_size=64 ...]
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dlearn import metrics, train
+from dlearn import checkpoint, metrics, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the resolved config, metrics and TensorBoard '
@@ -22,7 +24,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   metrics.quiet_library_logs()
   logging.info('Config:\n%s', FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (train.NonFiniteError, train.IncompatibleConfigError,
+          checkpoint.CheckpointWriteError) as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+  if result['preempted']:
+    sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)
 
 
 def run():

@@ -17,9 +17,12 @@ import numpy as np
 def summarize(totals: dict) -> dict[str, float]:
   """{'loss_sum', 'correct', 'count'} sums → {'loss', 'accuracy', 'count'}."""
   count = float(totals['count'])
-  return {'loss': float(totals['loss_sum']) / max(count, 1.0),
-          'accuracy': float(totals['correct']) / max(count, 1.0),
-          'count': int(count)}
+  summary = {'loss': float(totals['loss_sum']) / max(count, 1.0),
+             'accuracy': float(totals['correct']) / max(count, 1.0),
+             'count': int(count)}
+  if totals.get('nonfinite'):
+    summary['nonfinite_steps'] = int(totals['nonfinite'])
+  return summary
 
 
 def accumulate(totals: dict | None, step_sums: dict) -> dict:
@@ -40,18 +43,38 @@ def quiet_library_logs():
   absl_logging.get_absl_logger().addFilter(_not_library_chatter)
 
 
+def _drop_records_after(path: str, step: int):
+  """A resumed run repeats the steps after its checkpoint: drop what a killed run logged for them,
+  so the log has no duplicate (and, the checkpoint's steps being logged, no gap)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= step:
+        kept.append(line)
+    except (ValueError, KeyError):
+      pass  # a line cut short by a kill
+  with open(path, 'w') as f:
+    f.writelines(kept)
+
+
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and TensorBoard event files in `workdir/tensorboard`
   (view with `tensorboard --logdir WORKDIR`). Only process 0 writes; the others do nothing."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: int = 0):
     self._active = jax.process_index() == 0
     if not self._active:
       return
     # tensorboard's own event writer: TensorBoard files without TensorFlow.
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    _drop_records_after(path, resume_step)
+    self._jsonl = open(path, 'a')
     self._events = EventFileWriter(os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, prefix: str, scalars: dict[str, float]):
@@ -85,11 +108,14 @@ class Progress:
     self._last_step, self._last_time = step, time.perf_counter()
 
   def report(self, step: int, scalars: dict[str, float]) -> float:
+    """Logs a line; returns steps/s since the last report (0.0 right after a restart)."""
     now = time.perf_counter()
-    steps_per_second = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    steps = step - self._last_step
+    steps_per_second = steps / max(now - self._last_time, 1e-9) if steps else 0.0
     self._last_step, self._last_time = step, now
-    eta = (self.total_steps - step) / max(steps_per_second, 1e-9)
-    logging.info('step %d/%d  %.2f steps/s  ETA %s  loss %.4f  accuracy %.4f', step,
-                 self.total_steps, steps_per_second, time.strftime('%H:%M:%S', time.gmtime(eta)),
+    rate = f'{steps_per_second:.2f} steps/s  ETA ' + (time.strftime(
+        '%H:%M:%S', time.gmtime((self.total_steps - step) / steps_per_second))
+        if steps_per_second else '-')
+    logging.info('step %d/%d  %s  loss %.4f  accuracy %.4f', step, self.total_steps, rate,
                  scalars['loss'], scalars['accuracy'])
     return steps_per_second

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import time
 
 import flax
@@ -144,13 +145,24 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
     return loss, (logits, per_example, nnx.split(model, nnx.Param, ...)[2])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, (logits, per_example, model_state)), grads = grad_fn(state.params)
+  (loss, (logits, per_example, model_state)), grads = grad_fn(state.params)
   grads = lax.pmean(grads, AXIS)
   model_state = lax.pmean(model_state, AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            model_state=model_state, opt_state=opt_state)
-  return new_state, _sums(logits, labels, per_example, mask)
+  # A non-finite loss, gradient or update anywhere leaves the state as it was; the loop decides
+  # whether to stop or to go on (config.skip_nonfinite_steps). The step number advances anyway.
+  all_finite = lambda tree: jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
+                                               for x in jax.tree.leaves(tree)]))
+  finite = lax.pmin(jnp.isfinite(loss) & all_finite(grads) & all_finite(updates), AXIS)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(optax.apply_updates(state.params, updates), state.params),
+      model_state=keep(model_state, state.model_state),
+      opt_state=keep(opt_state, state.opt_state))
+  sums = keep(_sums(logits, labels, per_example, mask),
+              {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0})
+  return new_state, {**sums, 'nonfinite': 1.0 - finite.astype(jnp.float32)}
 
 
 def eval_step(state: TrainState, batch, *, graphdef, config, info):
@@ -201,10 +213,100 @@ def restore_for_evaluation(workdir: str, config, info, mesh):
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
+class NonFiniteError(FloatingPointError):
+  """Training produced a non-finite loss or gradient."""
+
+
+class IncompatibleConfigError(ValueError):
+  """The config differs from the checkpoint's in a way that changes the state's shapes."""
+
+
+# Config fields that change the train state's structure or shapes: a checkpoint written under
+# other values cannot be resumed.
+SHAPE_FIELDS = ('model', 'resnet', 'rnn', 'data.name', 'data.max_length', 'optimizer', 'momentum')
+
+
+def _flatten(config: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = list(value) if isinstance(value, (list, tuple)) else value
+  return flat
+
+
+def check_compatible(config, workdir: str):
+  """Refuses to resume under a config whose SHAPE_FIELDS differ from the run's config.json."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = _flatten(json.load(f))
+  current = _flatten(json.loads(config.to_json_best_effort()))
+  relevant = lambda key: any(key == f or key.startswith(f + '.') for f in SHAPE_FIELDS)
+  differences = [f'  {key}: {saved.get(key)!r} in the checkpoint\'s config, {current.get(key)!r} now'
+                 for key in sorted(set(saved) | set(current))
+                 if relevant(key) and saved.get(key) != current.get(key)]
+  if differences:
+    raise IncompatibleConfigError(
+        f'{workdir} holds checkpoints of a differently shaped run; refusing to resume:\n' +
+        '\n'.join(differences) + '\nUse another --workdir, or --config.fresh=True to discard '
+        'its checkpoints.')
+
+
+def _prepare_workdir(config, workdir: str):
+  """Checks the work directory can be written, before any work that could be lost."""
+  try:
+    os.makedirs(os.path.join(workdir, 'checkpoints'), exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise checkpoint_lib.CheckpointWriteError(
+        f'The work directory {workdir!r} cannot be written ({e}); choose a writable --workdir.'
+    ) from e
+  if config.fresh:
+    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'final_metrics.json'):
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+    logging.warning('config.fresh: removed the checkpoints and metrics in %s.', workdir)
+
+
+def _restore_or_create(config, info, tx, mesh, checkpointer, train_batches):
+  """(graphdef, state) from the newest checkpoint in the work directory, else from
+  `config.init_from` (parameters only), else freshly initialised."""
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    graphdef, abstract_state = _abstract_train_state(config, info, tx)
+    state, data_state = checkpointer.restore(latest, abstract_state, mesh)
+    train_batches.set_state(data_state)
+    logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
+    return graphdef, state
+  graphdef, state = create_train_state(config, info, tx)
+  state = parallel.replicate(state, mesh)
+  if config.init_from:
+    source = checkpoint_lib.Checkpointer(config.init_from, read_only=True)
+    step = source.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'config.init_from={config.init_from!r} has no checkpoint.')
+    _, abstract_state = _abstract_train_state(config, info, tx)
+    restored, _ = source.restore(step, abstract_state, mesh)
+    source.close()
+    state = state.replace(params=restored.params, model_state=restored.model_state)
+    logging.info('Initialised parameters from step %d of %s.', step, config.init_from)
+  return graphdef, state
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` on every device, evaluating every epoch and at the end; writes the resolved
   config, metrics.jsonl, TensorBoard files and checkpoints to `workdir`, and resumes from the
-  newest checkpoint there. Returns the final metrics and state."""
+  newest checkpoint there. Returns the final metrics and state; `preempted` is set when a signal
+  stopped the run after a checkpoint."""
   # --- Devices: check batch sizes before any data is read or anything compiled.
   if config.mapping not in parallel.MAPPINGS:
     raise ValueError(f'Unknown config.mapping {config.mapping!r}: one of {parallel.MAPPINGS}.')
@@ -213,6 +315,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   logging.info('%d devices (%s) in %d process(es); global batch %d, %s.', mesh.size,
                jax.devices()[0].platform, jax.process_count(), config.batch_size, config.mapping)
+
+  # --- Work directory: writable, and its checkpoints compatible with this config
+  _prepare_workdir(config, workdir)
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, max_to_keep=config.max_checkpoints_to_keep,
+      best_metric=config.best_checkpoint_metric or None)
+  if checkpointer.latest_step() is not None:
+    check_compatible(config, workdir)
 
   # --- Input
   data = config.data
@@ -236,17 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Model and state: the newest checkpoint in workdir, or a fresh start
   tx = create_optimizer(config, total_steps)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_checkpoints_to_keep)
-  latest = checkpointer.latest_step()
-  if latest is None:
-    graphdef, state = create_train_state(config, info, tx)
-    state = parallel.replicate(state, mesh)
-  else:
-    graphdef, abstract_state = _abstract_train_state(config, info, tx)
-    state, data_state = checkpointer.restore(latest, abstract_state, mesh)
-    train_batches.set_state(data_state)
-    logging.info('Resumed from the checkpoint of step %d in %s.', latest,
-                 checkpoint_lib.directory(workdir))
+  graphdef, state = _restore_or_create(config, info, tx, mesh, checkpointer, train_batches)
   first_step = int(jax.device_get(state.step))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('%s: %s parameters; %d train / %d eval examples; %d steps (%d per epoch).',
@@ -262,10 +362,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Outputs
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-  writer = metrics_lib.MetricWriter(workdir)
+  writer = metrics_lib.MetricWriter(workdir, resume_step=first_step)
   progress = metrics_lib.Progress(total_steps, first_step)
 
   # --- Loop
@@ -273,37 +372,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for batch in train_batches:
       yield batch, train_batches.get_state()  # the position after this batch
 
-  totals, previous_sums, train_summary, eval_summary = None, None, {}, {}
+  def check_finite(step, sums):
+    """Called on each step's sums once the next step is queued; blocks until it is done."""
+    nonlocal skipped
+    if not jax.device_get(sums['nonfinite']):
+      return
+    if config.skip_nonfinite_steps:
+      skipped += 1
+      logging.warning('Non-finite loss or gradient at step %d: update skipped (%d so far).',
+                      step, skipped)
+      return
+    checkpointer.close()
+    raise NonFiniteError(
+        f'Non-finite loss or gradient at step {step}; training stopped without applying it. The '
+        f'last good checkpoint, step {checkpointer.latest_step()} in {checkpointer.directory}, '
+        'is kept. Lower config.learning_rate, or set --config.skip_nonfinite_steps=True to skip '
+        'such steps.')
+
+  signals = checkpoint_lib.StopSignals()
+  totals, in_flight, skipped, stopped_by = None, None, 0, None
+  train_summary, eval_summary = {}, {}
   start = time.perf_counter()
   batches = parallel.prefetch(batches_with_position(), mesh)
-  for step, (batch, data_state) in zip(range(first_step + 1, total_steps + 1), batches):
-    state, sums = p_train_step(state, batch)
-    previous_sums = parallel.wait_for_previous(previous_sums, sums)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    if step == first_step + 1:
-      jax.block_until_ready(state)
-      logging.info('First step (compilation included) took %.1f s.', time.perf_counter() - start)
-      progress.restart(step)
-      start, totals = time.perf_counter(), None
-    elif step % config.log_every_steps == 0 or step == total_steps:
-      train_summary = metrics_lib.summarize(jax.device_get(totals))
-      train_summary['steps_per_second'] = progress.report(step, train_summary)
-      writer.write(step, 'train', train_summary)
-      totals = None
-    if step % eval_every == 0 or step == total_steps:
-      eval_summary, _ = evaluate(p_eval_step, state, eval_source, info, config, mesh)
-      logging.info('eval at step %d: loss %.4f  accuracy %.4f  (%d examples)', step,
-                   eval_summary['loss'], eval_summary['accuracy'], eval_summary['count'])
-      writer.write(step, 'eval', eval_summary)
-      progress.restart(step)
-    if step % checkpoint_every == 0 or step == total_steps:
-      checkpointer.save(step, state, data_state)
-  train_seconds = time.perf_counter() - start
-  checkpointer.close()
-  writer.close()
+  try:
+    for step, (batch, data_state) in zip(range(first_step + 1, total_steps + 1), batches):
+      state, sums = p_train_step(state, batch)
+      # At most two steps in flight (see parallel.wait_for_previous); the finished one is checked.
+      if in_flight is not None:
+        check_finite(*in_flight)
+      in_flight = (step, sums)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+      if step == first_step + 1:
+        jax.block_until_ready(state)
+        logging.info('First step (compilation included) took %.1f s.', time.perf_counter() - start)
+        progress.restart(step)
+        start = time.perf_counter()
+      if step % config.log_every_steps == 0 or step == total_steps:
+        train_summary = metrics_lib.summarize(jax.device_get(totals))
+        train_summary['steps_per_second'] = progress.report(step, train_summary)
+        writer.write(step, 'train', train_summary)
+        totals = None
+      eval_metrics = None
+      if step % eval_every == 0 or step == total_steps:
+        eval_summary, _ = evaluate(p_eval_step, state, eval_source, info, config, mesh)
+        logging.info('eval at step %d: loss %.4f  accuracy %.4f  (%d examples)', step,
+                     eval_summary['loss'], eval_summary['accuracy'], eval_summary['count'])
+        writer.write(step, 'eval', eval_summary)
+        eval_metrics = {f'eval/{k}': v for k, v in eval_summary.items()}
+        progress.restart(step)
+      stopped_by = signals.received or (
+          jax.process_count() > 1 and checkpointer.reached_preemption(step) and 'preemption')
+      if step % checkpoint_every == 0 or step == total_steps or stopped_by:
+        check_finite(*in_flight)  # never save a state that followed a non-finite step
+        in_flight = None
+        checkpointer.save(step, state, data_state, eval_metrics, wait=bool(stopped_by))
+      if stopped_by:
+        logging.warning('Stopped by %s at step %d after saving a checkpoint; run the same '
+                        'command again to resume.', stopped_by, step)
+        break
+    if in_flight is not None:
+      check_finite(*in_flight)
+    train_seconds = time.perf_counter() - start
+    checkpointer.close()
+  finally:
+    signals.restore()
+    writer.close()
   result = {'train': train_summary, 'eval': eval_summary, 'steps': total_steps,
-            'seconds_after_first_step': train_seconds}
-  if jax.process_index() == 0:
+            'seconds_after_first_step': train_seconds, 'skipped_nonfinite_steps': skipped,
+            'preempted': bool(stopped_by)}
+  if jax.process_index() == 0 and not stopped_by:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
   return {**result, 'state': state}

@@ -1,35 +1,19 @@
 """End to end through the real entry point, on tfds mock data."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-NUM_EXAMPLES = 300  # mock splits ignore slicing: train and eval both hold 300; no batch divides it
-
-
-# The real command line (absl flags, config file, overrides) in a fresh process, under mock data.
-_ENTRY = """
-import sys
-import tensorflow_datasets as tfds
-from dlearn import main
-with tfds.testing.mock_data(num_examples={num_examples}):
-  sys.argv = ['dlearn'] + sys.argv[1:]
-  main.run()
-"""
+import entry_point
+from entry_point import NUM_EXAMPLES
 
 
 @pytest.fixture
 def run_main(tmp_path):
   def run(config_file, *overrides):
     workdir = str(tmp_path / 'workdir')
-    command = [sys.executable, '-c', _ENTRY.format(num_examples=NUM_EXAMPLES),
-               f'--config=experiments/configs/{config_file}:smoke', f'--workdir={workdir}',
-               '--config.data.name=cifar10', *overrides]  # the catalogue name mock_data knows
-    # conftest.py's XLA_FLAGS (8 devices) reach the child through the environment.
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = entry_point.run('main', f'--config=experiments/configs/{config_file}:smoke',
+                             f'--workdir={workdir}', '--config.data.name=cifar10', *overrides)
     return workdir, result.stderr
   return run
 

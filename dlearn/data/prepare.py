@@ -50,13 +50,21 @@ def _builder_class(name: str):
                          lambda namespace: namespace.update(name=name))
 
 
+def _check_not_empty(cases: dict, validation_fraction: float):
+  for split, examples in cases.items():
+    if not examples:
+      raise ValueError(f'Split {split!r} would be empty (validation_fraction='
+                       f'{validation_fraction} of a small train split?); pass a larger '
+                       '--validation_fraction, 0 for none, or a --validation path.')
+
+
 def _carve(labels, fraction: float):
   """(train indices, validation indices): per class, the last `fraction` in the given order."""
   labels = np.asarray(labels)
   validation = []
   for label in np.unique(labels):
     members = np.flatnonzero(labels == label)
-    count = int(round(len(members) * fraction))
+    count = int(len(members) * fraction + 0.5)  # to the nearest, halves up
     validation.extend(members[len(members) - count:])
   validation = set(int(i) for i in validation)
   train = [i for i in range(len(labels)) if i not in validation]
@@ -84,6 +92,7 @@ def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
     train_index, validation_index = _carve(data['train'].labels, validation_fraction)
     cases['validation'] = [cases['train'][i] for i in validation_index]
     cases['train'] = [cases['train'][i] for i in train_index]
+  _check_not_empty(cases, validation_fraction)
 
   train_values = np.concatenate([s for s, _, _ in cases['train']])
   metadata = {
@@ -128,6 +137,7 @@ def _image_dataset(paths: dict[str, str], validation_fraction: float, channels: 
     cases['validation'] = [cases['train'][i] for i in validation_index]
     cases['train'] = [cases['train'][i] for i in train_index]
     paths = {**paths, 'validation': paths['train']}  # for messages: where its images came from
+  _check_not_empty(cases, validation_fraction)
 
   label, name, content = cases['train'][0]
   shape = image_folder.decode(paths['train'], name, content, channels=channels,

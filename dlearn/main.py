@@ -5,10 +5,11 @@
 """
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dlearn import checkpoint, metrics, train
+from dlearn import checkpoint, distributed, metrics, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the resolved config, metrics and TensorBoard '
@@ -17,12 +18,19 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file; `file.p
                                 'quick CPU run. Override fields with --config.FIELD=VALUE.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
+flags.DEFINE_string('coordinator_address', None, 'Multi-process jobs: host:port of process 0 '
+                    '(see dlearn/distributed.py; usually detected).')
+flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process jobs: this process\'s index.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   metrics.quiet_library_logs()
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
   logging.info('Config:\n%s', FLAGS.config)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

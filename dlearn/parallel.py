@@ -46,6 +46,17 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def as_global(tree, mesh: Mesh):
+  """Replicated pmap outputs are host-local arrays in a multi-process job (each process holds
+  only its devices' copies); orbax saves global ones. A no-op for one process."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils
+  return jax.tree.map(
+      lambda x: multihost_utils.host_local_array_to_global_array(x, mesh, P())
+      if x.is_fully_addressable else x, tree)
+
+
 def to_global(local_batch, mesh: Mesh):
   """Host-local numpy [local_devices, per_device_batch, ...] → one global jax.Array per leaf,
   split over `mesh` along its leading axis. Every process passes its own share."""

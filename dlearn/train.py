@@ -425,7 +425,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step % checkpoint_every == 0 or step == total_steps or stopped_by:
         check_finite(*in_flight)  # never save a state that followed a non-finite step
         in_flight = None
-        checkpointer.save(step, state, data_state, eval_metrics, wait=bool(stopped_by))
+        checkpointer.save(step, parallel.as_global(state, mesh), data_state, eval_metrics,
+                          wait=bool(stopped_by))
       if stopped_by:
         logging.warning('Stopped by %s at step %d after saving a checkpoint; run the same '
                         'command again to resume.', stopped_by, step)

@@ -79,3 +79,14 @@ def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):
   message = str(error.value)
   assert str(tmp_path) in message
   assert f'tfds build cifar10 --file_format=array_record --data_dir={tmp_path}' in message
+
+
+def test_two_processes_together_read_what_one_process_reads():
+  one = pipeline.train_iterator(_images(40), IMAGES, local_batch_size=8, local_device_count=8,
+                                seed=3)
+  halves = [pipeline.train_iterator(_images(40), IMAGES, local_batch_size=4,
+                                    local_device_count=4, seed=3, process_index=p,
+                                    process_count=2) for p in range(2)]
+  for _ in range(7):  # across an epoch boundary
+    expected = next(one)['label'].ravel().tolist()
+    assert [int(x) for h in halves for x in next(h)['label'].ravel()] == expected

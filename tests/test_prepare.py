@@ -1,35 +1,16 @@
 """Preparing image folders and UEA/UCR .ts files as tfds datasets, and the errors for bad input."""
-import io
 import os
 import tarfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
+import tiny_data
 from dlearn import configs, train
 from dlearn.data import image_folder, pipeline, prepare, ts_format
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
-
-
-def _image_bytes(value, suffix, size=(6, 5)):
-  buffer = io.BytesIO()
-  Image.fromarray(np.full((*size, 3), value, np.uint8)).save(
-      buffer, format='PNG' if suffix == '.png' else 'JPEG', quality=100)
-  return buffer.getvalue()
-
-
-def _image_folder(root, classes=('dog', 'cat'), per_class=5, split='train'):
-  """<root>/<split>/<class>/<i>.png|.jpg; every image's pixels hold its class's sorted index."""
-  for index, name in enumerate(sorted(classes)):
-    os.makedirs(os.path.join(root, split, name))
-    for i in range(per_class):
-      suffix = '.png' if i % 2 else '.jpg'
-      with open(os.path.join(root, split, name, f'{i:03d}{suffix}'), 'wb') as f:
-        f.write(_image_bytes(40 + 100 * index, suffix))
-  return str(root)
 
 
 def _tar(folder, path):
@@ -45,7 +26,7 @@ def _read_all(name, split, data_dir):
 
 @pytest.mark.parametrize('as_archive', [False, True])
 def test_image_folder_becomes_a_dataset(tmp_path, as_archive):
-  folder = _image_folder(tmp_path / 'images')
+  folder = tiny_data.image_folder(tmp_path / 'images')
   path = _tar(folder, tmp_path / 'images.tar.gz') if as_archive else folder
   data_dir = str(tmp_path / 'tfds')
   prepare.prepare('pets', {'train': path}, data_dir, validation_fraction=0.2)
@@ -60,7 +41,7 @@ def test_image_folder_becomes_a_dataset(tmp_path, as_archive):
 
 
 def test_image_size_resizes_every_image(tmp_path):
-  folder = _image_folder(tmp_path / 'images')
+  folder = tiny_data.image_folder(tmp_path / 'images')
   prepare.prepare('pets', {'train': folder}, str(tmp_path / 'tfds'), image_size=(4, 4))
   _, records = _read_all('pets', 'train', str(tmp_path / 'tfds'))
   assert {r['image'].shape for r in records} == {(4, 4, 3)}
@@ -116,7 +97,7 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
   data_dir = str(tmp_path / 'tfds')
   config = configs.base()
   if kind == 'image':
-    prepare.prepare('pets', {'train': _image_folder(tmp_path / 'images', per_class=10)}, data_dir)
+    prepare.prepare('pets', {'train': tiny_data.image_folder(tmp_path / 'images', per_class=10)}, data_dir)
     config.data.name, config.model = 'pets', 'seed_dcnn'
   else:
     lines = [f'{",".join(["1"] * (2 + i % 3))}:{",".join(["2"] * (2 + i % 3))}:{"abc"[i % 3]}'
@@ -140,7 +121,7 @@ def _assert_fails_cleanly(tmp_path, paths, error, match):
 
 
 def test_corrupt_image_names_the_file(tmp_path):
-  folder = _image_folder(tmp_path / 'images')
+  folder = tiny_data.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'dog', '002.jpg'), 'wb') as f:
     f.write(b'not a jpeg at all')
   _assert_fails_cleanly(tmp_path, {'train': folder}, image_folder.ImageFolderError,
@@ -148,18 +129,18 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 
 def test_archive_layout_must_be_split_class_image(tmp_path):
-  folder = _image_folder(tmp_path / 'images')
+  folder = tiny_data.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'stray.jpg'), 'wb') as f:
-    f.write(_image_bytes(0, '.jpg'))
+    f.write(tiny_data.image_bytes(0, '.jpg'))
   archive = _tar(folder, tmp_path / 'images.tar.gz')
   _assert_fails_cleanly(tmp_path, {'train': archive}, image_folder.ImageFolderError,
                         r"'train/stray.jpg' is not laid out as <split>/<class>/<image>")
 
 
 def test_images_of_different_sizes_ask_for_image_size(tmp_path):
-  folder = _image_folder(tmp_path / 'images')
+  folder = tiny_data.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'dog', '004.jpg'), 'wb') as f:
-    f.write(_image_bytes(0, '.jpg', size=(9, 9)))
+    f.write(tiny_data.image_bytes(0, '.jpg', size=(9, 9)))
   _assert_fails_cleanly(tmp_path, {'train': folder}, image_folder.ImageFolderError,
                         r'004.jpg is 9x9.*--image_size')
 

@@ -105,13 +105,21 @@ def _per_device(batch, local_device_count: int):
 def train_iterator(source, info: DatasetInfo, *, local_batch_size: int, local_device_count: int,
                    seed: int, process_index: int = 0, process_count: int = 1):
   """Endless, shuffled (a new order each epoch), checkpointable iterator of this process's
-  training batches."""
-  dataset = (grain.MapDataset.source(source)[process_index::process_count]
+  training batches.
+
+  Every process shuffles the whole split with the same seed, so the sequence of global batches
+  does not depend on how many processes share it: global batch s is the s-th run of
+  `local_batch_size * process_count` examples, and process p reads only its p-th slice of it.
+  So 2 processes x 4 devices train on exactly what 1 process x 8 devices does, and an iterator
+  position (a count of global batches) means the same on any number of processes.
+  """
+  dataset = (grain.MapDataset.source(source)
              .seed(seed)
              .shuffle()
              .repeat(None)
              .map(lambda record: {**_example(record, info), 'mask': np.float32(1)})
              .batch(local_batch_size, drop_remainder=True)
+             [process_index::process_count]
              .map(lambda batch: _per_device(batch, local_device_count)))
   return iter(dataset.to_iter_dataset(_READ_OPTIONS))
 

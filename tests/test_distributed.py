@@ -1,0 +1,112 @@
+"""Multi-process training with jax.distributed: 2 processes x 4 CPU devices on loopback stand in
+for 2 hosts."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import tiny_data
+from dlearn import distributed, evaluate, parallel, train
+from dlearn.data import pipeline
+
+EVAL_EXAMPLES = 37  # no global eval batch of 16 divides it, nor does either process's share
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tiny_data.prepared_images(tmp_path_factory.mktemp('data'))
+
+
+def _args(workdir, data_dir, steps):
+  return ['--config=experiments/configs/seed_dcnn_cifar10.py', f'--workdir={workdir}',
+          '--config.data.name=toy_images', f'--config.data.data_dir={data_dir}',
+          '--config.data.train_split=train', f'--config.data.eval_split=train[:{EVAL_EXAMPLES}]',
+          '--config.batch_size=16', '--config.eval_batch_size=16', '--config.log_every_steps=1',
+          f'--config.num_train_steps={steps}', '--config.checkpoint_every_steps=3']
+
+
+def _env(devices):
+  return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+def _one_process(workdir, data_dir, steps):
+  result = subprocess.run([sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, steps)],
+                          env=_env(8), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stderr
+
+
+def _two_processes(workdir, data_dir, steps):
+  result = subprocess.run([sys.executable, '-m', 'dlearn.launch', '--processes=2',
+                           '--devices_per_process=4', '--', *_args(workdir, data_dir, steps)],
+                          env=_env(8), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stderr
+
+
+def _final(workdir):
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    return json.load(f)
+
+
+def _params(workdir):
+  config = evaluate.load_config(workdir)
+  source = pipeline.load_split(config.data.name, 'train', config.data.data_dir)
+  info = pipeline.dataset_info(source, config.data.name, None)
+  _, state = train.restore_for_evaluation(workdir, config, info, parallel.make_mesh())
+  return int(state.step), jax.tree.leaves(jax.device_get(state.params))
+
+
+def _assert_same_model(workdir_a, workdir_b, step):
+  step_a, params_a = _params(workdir_a)
+  step_b, params_b = _params(workdir_b)
+  assert step_a == step_b == step
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)  # float32 reduction order
+
+
+def test_two_processes_train_what_one_process_trains(tmp_path, data_dir):
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  _one_process(one, data_dir, 6)
+  log = _two_processes(two, data_dir, 6)
+  assert '2 processes x 4 CPU devices' in log
+  assert log.count('eval at step 6') == 1  # one log for the job: process 0's
+  _assert_same_model(one, two, 6)
+  eval_one, eval_two = _final(one)['eval'], _final(two)['eval']
+  assert eval_one['count'] == eval_two['count'] == EVAL_EXAMPLES  # every example once
+  assert eval_one['accuracy'] == eval_two['accuracy']
+  np.testing.assert_allclose(eval_one['loss'], eval_two['loss'], rtol=1e-5)
+
+  # A checkpoint of 2 processes resumes in 1, and one of 1 process in 2: still the same model.
+  assert 'Resumed from the checkpoint of step 6' in _one_process(two, data_dir, 9)
+  assert 'Resumed from the checkpoint of step 6' in _two_processes(one, data_dir, 9)
+  _assert_same_model(one, two, 9)
+
+
+def test_a_dead_process_makes_the_other_fail_within_a_bound(tmp_path, data_dir):
+  workdir = str(tmp_path / 'workdir')
+  port = 20000 + os.getpid() % 20000
+  processes = []
+  for index in range(2):
+    env = dict(_env(4), DLEARN_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', DLEARN_NUM_PROCESSES='2',
+               DLEARN_PROCESS_ID=str(index))
+    processes.append(subprocess.Popen(
+        [sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, 100000)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 180
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+    assert processes[0].poll() is None, processes[0].stderr.read()[-2000:]
+    time.sleep(0.2)
+  processes[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  _, stderr = processes[0].communicate(timeout=distributed.HEARTBEAT_TIMEOUT_SECONDS + 60)
+  assert processes[0].returncode != 0
+  assert time.time() - killed_at < distributed.HEARTBEAT_TIMEOUT_SECONDS + 30
+  assert 'another task died' in stderr

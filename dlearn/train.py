@@ -433,6 +433,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
     if in_flight is not None:
       check_finite(*in_flight)
+    if first_step >= total_steps:  # a finished run started again: report, change nothing
+      logging.info('Already trained for %d steps; evaluating only.', first_step)
+      eval_summary, _ = evaluate(p_eval_step, state, eval_source, info, config, mesh)
     train_seconds = time.perf_counter() - start
     checkpointer.close()
   finally:

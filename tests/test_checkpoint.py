@@ -86,48 +86,61 @@ def test_sigkill_at_random_steps_then_resume_is_bitwise_identical(tmp_path):
   assert _steps_logged(killed) == list(range(1, steps + 1))  # no gap, no duplicate
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_saves_exits_75_and_resumes(tmp_path, signum):
-  workdir = str(tmp_path / 'workdir')
-  overrides = ('--config.num_train_steps=400', '--config.checkpoint_every_steps=1000')
+def _stop_with(signum, workdir, steps=400):
+  """Starts a run, sends `signum` once it has logged step 5; returns the step it stopped at."""
+  overrides = (f'--config.num_train_steps={steps}', '--config.checkpoint_every_steps=1000')
   process = entry_point.start('main', *_args(workdir, *overrides))
   _wait_for_step(process, workdir, 5)
   process.send_signal(signum)
   assert process.wait(timeout=120) == checkpoint.PREEMPTED_EXIT_STATUS
   stopped_at, _ = _final_arrays(workdir)
-  assert 5 <= stopped_at < 400
+  assert 5 <= stopped_at < steps
   assert _steps_logged(workdir)[-1] == stopped_at
+  return stopped_at
+
+
+def test_sigterm_saves_exits_75_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'workdir')
+  stopped_at = _stop_with(signal.SIGTERM, workdir)
   resumed = entry_point.run('main', *_args(workdir, '--config.num_train_steps=' +
                                            str(stopped_at + 3)))
   assert f'Resumed from the checkpoint of step {stopped_at}' in resumed.stderr
   assert _steps_logged(workdir) == list(range(1, stopped_at + 4))
 
 
-def test_checkpoint_from_8_devices_restores_on_4_and_1(tmp_path):
-  workdir = str(tmp_path / 'workdir')
+def test_ctrl_c_saves_and_exits_75(tmp_path):
+  _stop_with(signal.SIGINT, str(tmp_path / 'workdir'))
+
+
+@pytest.fixture(scope='module')
+def trained_on_8_devices(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('trained') / 'workdir')
   entry_point.run('main', *_args(workdir, '--config.num_train_steps=6'))
-  accuracy_loss = {}
-  for devices in (8, 4, 1):
-    result = entry_point.run('evaluate', f'--workdir={workdir}', devices=devices)
-    accuracy_loss[devices] = result.stdout.split('confusion')[0].split()
-  assert accuracy_loss[8][0] == 'accuracy' and accuracy_loss[8][-1] == str(
-      entry_point.NUM_EXAMPLES)
-  for devices in (4, 1):  # same examples, same loss to float32 reduction order
-    np.testing.assert_allclose(float(accuracy_loss[devices][3]), float(accuracy_loss[8][3]),
-                               rtol=1e-5)
-    assert accuracy_loss[devices][1] == accuracy_loss[8][1]
+  return workdir
+
+
+def test_checkpoint_from_8_devices_restores_on_4_and_1(trained_on_8_devices):
+  workdir = trained_on_8_devices
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    on_8 = json.load(f)['eval']  # evaluated on 8 devices at the end of training
+  for devices in (4, 1):
+    words = entry_point.run('evaluate', f'--workdir={workdir}', devices=devices).stdout.split()
+    accuracy, loss, count = float(words[1]), float(words[3]), int(words[5])
+    assert count == on_8['count'] == entry_point.NUM_EXAMPLES
+    assert accuracy == pytest.approx(on_8['accuracy'], abs=5e-5)  # printed to 4 decimals
+    assert loss == pytest.approx(on_8['loss'], abs=5e-5)
   # ...and training continues there.
   continued = entry_point.run('main', *_args(workdir, '--config.num_train_steps=9'), devices=4)
   assert 'Resumed from the checkpoint of step 6' in continued.stderr
   assert _final_arrays(workdir)[0] == 9
 
 
-def test_no_pickle_in_checkpoints(tmp_path):
-  workdir = str(tmp_path / 'workdir')
-  entry_point.run('main', *_args(workdir, '--config.num_train_steps=2'))
+def test_no_pickle_in_checkpoints(trained_on_8_devices):
   # Every file is JSON, orbax's commit note, or tensorstore's OCDBT/zstd data: formats that
   # run no code when read (a pickle would start with 0x80).
-  for name, content in _snapshot(workdir).items():
+  files = _snapshot(trained_on_8_devices)
+  assert files
+  for name, content in files.items():
     if content.startswith(b'{'):
       json.loads(content)
     else:

@@ -44,8 +44,9 @@ def load_split(name: str, split: str, data_dir: str | None = None):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types for "not prepared" and for a bad split.
-    if isinstance(e, (ValueError, KeyError)) and 'split' in str(e).lower():
-      raise ValueError(f'Dataset {name!r} in {data_dir} has no split {split!r}: {e}') from e
+    if os.path.isdir(os.path.join(os.path.expanduser(data_dir), name)):
+      raise ValueError(f'Cannot read split {split!r} of dataset {name!r} in {data_dir} '
+                       f'({type(e).__name__}: {e}).') from e
     raise FileNotFoundError(
         f'Dataset {name!r} was not found in data_dir {data_dir!r} (it looked for '
         f'{os.path.join(data_dir, name)}/<version>/ with ArrayRecord files). Prepare it once, on a '

@@ -14,7 +14,9 @@ import sys
 
 import jax
 import ml_collections
+import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from dlearn import metrics, parallel, train
 from dlearn.data import pipeline
@@ -25,6 +27,7 @@ flags.DEFINE_string('dataset', None, 'tfds dataset name (default: the one traine
 flags.DEFINE_string('split', None, 'Split, e.g. validation, test, train[:10%] (default: the '
                     "run's evaluation split).")
 flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: the one trained with).')
+flags.DEFINE_bool('png', True, 'Also write the confusion matrix as a PNG.')
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -36,18 +39,25 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None = None,
-                     data_dir: str | None = None):
-  """(metrics, confusion matrix, class names, CSV path) of the newest checkpoint in `workdir`."""
+def _restore(workdir, dataset, split, data_dir, mesh):
   config = load_config(workdir)
   dataset = dataset or config.data.name
   split = split or config.data.eval_split
-  data_dir = data_dir or config.data.data_dir
-  mesh = parallel.make_mesh()
-  parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  source = pipeline.load_split(dataset, split, data_dir)
+  source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
   info = pipeline.dataset_info(source, dataset, config.data.max_length)
   graphdef, state = train.restore_for_evaluation(workdir, config, info, mesh)
+  return config, source, info, graphdef, state, dataset, split
+
+
+def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None = None,
+                     data_dir: str | None = None, png: bool = False):
+  """(metrics, confusion matrix, class names, CSV path) of the newest checkpoint in `workdir`
+  on every device; with `png`, the confusion matrix also as a picture beside the CSV."""
+  mesh = parallel.make_mesh()
+  config = load_config(workdir)
+  parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  config, source, info, graphdef, state, dataset, split = _restore(workdir, dataset, split,
+                                                                    data_dir, mesh)
   step = parallel.map_over_devices(
       lambda s, b: train.eval_step(s, b, graphdef=graphdef, config=config, info=info), mesh,
       config.mapping)
@@ -59,7 +69,39 @@ def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None
       writer.writerow(['true \\ predicted', *info.class_names])
       for name, row in zip(info.class_names, confusion):
         writer.writerow([name, *row.tolist()])
+    if png:
+      from dlearn import plots  # matplotlib only when asked for
+      plots.plot_confusion(confusion, info.class_names, path.removesuffix('.csv') + '.png',
+                           title=f'{dataset} {split}: accuracy {summary["accuracy"]:.4f}')
   return summary, confusion, info.class_names, path
+
+
+def predict_workdir(workdir: str, dataset: str | None = None, split: str | None = None,
+                    data_dir: str | None = None) -> dict:
+  """Per-example results on one device, for looking at a model (notebooks): 'logits',
+  'labels', the model 'inputs' as stored ('image' uint8 or 'sequence'), 'lengths' for sequences,
+  and the dataset 'info'."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  config, source, info, graphdef, state, _, _ = _restore(workdir, dataset, split, data_dir, mesh)
+
+  @jax.jit
+  def forward(state, batch):
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    return model(*train.model_inputs(batch, config, info, None, train=False), train=False)
+
+  outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}
+  key = 'image' if info.kind == 'image' else 'sequence'
+  for batch in pipeline.eval_iterator(source, info, global_batch_size=config.eval_batch_size,
+                                      local_device_count=1):
+    batch = {k: v[0] for k, v in batch.items()}  # the one device's share
+    valid = batch['mask'] > 0
+    outputs['logits'].append(np.asarray(forward(state, batch))[valid])
+    outputs['labels'].append(batch['label'][valid])
+    outputs['inputs'].append(batch[key][valid])
+    if 'length' in batch:
+      outputs['lengths'].append(batch['length'][valid])
+  result = {k: np.concatenate(v) for k, v in outputs.items() if v}
+  return {**result, 'info': info}
 
 
 def main(argv):
@@ -67,12 +109,12 @@ def main(argv):
   metrics.quiet_library_logs()
   try:
     summary, _, _, path = evaluate_workdir(FLAGS.workdir, FLAGS.dataset, FLAGS.split,
-                                           FLAGS.data_dir)
+                                           FLAGS.data_dir, FLAGS.png)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
   print(f"accuracy {summary['accuracy']:.4f}  loss {summary['loss']:.4f}  "
         f"examples {summary['count']}")
-  print(f'confusion matrix: {path}')
+  print(f'confusion matrix: {path}' + (' and .png' if FLAGS.png else ''))
 
 
 if __name__ == '__main__':

@@ -82,11 +82,14 @@ class MetricWriter:
       return
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
-    record = {'step': int(step), **{f'{prefix}/{k}': float(v) for k, v in scalars.items()}}
+    now = time.time()
+    record = {'step': int(step), 'time': now,
+              **{f'{prefix}/{k}': float(v) for k, v in scalars.items()}}
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
-    values = [Summary.Value(tag=k, simple_value=v) for k, v in record.items() if k != 'step']
-    self._events.add_event(Event(wall_time=time.time(), step=int(step),
+    values = [Summary.Value(tag=k, simple_value=v) for k, v in record.items()
+              if k not in ('step', 'time')]
+    self._events.add_event(Event(wall_time=now, step=int(step),
                                  summary=Summary(value=values)))
     self._events.flush()
 

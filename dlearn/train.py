@@ -447,4 +447,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0 and not stopped_by:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
+    if config.write_plots:
+      from dlearn import plots  # matplotlib only when asked for
+      plots.plot_curves(os.path.join(workdir, 'metrics.jsonl'),
+                        os.path.join(workdir, 'curves.png'))
   return {**result, 'state': state}

@@ -1,0 +1,231 @@
+"""dlearn against PyTorch, in one run on one machine: training-step throughput per workload.
+
+  pip install -e ".[benchmark]"      # PyTorch; here: pip install torch==2.13.0 (CPU build on disk)
+  python experiments/benchmarks/suite.py [--repeats=5] [--steps=10] [--only=lstm] [--no_compile]
+
+Per workload and framework: examples/s and step time (median, and min-max over repeats of
+`--steps` steps, synthetic data already on the device), the first call's time (compilation included;
+excluded from step time), peak memory, achieved FLOP/s (XLA's count of the dlearn step's
+floating-point operations, used for both frameworks: same model, same work), and, on a GPU, the
+fraction of `--peak_tflops`. The ratio column is dlearn / PyTorch eager (and / torch.compile).
+Results are also written as JSON to experiments/benchmarks/results/<machine kind>.json.
+"""
+import datetime
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from dlearn import configs, parallel, train
+from dlearn.data.pipeline import DatasetInfo
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer('repeats', 5, 'Timed repeats per workload and framework.')
+flags.DEFINE_integer('steps', 10, 'Steps per timed repeat.')
+flags.DEFINE_string('only', '', 'Run only the workloads whose name contains this.')
+flags.DEFINE_bool('compile', True, 'Also time torch.compile.')
+flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
+flags.DEFINE_float('peak_tflops', 0.0, 'The device\'s peak for the fraction-of-peak column (e.g. '
+                   '989 for H100 bf16 dense); 0 leaves it out.')
+
+# name, model, batch, shape of one example, {config overrides}
+WORKLOADS = [
+    ('seed_dcnn b32', 'seed_dcnn', 32, (32, 32, 3), {}),
+    ('seed_dcnn b1024', 'seed_dcnn', 1024, (32, 32, 3), {}),
+    ('resnet18 b128', 'resnet', 128, (32, 32, 3), {}),
+    ('lstm T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'lstm', 'hidden_size': 256}),
+    ('lstm T29 F12 H128 b64', 'rnn', 64, (29, 12), {'cell': 'lstm', 'hidden_size': 128}),
+    ('lstm T1024 F3 H128 b256', 'rnn', 256, (1024, 3), {'cell': 'lstm', 'hidden_size': 128}),
+    ('elman T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'simple', 'hidden_size': 256}),
+]
+NUM_CLASSES = 10
+
+
+def _timed(step_fn, repeats, steps, warmup_steps=3):
+  """(first call seconds, [seconds per step of each repeat]); a few more untimed steps after the
+  first let lazy compilers (torch.compile) settle."""
+  start = time.perf_counter()
+  step_fn(1)
+  first = time.perf_counter() - start
+  step_fn(warmup_steps)
+  per_step = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    step_fn(steps)
+    per_step.append((time.perf_counter() - start) / steps)
+  return first, per_step
+
+
+def _peak_memory_mb():
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  if stats and 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the whole process (CPU)
+
+
+def time_dlearn(model, batch_size, shape, overrides, repeats, steps):
+  config = configs.base()
+  config.model, config.data.augment, config.learning_rate = model, False, 0.01
+  config.rnn.update(overrides)
+  kind = 'image' if len(shape) == 3 else 'sequence'
+  info = DatasetInfo('synthetic', kind, shape, NUM_CLASSES, tuple(map(str, range(NUM_CLASSES))))
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  tx = train.create_optimizer(config, 1000)
+  graphdef, state = train.create_train_state(config, info, tx)
+  state = parallel.replicate(state, mesh)
+  step = parallel.map_over_devices(functools.partial(
+      train.train_step, graphdef=graphdef, tx=tx, config=config, info=info), mesh,
+      donate_state=True)
+  rng = np.random.default_rng(0)
+  batch = {'label': rng.integers(0, NUM_CLASSES, (1, batch_size)).astype(np.int32),
+           'mask': np.ones((1, batch_size), np.float32)}
+  if kind == 'image':
+    batch['image'] = rng.integers(0, 256, (1, batch_size, *shape), dtype=np.uint8)
+  else:
+    batch['sequence'] = rng.normal(size=(1, batch_size, *shape)).astype(np.float32)
+    batch['length'] = np.full((1, batch_size), shape[0], np.int32)
+  batch = parallel.to_global(batch, mesh)  # on the device once: step throughput only
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_seconds = time.perf_counter() - start
+  try:
+    flops = compiled.cost_analysis()['flops']
+  except Exception:  # cost analysis is best effort; the timings do not need it
+    flops = None
+  holder = {'state': state}
+
+  def run(n):
+    for _ in range(n):
+      holder['state'], sums = step(holder['state'], batch)
+    jax.block_until_ready(sums)
+
+  first, per_step = _timed(run, repeats, steps)
+  return compile_seconds + first, per_step, flops
+
+
+def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
+  import torch
+  import torch_reference
+  if model == 'seed_dcnn':
+    network = torch_reference.SeedDCNN(NUM_CLASSES, shape)
+  elif model == 'resnet':
+    network = torch_reference.ResNet(NUM_CLASSES)
+  else:
+    network = torch_reference.RNNClassifier(NUM_CLASSES, shape[-1], overrides['hidden_size'],
+                                            overrides['cell'])
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  network = network.to(device).train()
+  optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
+  generator = torch.Generator().manual_seed(0)
+  if len(shape) == 3:  # NCHW, normalised floats (dlearn gets uint8 and normalises in its step)
+    inputs = torch.randn(batch_size, shape[2], shape[0], shape[1], generator=generator)
+  else:
+    inputs = torch.randn(batch_size, *shape, generator=generator)
+  inputs = inputs.to(device)
+  labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator).to(device)
+
+  def train_step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(network(inputs), labels)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+  if compiled:
+    train_step = torch.compile(train_step)
+  if device == 'cuda':
+    torch.cuda.reset_peak_memory_stats()
+
+  def run(n):
+    for _ in range(n):
+      loss = train_step()
+    loss.item()  # waits for the device
+
+  first, per_step = _timed(run, repeats, steps)
+  memory = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda'
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  return first, per_step, memory
+
+
+def _row(workload, framework, batch_size, first, per_step, memory_mb, flops):
+  median = statistics.median(per_step)
+  row = {'workload': workload, 'framework': framework, 'batch_size': batch_size,
+         'examples_per_second': batch_size / median, 'step_ms_median': 1e3 * median,
+         'step_ms_min': 1e3 * min(per_step), 'step_ms_max': 1e3 * max(per_step),
+         'first_call_s': first, 'peak_memory_mb': memory_mb,
+         'tflops_per_second': flops / median / 1e12 if flops else None}
+  if FLAGS.peak_tflops and flops:
+    row['fraction_of_peak'] = row['tflops_per_second'] / FLAGS.peak_tflops
+  return row
+
+
+def main(argv):
+  del argv
+  sys.path.insert(0, os.path.dirname(__file__))
+  device = jax.devices()[0]
+  kind = FLAGS.machine_kind or (f'cpu-{os.cpu_count()}core' if device.platform == 'cpu'
+                                else device.device_kind.replace(' ', '-').lower())
+  rows = []
+  header = (f'{"workload":<26}{"framework":<15}{"examples/s":>11}{"step ms":>9}{"min-max":>14}'
+            f'{"first s":>9}{"peak MB":>9}{"TFLOP/s":>9}{"ratio":>7}')
+  print(f'{device.platform} ({device.device_kind}), jax {jax.__version__}; median of '
+        f'{FLAGS.repeats} x {FLAGS.steps} steps', flush=True)
+  print(header, flush=True)
+  for name, model, batch_size, shape, overrides in WORKLOADS:
+    if FLAGS.only and FLAGS.only not in name:
+      continue
+    first, per_step, flops = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
+                                         FLAGS.steps)
+    ours = _row(name, 'dlearn', batch_size, first, per_step, _peak_memory_mb(), flops)
+    results = [ours]
+    for compiled in ([False, True] if FLAGS.compile else [False]):
+      framework = 'torch.compile' if compiled else 'torch eager'
+      try:
+        first, per_step, memory = time_torch(model, batch_size, shape, overrides, FLAGS.repeats,
+                                             FLAGS.steps, compiled)
+      except Exception as e:  # torch.compile is not available everywhere
+        print(f'{name:<26}{framework:<15} failed: {type(e).__name__}: {str(e)[:80]}', flush=True)
+        continue
+      theirs = _row(name, framework, batch_size, first, per_step, memory, flops)
+      ours[f'ratio_vs_{framework.replace(" ", "_").replace(".", "_")}'] = (
+          ours['examples_per_second'] / theirs['examples_per_second'])
+      theirs['ratio'] = ours['examples_per_second'] / theirs['examples_per_second']
+      results.append(theirs)
+    for row in results:
+      tflops = f'{row["tflops_per_second"]:.3f}' if row['tflops_per_second'] else '-'
+      ratio = f'{row["ratio"]:.2f}' if 'ratio' in row else ''
+      print(f'{name:<26}{row["framework"]:<15}{row["examples_per_second"]:>11,.0f}'
+            f'{row["step_ms_median"]:>9.2f}{row["step_ms_min"]:>7.1f}-{row["step_ms_max"]:<6.1f}'
+            f'{row["first_call_s"]:>9.2f}{row["peak_memory_mb"]:>9.0f}{tflops:>9}{ratio:>7}',
+            flush=True)
+    rows.extend(results)
+  import torch
+  output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind,
+            'device': f'{device.platform} {device.device_kind}', 'cpu_count': os.cpu_count(),
+            'processor': platform.processor() or platform.machine(), 'python': platform.python_version(),
+            'versions': {'jax': jax.__version__, 'torch': torch.__version__},
+            'repeats': FLAGS.repeats, 'steps': FLAGS.steps, 'rows': rows,
+            'note': 'ratio = dlearn examples/s / PyTorch examples/s; TFLOP/s from XLA\'s count '
+                    'of the dlearn step, applied to both frameworks.'}
+  folder = os.path.join(os.path.dirname(__file__), 'results')
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f'{kind}.json')
+  with open(path, 'w') as f:
+    json.dump(output, f, indent=2)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  from dlearn import metrics
+  metrics.quiet_library_logs()
+  app.run(main)

@@ -68,7 +68,7 @@ def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   raise ValueError(f"Unknown config.optimizer {config.optimizer!r}: 'sgd' or 'adamw'.")
 
 
-def _abstract_train_state(config, info, tx):
+def abstract_train_state(config, info, tx):
   """(graphdef, state of shapes and dtypes only): the restore target of a checkpoint."""
   graphdef = None
 
@@ -204,7 +204,7 @@ def restore_for_evaluation(workdir: str, config, info, mesh):
     raise FileNotFoundError(f'No checkpoint in {checkpoint_lib.directory(workdir)}: train first, '
                             'or name the work directory of a finished run.')
   tx = create_optimizer(config, 1)
-  graphdef, abstract_state = _abstract_train_state(config, info, tx)
+  graphdef, abstract_state = abstract_train_state(config, info, tx)
   state, _ = checkpointer.restore(step, abstract_state, mesh)
   checkpointer.close()
   return graphdef, state
@@ -282,7 +282,7 @@ def _restore_or_create(config, info, tx, mesh, checkpointer, train_batches):
   `config.init_from` (parameters only), else freshly initialised."""
   latest = checkpointer.latest_step()
   if latest is not None:
-    graphdef, abstract_state = _abstract_train_state(config, info, tx)
+    graphdef, abstract_state = abstract_train_state(config, info, tx)
     state, data_state = checkpointer.restore(latest, abstract_state, mesh)
     train_batches.set_state(data_state)
     logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
@@ -294,7 +294,7 @@ def _restore_or_create(config, info, tx, mesh, checkpointer, train_batches):
     step = source.latest_step()
     if step is None:
       raise FileNotFoundError(f'config.init_from={config.init_from!r} has no checkpoint.')
-    _, abstract_state = _abstract_train_state(config, info, tx)
+    _, abstract_state = abstract_train_state(config, info, tx)
     restored, _ = source.restore(step, abstract_state, mesh)
     source.close()
     state = state.replace(params=restored.params, model_state=restored.model_state)

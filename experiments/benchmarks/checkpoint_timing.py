@@ -33,7 +33,7 @@ def time_model(name, config, repeats):
   tx = train.create_optimizer(config, 1000)
   _, state = train.create_train_state(config, CIFAR10, tx)
   state = parallel.replicate(state, mesh)
-  _, abstract_state = train._abstract_train_state(config, CIFAR10, tx)
+  _, abstract_state = train.abstract_train_state(config, CIFAR10, tx)
   blocking, committed, restoring = [], [], []
   with tempfile.TemporaryDirectory() as workdir:
     checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=2)

@@ -34,8 +34,8 @@ def main(argv):
   logging.info('Config:\n%s', FLAGS.config)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.NonFiniteError, train.IncompatibleConfigError,
-          checkpoint.CheckpointWriteError) as e:
+  except (train.NonFiniteError, train.IncompatibleConfigError, checkpoint.CheckpointWriteError,
+          FileNotFoundError, ValueError) as e:  # the messages say what is wrong and what to do
     logging.error('%s', e)
     sys.exit(f'error: {e}')
   if result['preempted']:

@@ -54,8 +54,7 @@ def load_split(name: str, split: str, data_dir: str | None = None):
         f'  pip install tensorflow-cpu && tfds build {name} --file_format=array_record '
         f'--data_dir={data_dir}\n'
         f'or, for your own image folder or UEA/UCR .ts files, with `python -m dlearn.prepare`; '
-        f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR). ({type(e).__name__}: {e})'
-    ) from e
+        f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).') from e
 
 
 def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:

@@ -17,7 +17,8 @@ def base() -> ml_collections.ConfigDict:
   config.model = 'seed_dcnn'  # 'seed_dcnn' | 'resnet' | 'rnn'
   config.resnet = ml_collections.ConfigDict({'stage_sizes': (2, 2, 2, 2), 'width': 64})
   config.rnn = ml_collections.ConfigDict(
-      {'cell': 'lstm', 'hidden_size': 128, 'num_layers': 1, 'bidirectional': False})
+      {'cell': 'lstm', 'hidden_size': 128, 'num_layers': 1, 'bidirectional': False,
+       'unroll': 1})  # unroll: time steps per loop iteration of the scan (speed only)
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'  # any tfds name, or a dataset prepared by `python -m dlearn.prepare`

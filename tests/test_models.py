@@ -52,3 +52,12 @@ def test_padding_never_changes_the_output(cell, bidirectional):
 def test_unknown_cell_is_a_clear_error():
   with pytest.raises(ValueError, match="Unknown RNN cell 'elman'"):
     rnn.RNNClassifier(2, 3, rngs=nnx.Rngs(0), cell='elman')
+
+
+def test_unrolling_the_scan_changes_nothing_but_speed():
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 9, 4)), jnp.float32)
+  lengths = jnp.array([9, 4, 1])
+  outputs = [rnn.RNNClassifier(2, 4, rngs=nnx.Rngs(0), cell='lstm', hidden_size=6,
+                               bidirectional=True, unroll=unroll)(x, lengths)
+             for unroll in (1, 4)]
+  np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)

@@ -33,7 +33,7 @@ class RNNClassifier(nnx.Module):
 
   def __init__(self, num_classes: int, num_features: int, *, rngs: nnx.Rngs, cell: str = 'lstm',
                hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = False,
-               dtype=jnp.float32):
+               unroll: int = 1, dtype=jnp.float32):
     if cell not in CELLS:
       raise ValueError(f'Unknown RNN cell {cell!r}: choose one of {sorted(CELLS)}.')
     make_cell = lambda size: CELLS[cell](size, hidden_size, dtype=dtype, rngs=rngs)
@@ -42,10 +42,10 @@ class RNNClassifier(nnx.Module):
     for layer in range(num_layers):
       size = num_features if layer == 0 else hidden_size * directions
       # rngs=False: these layers draw no randomness, so they keep no RNG state.
-      forward = nnx.RNN(make_cell(size), return_carry=True, rngs=False)
+      forward = nnx.RNN(make_cell(size), return_carry=True, unroll=unroll, rngs=False)
       if bidirectional:
         backward = nnx.RNN(make_cell(size), return_carry=True, reverse=True, keep_order=True,
-                           rngs=False)
+                           unroll=unroll, rngs=False)
         layers.append(nnx.Bidirectional(forward, backward, return_carry=True, rngs=False))
       else:
         layers.append(forward)

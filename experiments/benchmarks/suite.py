@@ -34,6 +34,7 @@ flags.DEFINE_integer('steps', 10, 'Steps per timed repeat.')
 flags.DEFINE_string('only', '', 'Run only the workloads whose name contains this.')
 flags.DEFINE_bool('compile', True, 'Also time torch.compile.')
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
+flags.DEFINE_integer('rnn_unroll', 1, 'dlearn RNNs: time steps per scan iteration.')
 flags.DEFINE_float('peak_tflops', 0.0, 'The device\'s peak for the fraction-of-peak column (e.g. '
                    '989 for H100 bf16 dense); 0 leaves it out.')
 
@@ -77,6 +78,7 @@ def time_dlearn(model, batch_size, shape, overrides, repeats, steps):
   config = configs.base()
   config.model, config.data.augment, config.learning_rate = model, False, 0.01
   config.rnn.update(overrides)
+  config.rnn.unroll = FLAGS.rnn_unroll
   kind = 'image' if len(shape) == 3 else 'sequence'
   info = DatasetInfo('synthetic', kind, shape, NUM_CLASSES, tuple(map(str, range(NUM_CLASSES))))
   mesh = parallel.make_mesh(jax.devices()[:1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import jax
 import orbax.checkpoint as ocp
@@ -97,6 +98,8 @@ class StopSignals:
   def __init__(self):
     self.received = None
     self._previous = {}
+    if threading.current_thread() is not threading.main_thread():
+      return  # Python takes signals in the main thread only; elsewhere the defaults stay
     for signum in (signal.SIGTERM, signal.SIGINT):
       if signum == signal.SIGTERM and jax.process_count() > 1:
         continue

@@ -3,8 +3,10 @@ SGD with Nesterov momentum, cosine schedule, weight decay, crop-and-flip augment
 
   python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=workdirs/resnet
 Narrower and shorter, for a CPU:
-  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=workdirs/resnet \
-      --config.resnet.width=16 --config.num_epochs=5
+  python -m dlearn.main --config=experiments/configs/resnet_cifar10.py --workdir=workdirs/resnet_w16 \
+      --config.resnet.width=16 --config.num_epochs=6
+reaches 78.6% validation accuracy (5,000 images carved from train) in 22 minutes on the project's
+2-core CPU machine, one CPU device (2026-11-26). The full width was not run on a CPU.
 """
 from dlearn import configs
 

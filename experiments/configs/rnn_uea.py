@@ -8,6 +8,10 @@ last 10% of each class of the training file (the official test splits are held b
 The config argument names the dataset (default japanese_vowels: 9 speakers, 12 LPC channels, 7-29
 steps), e.g. `rnn_uea.py:basic_motions`, `rnn_uea.py:gun_point`, `rnn_uea.py:gun_point,smoke`.
 Other cells: --config.rnn.cell=simple|lstm|gru.
+
+Validation accuracy, 2026-11-26, the project's 2-core CPU machine, under a minute each:
+JapaneseVowels 96.3% (26/27), BasicMotions 75.0% (3/4), GunPoint 80.0% (4/5). The carved
+validation splits of the two small ones are 4 and 5 cases: one case is 20-25 points.
 """
 from dlearn import configs
 

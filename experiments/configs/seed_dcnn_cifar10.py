@@ -13,6 +13,10 @@ On the tfds catalogue CIFAR-10 instead (`tfds build cifar10 --file_format=array_
   --config.data.train_split='train[:90%]' --config.data.eval_split='train[90%:]'
 
 The article's recipe has no augmentation; it is off here to match.
+
+Reaches 68.4% validation accuracy (5,000 images carved from train) after 10 epochs; it overfits
+after epoch 5 (70.3%). Measured 2026-11-26 on the project's 2-core CPU machine, one CPU device,
+18 minutes (19 steps/s).
 """
 from dlearn import configs
 

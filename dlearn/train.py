@@ -146,14 +146,15 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, per_example, model_state)), grads = grad_fn(state.params)
-  grads = lax.pmean(grads, AXIS)
-  model_state = lax.pmean(model_state, AXIS)
+  loss, grads, model_state = lax.pmean((loss, grads, model_state), AXIS)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   # A non-finite loss, gradient or update anywhere leaves the state as it was; the loop decides
   # whether to stop or to go on (config.skip_nonfinite_steps). The step number advances anyway.
+  # After the pmean these values are the same on every device (a NaN anywhere is a NaN
+  # everywhere), so every device takes the same decision without another collective.
   all_finite = lambda tree: jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
                                                for x in jax.tree.leaves(tree)]))
-  finite = lax.pmin(jnp.isfinite(loss) & all_finite(grads) & all_finite(updates), AXIS)
+  finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
       step=state.step + 1,

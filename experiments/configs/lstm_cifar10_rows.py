@@ -4,6 +4,9 @@ by an LSTM: the RNN counterpart of the article's CNN recipe.
   python -m dlearn.main --config=experiments/configs/lstm_cifar10_rows.py --workdir=workdirs/lstm_rows
 Any cell: --config.rnn.cell=simple (the article's Elman cell) | lstm | gru;
 stacked and bidirectional: --config.rnn.num_layers=2 --config.rnn.bidirectional=True
+
+Reaches 58.0% validation accuracy (5,000 images carved from train) in 7 minutes on the project's
+2-core CPU machine, one CPU device (2026-11-26).
 """
 from dlearn import configs
 

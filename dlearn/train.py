@@ -224,7 +224,9 @@ class IncompatibleConfigError(ValueError):
 
 # Config fields that change the train state's structure or shapes: a checkpoint written under
 # other values cannot be resumed.
-SHAPE_FIELDS = ('model', 'resnet', 'rnn', 'data.name', 'data.max_length', 'optimizer', 'momentum')
+SHAPE_FIELDS = ('model', 'resnet.stage_sizes', 'resnet.width', 'rnn.cell', 'rnn.hidden_size',
+                'rnn.num_layers', 'rnn.bidirectional', 'data.name', 'data.max_length', 'optimizer',
+                'momentum')
 
 
 def _flatten(config: dict, prefix: str = '') -> dict:
@@ -245,10 +247,9 @@ def check_compatible(config, workdir: str):
   with open(path) as f:
     saved = _flatten(json.load(f))
   current = _flatten(json.loads(config.to_json_best_effort()))
-  relevant = lambda key: any(key == f or key.startswith(f + '.') for f in SHAPE_FIELDS)
-  differences = [f'  {key}: {saved.get(key)!r} in the checkpoint\'s config, {current.get(key)!r} now'
-                 for key in sorted(set(saved) | set(current))
-                 if relevant(key) and saved.get(key) != current.get(key)]
+  # A field missing from the saved config is newer than the run: its default cannot conflict.
+  differences = [f'  {key}: {saved[key]!r} in the checkpoint\'s config, {current.get(key)!r} now'
+                 for key in SHAPE_FIELDS if key in saved and saved[key] != current.get(key)]
   if differences:
     raise IncompatibleConfigError(
         f'{workdir} holds checkpoints of a differently shaped run; refusing to resume:\n' +
@@ -363,8 +364,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # --- Outputs
   if jax.process_index() == 0:
+    resolved = json.loads(config.to_json_best_effort())
+    if data.data_dir:  # absolute, so that evaluation from another folder finds the data
+      resolved['data']['data_dir'] = os.path.abspath(os.path.expanduser(data.data_dir))
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+      json.dump(resolved, f, indent=2)
   writer = metrics_lib.MetricWriter(workdir, resume_step=first_step)
   progress = metrics_lib.Progress(total_steps, first_step)
 
@@ -437,6 +441,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if first_step >= total_steps:  # a finished run started again: report, change nothing
       logging.info('Already trained for %d steps; evaluating only.', first_step)
       eval_summary, _ = evaluate(p_eval_step, state, eval_source, info, config, mesh)
+      logging.info('eval at step %d: loss %.4f  accuracy %.4f  (%d examples)', first_step,
+                   eval_summary['loss'], eval_summary['accuracy'], eval_summary['count'])
     train_seconds = time.perf_counter() - start
     checkpointer.close()
   finally:
@@ -445,7 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result = {'train': train_summary, 'eval': eval_summary, 'steps': total_steps,
             'seconds_after_first_step': train_seconds, 'skipped_nonfinite_steps': skipped,
             'preempted': bool(stopped_by)}
-  if jax.process_index() == 0 and not stopped_by:
+  if jax.process_index() == 0 and not stopped_by and first_step < total_steps:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
     if config.write_plots:

@@ -11,7 +11,6 @@ import os
 import time
 
 import jax
-import numpy as np
 
 
 def summarize(totals: dict) -> dict[str, float]:
@@ -23,13 +22,6 @@ def summarize(totals: dict) -> dict[str, float]:
   if totals.get('nonfinite'):
     summary['nonfinite_steps'] = int(totals['nonfinite'])
   return summary
-
-
-def accumulate(totals: dict | None, step_sums: dict) -> dict:
-  step_sums = jax.device_get(step_sums)
-  if totals is None:
-    return {k: np.float64(v) for k, v in step_sums.items()}
-  return {k: totals[k] + np.float64(v) for k, v in step_sums.items()}
 
 
 def _not_library_chatter(record) -> bool:

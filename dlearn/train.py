@@ -16,6 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax import lax
@@ -23,7 +24,7 @@ from jax import lax
 from dlearn import checkpoint as checkpoint_lib
 from dlearn import metrics as metrics_lib
 from dlearn import models, parallel
-from dlearn.data import augment, pipeline
+from dlearn.data import augment, on_device, pipeline
 
 AXIS = parallel.AXIS
 
@@ -166,6 +167,32 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
   return new_state, {**sums, 'nonfinite': 1.0 - finite.astype(jnp.float32)}
 
 
+def train_steps(state: TrainState, inputs, *, num_steps: int, layout=None, **step_args):
+  """`num_steps` train steps in one dispatch, on one device: `train_step` in a `lax.scan` (written
+  once, so the steps are those of single dispatches).
+
+  `inputs` is, with the host pipeline, this device's batch ([per_device_batch, ...] for one step,
+  [num_steps, per_device_batch, ...] for several); with on-device data (`layout` given), this
+  device's shard of the split, from which each step draws its own batch (on_device.draw).
+  Returns the state and the metric sums over the steps, with `nonfinite` the number of
+  non-finite steps among them and, for several steps, `first_nonfinite_step` the number of the
+  first one (0 if none; step s takes state.step from s - 1 to s).
+  """
+  def one(state, batch):
+    if layout is not None:
+      batch = on_device.draw(inputs, state.rng, state.step, layout)
+    return train_step(state, batch, **step_args)
+
+  if num_steps == 1:
+    return one(state, None if layout is not None else inputs)
+  state, per_step = lax.scan(one, state, None if layout is not None else inputs,
+                             length=num_steps)
+  sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_step)
+  flags = per_step['nonfinite'] > 0
+  first = state.step - num_steps + 1 + jnp.argmax(flags).astype(state.step.dtype)
+  return state, {**sums, 'first_nonfinite_step': jnp.where(jnp.any(flags), first, 0)}
+
+
 def eval_step(state: TrainState, batch, *, graphdef, config, info):
   model = nnx.merge(graphdef, state.params, state.model_state)
   logits = model(*model_inputs(batch, config, info, None, train=False), train=False)
@@ -279,6 +306,48 @@ def _prepare_workdir(config, workdir: str):
     logging.warning('config.fresh: removed the checkpoints and metrics in %s.', workdir)
 
 
+def _data_position(config, mesh, train_batches) -> dict:
+  """What a checkpoint records of the position in the training data: the host iterator's state;
+  with on-device data the position is a function of the step, given the shards."""
+  if train_batches is None:
+    return {'on_device': True, 'devices': mesh.size, 'seed': config.seed}
+  return train_batches.get_state()
+
+
+def _restore_data_position(config, mesh, data_state: dict, train_batches):
+  """Puts the host iterator where the checkpoint left it; says when the data order cannot
+  continue exactly (a switch between host and on-device data, other devices or seed)."""
+  written_on_device = bool(data_state.get('on_device'))
+  if train_batches is not None and not written_on_device:
+    train_batches.set_state(data_state)
+  elif train_batches is not None:
+    logging.warning('The checkpoint was written with config.data.on_device=True: the host '
+                    'pipeline starts its order from the beginning.')
+  elif not written_on_device:
+    logging.warning('The checkpoint was written with the host pipeline: on-device data goes on '
+                    'in its own order.')
+  elif (data_state.get('devices'), data_state.get('seed')) != (mesh.size, config.seed):
+    logging.warning('On-device data was split over %s devices with seed %s when the checkpoint '
+                    'was written, now %d and %d: the data order differs from an uninterrupted '
+                    'run.', data_state.get('devices'), data_state.get('seed'), mesh.size,
+                    config.seed)
+
+
+def dispatch_plan(first_step: int, total_steps: int, steps_per_dispatch: int,
+                  intervals) -> list[tuple[int, int]]:
+  """[(steps done before, steps in this dispatch)] from `first_step` to `total_steps`. A dispatch
+  runs `steps_per_dispatch` steps unless a boundary (a multiple of one of `intervals`: logging,
+  evaluation, checkpoints; or the end) comes sooner; the steps up to that boundary then run one
+  per dispatch, so every boundary ends a dispatch and only two step functions are ever compiled."""
+  plan, step = [], first_step
+  while step < total_steps:
+    boundary = min([total_steps] + [(step // i + 1) * i for i in intervals])
+    length = steps_per_dispatch if boundary - step >= steps_per_dispatch else 1
+    plan.append((step, length))
+    step += length
+  return plan
+
+
 def _restore_or_create(config, info, tx, mesh, checkpointer, train_batches):
   """(graphdef, state) from the newest checkpoint in the work directory, else from
   `config.init_from` (parameters only), else freshly initialised."""
@@ -286,7 +355,7 @@ def _restore_or_create(config, info, tx, mesh, checkpointer, train_batches):
   if latest is not None:
     graphdef, abstract_state = abstract_train_state(config, info, tx)
     state, data_state = checkpointer.restore(latest, abstract_state, mesh)
-    train_batches.set_state(data_state)
+    _restore_data_position(config, mesh, data_state, train_batches)
     logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
     return graphdef, state
   graphdef, state = create_train_state(config, info, tx)
@@ -312,6 +381,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- Devices: check batch sizes before any data is read or anything compiled.
   if config.mapping not in parallel.MAPPINGS:
     raise ValueError(f'Unknown config.mapping {config.mapping!r}: one of {parallel.MAPPINGS}.')
+  steps_per_dispatch = config.steps_per_dispatch
+  if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
+    raise ValueError(f'config.steps_per_dispatch={steps_per_dispatch!r} must be a whole number of '
+                     'steps, 1 or more (e.g. 1, or 8 for a small model).')
   mesh = parallel.make_mesh()
   parallel.per_device_batch_size(config.batch_size, mesh)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
@@ -331,7 +404,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_source = pipeline.load_split(data.name, data.train_split, data.data_dir)
   eval_source = pipeline.load_split(data.name, data.eval_split, data.data_dir)
   info = pipeline.dataset_info(train_source, data.name, data.max_length)
-  steps_per_epoch = len(train_source) // config.batch_size
+  if data.on_device:  # checked before anything is read or compiled
+    layout = on_device.Layout(len(train_source), mesh.size,
+                              parallel.per_device_batch_size(config.batch_size, mesh))
+    on_device.check(layout, info, data.train_split, mesh.local_devices)
+    steps_per_epoch = layout.steps_per_epoch
+  else:
+    layout = None
+    steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'Split {data.train_split!r} of {data.name!r} has {len(train_source)} '
                      f'examples, fewer than one global batch (config.batch_size='
@@ -341,7 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   checkpoint_every = (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
                       else steps_per_epoch)
-  train_batches = pipeline.train_iterator(
+  train_batches = None if data.on_device else pipeline.train_iterator(
       train_source, info, local_batch_size=config.batch_size // jax.process_count(),
       local_device_count=parallel.local_device_count(mesh), seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count())
@@ -354,13 +434,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('%s: %s parameters; %d train / %d eval examples; %d steps (%d per epoch).',
                config.model, f'{num_params:,}', len(train_source), len(eval_source), total_steps,
                steps_per_epoch)
+  data_load_seconds = 0.0
+  if data.on_device:
+    load_start = time.perf_counter()
+    device_data = on_device.load(train_source, info, layout, mesh, config.seed)
+    data_load_seconds = time.perf_counter() - load_start
 
-  # --- Steps: mapped once, compiled on first call, reused for every step.
+  # --- Steps: mapped once per dispatch length (K, and 1 for the steps before a boundary that
+  # K does not reach), compiled on first call, reused for every later one.
   step_args = dict(graphdef=graphdef, config=config, info=info)
-  p_train_step = parallel.map_over_devices(
-      functools.partial(train_step, tx=tx, **step_args), mesh, config.mapping, donate_state=True)
+  dispatch_functions = {}
+
+  def dispatch_function(num_steps):
+    if num_steps not in dispatch_functions:
+      dispatch_functions[num_steps] = parallel.map_over_devices(
+          functools.partial(train_steps, num_steps=num_steps, layout=layout, tx=tx, **step_args),
+          mesh, config.mapping, donate_state=True)
+    return dispatch_functions[num_steps]
   p_eval_step = parallel.map_over_devices(functools.partial(eval_step, **step_args), mesh,
                                           config.mapping)
+  plan = dispatch_plan(first_step, total_steps, steps_per_dispatch,
+                       (config.log_every_steps, eval_every, checkpoint_every))
+  if steps_per_dispatch > 1:
+    single = sum(1 for _, length in plan if length == 1)
+    logging.info('%d steps per dispatch: %d dispatches, %d of them single steps before a log, '
+                 'evaluation or checkpoint boundary that is not a multiple of %d.',
+                 steps_per_dispatch, len(plan), single, steps_per_dispatch)
 
   # --- Outputs
   if jax.process_index() == 0:
@@ -373,23 +472,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = metrics_lib.Progress(total_steps, first_step)
 
   # --- Loop
-  def batches_with_position():
-    for batch in train_batches:
-      yield batch, train_batches.get_state()  # the position after this batch
+  def dispatch_inputs():
+    """(the dispatch's inputs, (steps before, steps in it, data position after it)) per entry of
+    the plan: host batches (stacked [local_devices, K, per_device_batch, ...] for K steps), or
+    the resident data, which never moves."""
+    for before, length in plan:
+      if train_batches is None:
+        yield device_data, (before, length, _data_position(config, mesh, None))
+        continue
+      batches = [next(train_batches) for _ in range(length)]
+      if length > 1:
+        batches = [jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)]
+      yield batches[0], (before, length, train_batches.get_state())
 
-  def check_finite(step, sums):
-    """Called on each step's sums once the next step is queued; blocks until it is done."""
+  def check_finite(steps, sums):
+    """Called on a dispatch's sums (`steps`: its first and last step) once the next dispatch is
+    queued; blocks until it is done."""
     nonlocal skipped
-    if not jax.device_get(sums['nonfinite']):
+    sums = jax.device_get(sums)
+    if not sums['nonfinite']:
       return
+    first, last = steps
+    where = (f'at step {first}' if first == last else
+             f'at step {int(sums["first_nonfinite_step"])} (steps {first}-{last} ran as one '
+             'dispatch)')
     if config.skip_nonfinite_steps:
-      skipped += 1
-      logging.warning('Non-finite loss or gradient at step %d: update skipped (%d so far).',
-                      step, skipped)
+      skipped += int(sums['nonfinite'])
+      logging.warning('Non-finite loss or gradient %s: update skipped (%d so far).', where,
+                      skipped)
       return
     checkpointer.close()
     raise NonFiniteError(
-        f'Non-finite loss or gradient at step {step}; training stopped without applying it. The '
+        f'Non-finite loss or gradient {where}; training stopped without applying it. The '
         f'last good checkpoint, step {checkpointer.latest_step()} in {checkpointer.directory}, '
         'is kept. Lower config.learning_rate, or set --config.skip_nonfinite_steps=True to skip '
         'such steps.')
@@ -397,20 +511,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   signals = checkpoint_lib.StopSignals()
   totals, in_flight, skipped, stopped_by = None, None, 0, None
   train_summary, eval_summary = {}, {}
+  eval_seconds, first_dispatch_steps, step = 0.0, 0, first_step
   start = time.perf_counter()
-  batches = parallel.prefetch(batches_with_position(), mesh)
+  inputs = (dispatch_inputs() if train_batches is None
+            else parallel.prefetch(dispatch_inputs(), mesh))
   try:
-    for step, (batch, data_state) in zip(range(first_step + 1, total_steps + 1), batches):
-      state, sums = p_train_step(state, batch)
-      # At most two steps in flight (see parallel.wait_for_previous); the finished one is checked.
+    for dispatch, (batch, (before, length, data_state)) in enumerate(inputs):
+      step = before + length
+      state, sums = dispatch_function(length)(state, batch)
+      # At most two dispatches in flight (see parallel.wait_for_previous); the finished one is
+      # checked.
       if in_flight is not None:
         check_finite(*in_flight)
-      in_flight = (step, sums)
+      in_flight = ((before + 1, step), sums)
+      sums = {k: v for k, v in sums.items() if k != 'first_nonfinite_step'}
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      if step == first_step + 1:
+      if dispatch == 0:
         jax.block_until_ready(state)
-        logging.info('First step (compilation included) took %.1f s.', time.perf_counter() - start)
+        logging.info('First dispatch (%d step(s), compilation included) took %.1f s.', length,
+                     time.perf_counter() - start)
         progress.restart(step)
+        first_dispatch_steps = length
         start = time.perf_counter()
       if step % config.log_every_steps == 0 or step == total_steps:
         train_summary = metrics_lib.summarize(jax.device_get(totals))
@@ -419,14 +540,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         totals = None
       eval_metrics = None
       if step % eval_every == 0 or step == total_steps:
+        eval_start = time.perf_counter()
         eval_summary, _ = evaluate(p_eval_step, state, eval_source, info, config, mesh)
+        eval_seconds += time.perf_counter() - eval_start
         logging.info('eval at step %d: loss %.4f  accuracy %.4f  (%d examples)', step,
                      eval_summary['loss'], eval_summary['accuracy'], eval_summary['count'])
         writer.write(step, 'eval', eval_summary)
         eval_metrics = {f'eval/{k}': v for k, v in eval_summary.items()}
         progress.restart(step)
+      # JAX's preemption sync point counts calls, which every process makes once per dispatch.
       stopped_by = signals.received or (
-          jax.process_count() > 1 and checkpointer.reached_preemption(step) and 'preemption')
+          jax.process_count() > 1 and checkpointer.reached_preemption(dispatch) and 'preemption')
       if step % checkpoint_every == 0 or step == total_steps or stopped_by:
         check_finite(*in_flight)  # never save a state that followed a non-finite step
         in_flight = None
@@ -448,9 +572,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   finally:
     signals.restore()
     writer.close()
+  # Timing: the steps after the first dispatch (whose compilation it includes) took
+  # seconds_after_first_step, evaluations (eval_seconds) included.
   result = {'train': train_summary, 'eval': eval_summary, 'steps': total_steps,
             'seconds_after_first_step': train_seconds, 'skipped_nonfinite_steps': skipped,
-            'preempted': bool(stopped_by)}
+            'preempted': bool(stopped_by),
+            'timing': {'steps_after_first_dispatch': max(step - first_step - first_dispatch_steps, 0),
+                       'eval_seconds': eval_seconds, 'data_load_seconds': data_load_seconds}}
   if jax.process_index() == 0 and not stopped_by and first_step < total_steps:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)

@@ -511,7 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   signals = checkpoint_lib.StopSignals()
   totals, in_flight, skipped, stopped_by = None, None, 0, None
   train_summary, eval_summary = {}, {}
-  eval_seconds, first_dispatch_steps, step = 0.0, 0, first_step
+  eval_seconds, first_dispatch_steps, first_dispatch_seconds, step = 0.0, 0, 0.0, first_step
   start = time.perf_counter()
   inputs = (dispatch_inputs() if train_batches is None
             else parallel.prefetch(dispatch_inputs(), mesh))
@@ -528,8 +528,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
       if dispatch == 0:
         jax.block_until_ready(state)
+        first_dispatch_seconds = time.perf_counter() - start
         logging.info('First dispatch (%d step(s), compilation included) took %.1f s.', length,
-                     time.perf_counter() - start)
+                     first_dispatch_seconds)
         progress.restart(step)
         first_dispatch_steps = length
         start = time.perf_counter()
@@ -577,7 +578,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result = {'train': train_summary, 'eval': eval_summary, 'steps': total_steps,
             'seconds_after_first_step': train_seconds, 'skipped_nonfinite_steps': skipped,
             'preempted': bool(stopped_by),
-            'timing': {'steps_after_first_dispatch': max(step - first_step - first_dispatch_steps, 0),
+            'timing': {'first_dispatch_steps': first_dispatch_steps,
+                       'steps_after_first_dispatch': max(
+                           step - first_step - first_dispatch_steps, 0),
+                       'first_dispatch_seconds': first_dispatch_seconds,
                        'eval_seconds': eval_seconds, 'data_load_seconds': data_load_seconds}}
   if jax.process_index() == 0 and not stopped_by and first_step < total_steps:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:

@@ -35,16 +35,18 @@ def _env(devices):
   return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
-def _one_process(workdir, data_dir, steps):
-  result = subprocess.run([sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, steps)],
+def _one_process(workdir, data_dir, steps, *extra):
+  result = subprocess.run([sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, steps),
+                           *extra],
                           env=_env(8), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
 
-def _two_processes(workdir, data_dir, steps):
+def _two_processes(workdir, data_dir, steps, *extra):
   result = subprocess.run([sys.executable, '-m', 'dlearn.launch', '--processes=2',
-                           '--devices_per_process=4', '--', *_args(workdir, data_dir, steps)],
+                           '--devices_per_process=4', '--', *_args(workdir, data_dir, steps),
+                           *extra],
                           env=_env(8), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
@@ -87,6 +89,19 @@ def test_two_processes_train_what_one_process_trains(tmp_path, data_dir):
   assert 'Resumed from the checkpoint of step 6' in _one_process(two, data_dir, 9)
   assert 'Resumed from the checkpoint of step 6' in _two_processes(one, data_dir, 9)
   _assert_same_model(one, two, 9)
+
+
+def test_on_device_data_in_two_processes_trains_what_one_process_trains(tmp_path, data_dir):
+  # Each process loads only its own devices' shards; the shards and the order drawn from them
+  # depend on the devices' places in the mesh, not on the processes.
+  fast = ('--config.data.on_device=True', '--config.steps_per_dispatch=2',
+          '--config.log_every_steps=2')
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  _one_process(one, data_dir, 6, *fast)
+  log = _two_processes(two, data_dir, 6, *fast)
+  assert 'On-device data: 108 examples, 13 per device' in log
+  assert 'First dispatch (2 step(s)' in log
+  _assert_same_model(one, two, 6)
 
 
 def test_a_dead_process_makes_the_other_fail_within_a_bound(tmp_path, data_dir):

@@ -167,9 +167,11 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
   return new_state, {**sums, 'nonfinite': 1.0 - finite.astype(jnp.float32)}
 
 
-def train_steps(state: TrainState, inputs, *, num_steps: int, layout=None, **step_args):
+def train_steps(state: TrainState, inputs, *, num_steps: int, layout=None, unroll: bool = True,
+                **step_args):
   """`num_steps` train steps in one dispatch, on one device: `train_step` in a `lax.scan` (written
-  once, so the steps are those of single dispatches).
+  once, so the steps are those of single dispatches), fully unrolled unless `unroll` is False
+  (config.unroll_dispatch).
 
   `inputs` is, with the host pipeline, this device's batch ([per_device_batch, ...] for one step,
   [num_steps, per_device_batch, ...] for several); with on-device data (`layout` given), this
@@ -186,7 +188,7 @@ def train_steps(state: TrainState, inputs, *, num_steps: int, layout=None, **ste
   if num_steps == 1:
     return one(state, None if layout is not None else inputs)
   state, per_step = lax.scan(one, state, None if layout is not None else inputs,
-                             length=num_steps)
+                             length=num_steps, unroll=num_steps if unroll else 1)
   sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_step)
   flags = per_step['nonfinite'] > 0
   first = state.step - num_steps + 1 + jnp.argmax(flags).astype(state.step.dtype)
@@ -448,7 +450,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def dispatch_function(num_steps):
     if num_steps not in dispatch_functions:
       dispatch_functions[num_steps] = parallel.map_over_devices(
-          functools.partial(train_steps, num_steps=num_steps, layout=layout, tx=tx, **step_args),
+          functools.partial(train_steps, num_steps=num_steps, layout=layout,
+                            unroll=config.unroll_dispatch, tx=tx, **step_args),
           mesh, config.mapping, donate_state=True)
     return dispatch_functions[num_steps]
   p_eval_step = parallel.map_over_devices(functools.partial(eval_step, **step_args), mesh,

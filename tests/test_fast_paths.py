@@ -32,8 +32,9 @@ def _dispatch(config, mesh, num_steps, layout=None, mapping='pmap', info=IMAGES)
   tx = train.create_optimizer(config, 100)
   graphdef, state = train.create_train_state(config, info, tx)
   step = parallel.map_over_devices(
-      functools.partial(train.train_steps, num_steps=num_steps, layout=layout, graphdef=graphdef,
-                        tx=tx, config=config, info=info), mesh, mapping, donate_state=True)
+      functools.partial(train.train_steps, num_steps=num_steps, layout=layout,
+                        unroll=config.unroll_dispatch, graphdef=graphdef, tx=tx, config=config,
+                        info=info), mesh, mapping, donate_state=True)
   return step, parallel.replicate(state, mesh)
 
 
@@ -59,8 +60,9 @@ def _records(n, shape=(4, 4, 3), num_classes=5):
 
 
 # ---- several steps per dispatch ----------------------------------------------------------------
-def test_k_steps_in_one_dispatch_equal_k_single_dispatches():
-  config, mesh, k = _config(), parallel.make_mesh(), 3
+@pytest.mark.parametrize('unroll', [True, False])
+def test_k_steps_in_one_dispatch_equal_k_single_dispatches(unroll):
+  config, mesh, k = _config(unroll_dispatch=unroll), parallel.make_mesh(), 3
   batches = _host_batches(k, 8)
   single, state = _dispatch(config, mesh, 1)
   single_sums = []
@@ -126,6 +128,19 @@ def _sequence_records(n):
   rng = np.random.default_rng(0)
   return [{'sequence': rng.normal(size=(int(rng.integers(3, 9)), 2)).astype(np.float32),
            'label': i % 3} for i in range(n)]
+
+
+def test_the_shuffle_is_a_permutation_of_any_size():
+  permute = jax.jit(on_device.permuted, static_argnums=2)
+  for size in (1, 2, 3, 13, 64, 100, 45000):
+    orders = [np.asarray(permute(jax.random.key(seed), np.arange(size), size)) for seed in (0, 1)]
+    for order in orders:
+      np.testing.assert_array_equal(np.sort(order), np.arange(size))
+    if size > 2:
+      assert (orders[0] != orders[1]).any() and (orders[0] != np.arange(size)).any()
+  # Displacement looks random: no long runs of consecutive positions.
+  order = np.asarray(permute(jax.random.key(0), np.arange(45000), 45000))
+  assert np.mean(np.diff(order) == 1) < 0.01
 
 
 @pytest.mark.parametrize('model', ['seed_dcnn', 'rnn'])

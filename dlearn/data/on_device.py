@@ -7,7 +7,7 @@ its leading axis like a host batch. Every process reads only its own devices' sh
 
 Inside the compiled step each device draws its batch from its own shard (`draw`): the position is a
 function of the step number alone (epoch = step // steps_per_epoch, a permutation of the shard per
-epoch and device, the step's slice of it), so nothing crosses from the host per step and a resumed
+epoch and device, the step's slice of it, computed for that slice only), so nothing crosses from the host per step and a resumed
 run continues exactly without any iterator state. Augmentation runs in the step as for host
 batches; evaluation keeps the host pipeline.
 """
@@ -137,15 +137,52 @@ def load(source, info: pipeline.DatasetInfo, layout: Layout, mesh, seed: int):
   return data
 
 
+_ROUNDS = 4  # Feistel rounds: 4 make a pseudorandom permutation of keyed round functions
+
+
+def _hash(x):
+  """A 32-bit integer mixer (`lowbias32`): every output bit depends on every input bit."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def _feistel(x, round_keys, half_bits: int):
+  """A keyed permutation of [0, 4**half_bits): a balanced Feistel network on uint32 `x`."""
+  mask = jnp.uint32((1 << half_bits) - 1)
+  left, right = x >> half_bits, x & mask
+  for r in range(_ROUNDS):
+    left, right = right, left ^ (_hash(right ^ round_keys[r]) & mask)
+  return (left << half_bits) | right
+
+
+def permuted(key, positions, size: int):
+  """Where `positions` (int, in [0, size)) go under a random permutation of [0, size) chosen by
+  `key`, computed for these positions only: a Feistel network over the smallest power of 4 that
+  holds `size`, with cycle-walking (values that land outside [0, size) are permuted again until
+  they land inside, which keeps it a permutation; fewer than 4 rounds on average). O(len
+  (positions)) per step where a full `jax.random.permutation` of a 45,000-example shard sorts the
+  whole shard (30 ms on a CPU)."""
+  bits = max(2, int(np.ceil(np.log2(size))))
+  half_bits = (bits + 1) // 2
+  round_keys = jax.random.bits(key, (_ROUNDS,), jnp.uint32)
+  x = _feistel(positions.astype(jnp.uint32), round_keys, half_bits)
+  x = lax.while_loop(lambda x: jnp.any(x >= size),
+                     lambda x: jnp.where(x >= size, _feistel(x, round_keys, half_bits), x), x)
+  return x.astype(jnp.int32)
+
+
 def batch_indices(base_key_data, step, layout: Layout):
-  """Positions in this device's shard of step `step`'s batch. Within an epoch every position is
-  drawn once (the last shard_size % per_device_batch of each epoch's permutation are not)."""
+  """Positions in this device's shard of step `step`'s batch: the step's slice of this epoch's
+  permutation of the shard (one per epoch and device). Within an epoch every position is drawn
+  once; the last shard_size % per_device_batch of each epoch's order are not drawn."""
   epoch, position = jnp.divmod(step, layout.steps_per_epoch)
   key = jax.random.fold_in(jax.random.wrap_key_data(base_key_data), _DATA_STREAM)
   key = jax.random.fold_in(jax.random.fold_in(key, epoch), lax.axis_index(parallel.AXIS))
-  order = jax.random.permutation(key, layout.shard_size)
-  return lax.dynamic_slice(order, (position * layout.per_device_batch,),
-                           (layout.per_device_batch,))
+  slots = position * layout.per_device_batch + jnp.arange(layout.per_device_batch)
+  return permuted(key, slots, layout.shard_size)
 
 
 def draw(shard, base_key_data, step, layout: Layout):

@@ -32,6 +32,9 @@ def base() -> ml_collections.ConfigDict:
   config.data.augment = True  # random crop with zero padding, and horizontal flip
   config.data.crop_padding = 4
 
+  # 'bfloat16': mixed precision, computing in bf16 with float32 parameters, optimizer state,
+  # normalisation statistics and loss.
+  config.dtype = 'float32'
   config.mapping = 'pmap'  # 'pmap' | 'shard_map': how the per-device step runs on every device
   config.batch_size = 128  # global, over every device of every process
   config.eval_batch_size = 512

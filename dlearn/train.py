@@ -139,7 +139,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
-    logits = model(*inputs, train=True)
+    logits = model(*inputs, train=True).astype(jnp.float32)  # the loss in float32 under bf16
     per_example = _cross_entropy(logits, labels, config.label_smoothing)
     loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, (logits, per_example, nnx.split(model, nnx.Param, ...)[2])
@@ -169,6 +169,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
 def eval_step(state: TrainState, batch, *, graphdef, config, info):
   model = nnx.merge(graphdef, state.params, state.model_state)
   logits = model(*model_inputs(batch, config, info, None, train=False), train=False)
+  logits = logits.astype(jnp.float32)
   labels, mask = batch['label'], batch['mask']
   sums = _sums(logits, labels, _cross_entropy(logits, labels, 0.0), mask)
   num_classes = logits.shape[-1]

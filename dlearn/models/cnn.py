@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-def _max_pool(x):
-  return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+from dlearn.models.layers import conv_general_dilated, max_pool_2x2 as _max_pool
 
 
 class SeedDCNN(nnx.Module):
@@ -28,8 +26,10 @@ class SeedDCNN(nnx.Module):
   def __init__(self, num_classes: int, image_shape: Sequence[int], *, rngs: nnx.Rngs,
                dtype=jnp.float32):
     height, width, channels = image_shape
-    self.conv1 = nnx.Conv(channels, 32, (3, 3), padding='SAME', dtype=dtype, rngs=rngs)
-    self.conv2 = nnx.Conv(32, 64, (3, 3), padding='SAME', dtype=dtype, rngs=rngs)
+    self.conv1 = nnx.Conv(channels, 32, (3, 3), padding='SAME', dtype=dtype, rngs=rngs,
+                            conv_general_dilated=conv_general_dilated)
+    self.conv2 = nnx.Conv(32, 64, (3, 3), padding='SAME', dtype=dtype, rngs=rngs,
+                            conv_general_dilated=conv_general_dilated)
     flat = (height // 4) * (width // 4) * 64
     self.dense1 = nnx.Linear(flat, 512, dtype=dtype, rngs=rngs)
     self.dense2 = nnx.Linear(512, num_classes, dtype=dtype, rngs=rngs)
@@ -49,7 +49,8 @@ class ResidualBlock(nnx.Module):
   def __init__(self, in_channels: int, channels: int, stride: int, *, axis_name, dtype,
                rngs: nnx.Rngs):
     conv = lambda i, o, k, s: nnx.Conv(i, o, (k, k), strides=(s, s), padding='SAME',
-                                       use_bias=False, dtype=dtype, rngs=rngs)
+                                       use_bias=False, dtype=dtype, rngs=rngs,
+                                       conv_general_dilated=conv_general_dilated)
     norm = lambda c, **kw: nnx.BatchNorm(c, momentum=0.9, axis_name=axis_name, dtype=dtype,
                                          rngs=rngs, **kw)
     self.conv1, self.norm1 = conv(in_channels, channels, 3, stride), norm(channels)
@@ -79,7 +80,7 @@ class ResNet(nnx.Module):
                axis_name: str | None = None, dtype=jnp.float32):
     channels = image_shape[-1]
     self.stem = nnx.Conv(channels, width, (3, 3), padding='SAME', use_bias=False, dtype=dtype,
-                         rngs=rngs)
+                         rngs=rngs, conv_general_dilated=conv_general_dilated)
     self.stem_norm = nnx.BatchNorm(width, momentum=0.9, axis_name=axis_name, dtype=dtype,
                                    rngs=rngs)
     blocks, in_channels = [], width

@@ -18,7 +18,9 @@ def base() -> ml_collections.ConfigDict:
   config.resnet = ml_collections.ConfigDict({'stage_sizes': (2, 2, 2, 2), 'width': 64})
   config.rnn = ml_collections.ConfigDict(
       {'cell': 'lstm', 'hidden_size': 128, 'num_layers': 1, 'bidirectional': False,
-       'unroll': 1})  # unroll: time steps per loop iteration of the scan (speed only)
+       'unroll': 1, 'implementation': 'scan'})
+  # unroll: time steps per loop iteration of the scan (speed only). implementation: 'scan', or
+  # 'cudnn' for float32 LSTMs on a GPU (JAX's cuDNN kernel; same parameters, same results).
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'  # any tfds name, or a dataset prepared by `python -m dlearn.prepare`

@@ -27,5 +27,6 @@ def create_model(config, *, num_classes: int, input_shape, axis_name: str | None
   if config.model == 'rnn':
     return RNNClassifier(num_classes, input_shape[-1], rngs=rngs, cell=config.rnn.cell,
                          hidden_size=config.rnn.hidden_size, num_layers=config.rnn.num_layers,
-                         bidirectional=config.rnn.bidirectional, unroll=config.rnn.unroll, dtype=dtype)
+                         bidirectional=config.rnn.bidirectional, unroll=config.rnn.unroll,
+                         implementation=config.rnn.get('implementation', 'scan'), dtype=dtype)
   raise ValueError(f'Unknown config.model {config.model!r}: choose one of {MODELS}.')

@@ -11,7 +11,8 @@ only grows down the table), achieved FLOP/s (the dlearn step's floating-point op
 count for CNNs, 6x the multiply-adds for RNNs; used for both frameworks: same model, same work),
 and, on a GPU, the fraction of `--peak_tflops`. The ratio column is dlearn / PyTorch eager (and / torch.compile).
 `--dtype=bfloat16` times both frameworks in mixed precision (dlearn's config.dtype; PyTorch's
-autocast), float32 parameters in both. For the CNNs a row 'dlearn plain layers' times the same
+autocast), float32 parameters in both. On a GPU, LSTMs get a row 'dlearn cudnn' (config.rnn.implementation='cudnn', float32).
+For the CNNs a row 'dlearn plain layers' times the same
 step with XLA's own max pooling and convolution gradient (what dlearn.models.layers replaces), so
 the table shows whether that fast path pays on this machine.
 Results are also written as JSON to experiments/benchmarks/results/<machine kind>.json.
@@ -106,13 +107,15 @@ def _plain_layers(use):
   cnn.conv_general_dilated = lax.conv_general_dilated if use else layers.conv_general_dilated
 
 
-def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layers=False):
+def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layers=False,
+                rnn_implementation='scan'):
   _plain_layers(plain_layers)
   config = configs.base()
   config.model, config.data.augment, config.learning_rate = model, False, 0.01
   config.dtype = FLAGS.dtype
   config.rnn.update(overrides)
   config.rnn.unroll = FLAGS.rnn_unroll
+  config.rnn.implementation = rnn_implementation
   kind = 'image' if len(shape) == 3 else 'sequence'
   info = DatasetInfo('synthetic', kind, shape, NUM_CLASSES, tuple(map(str, range(NUM_CLASSES))))
   mesh = parallel.make_mesh(jax.devices()[:1])
@@ -233,6 +236,12 @@ def main(argv):
       first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
                                        FLAGS.steps, plain_layers=True)
       results.append(_row(name, 'dlearn plain layers', batch_size, first, per_step,
+                          _peak_memory_mb(), flops))
+    if overrides.get('cell') == 'lstm' and jax.default_backend() == 'gpu' and (
+        FLAGS.dtype == 'float32'):  # JAX's cuDNN LSTM (on a CPU it would time a reference)
+      first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
+                                       FLAGS.steps, rnn_implementation='cudnn')
+      results.append(_row(name, 'dlearn cudnn', batch_size, first, per_step,
                           _peak_memory_mb(), flops))
     for compiled in ([False, True] if FLAGS.compile else [False]):
       framework = 'torch.compile' if compiled else 'torch eager'

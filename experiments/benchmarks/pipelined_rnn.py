@@ -22,8 +22,11 @@ every device) for each parts × micro-batches.
 On a CPU the 8 "devices" are threads on the host's cores (each device single-threaded here, so a
 device is about one core): with P above the core count the devices take turns on the cores and
 wall time cannot show the pipeline's overlap, so `s` corrects for an assumed fair share, and
-other load on the machine makes the estimate noisier still. The measurement that counts belongs
-to a machine with one accelerator per part.
+other load on the machine makes the estimate noisier still: the P=1, M=1 row runs the same program
+as its own tick, so its estimate (ideally 0) shows the noise. Small micro-batches also make a tick
+mostly fixed cost (the per-tick ppermute rendezvous of all devices, small matrix products), which
+the estimate counts as idle. The measurement that counts belongs to a machine with one accelerator
+per part; the memory columns are exact anywhere.
 
 Results go to experiments/benchmarks/results/pipelined_rnn-<machine kind>.json.
 """

@@ -44,13 +44,17 @@ def _reference(model, x, lengths, labels):
 
 
 def _pipelined(model, x, lengths, labels, *, data, parts, micro_batches):
-  """Runs on a (data × time) mesh as the trainer would: sequences split over 'batch' and 'time',
-  lengths and labels over 'batch', parameters replicated; gradients pmean-ed over both axes.
-  Returns every time device's copy of the logits [parts, batch, classes] and the gradients."""
+  """Runs on a (data × time) mesh as the trainer would: batches laid out [data devices,
+  per-device batch, ...], sequences split over 'batch' and 'time', lengths and labels over 'batch',
+  parameters replicated; gradients pmean-ed over both axes. Returns every time device's copy of the
+  logits [parts, batch, classes] and the gradients."""
   mesh = Mesh(np.asarray(jax.devices()[:data * parts]).reshape(data, parts), ('batch', 'time'))
   graphdef, params = nnx.split(model)
+  x, lengths, labels = (a.reshape((data, -1) + a.shape[1:]) for a in (x, lengths, labels))
 
   def body(params, x, lengths, labels):
+    x, lengths, labels = x[0], lengths[0], labels[0]  # this device's [1, ...] block
+
     def loss_fn(params):
       logits = pipelined_logits(nnx.merge(graphdef, params), x, lengths, time_axis='time',
                                 micro_batches=micro_batches)
@@ -58,8 +62,8 @@ def _pipelined(model, x, lengths, labels, *, data, parts, micro_batches):
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return logits[None], jax.lax.pmean(grads, ('batch', 'time'))
 
-  mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P('batch', 'time'), P('batch'),
-                                                     P('batch')),
+  mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P('batch', None, 'time', None),
+                                                     P('batch', None), P('batch', None)),
                          out_specs=(P('time', 'batch'), P()), check_vma=False)
   return jax.jit(mapped)(params, x, lengths, labels)
 

@@ -108,6 +108,12 @@ def _halo_rows(x, space_axis: str, above: int, below: int):
   return jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
 
 
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """XLA's SAME padding (before, after) of one dimension of the whole image."""
+  total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
 def _conv(conv: nnx.Conv, x, space_axis: str | None):
   """`conv(x)`; with `space_axis`, the same SAME convolution of the whole image, computed on this
   device's band of rows after a halo exchange with the neighbouring bands."""
@@ -122,11 +128,12 @@ def _conv(conv: nnx.Conv, x, space_axis: str | None):
     raise NotImplementedError('Spatial partitioning supports plain SAME convolutions only.')
   if band % strides[0]:
     raise ValueError(f'Bands of {band} rows cannot be convolved with stride {strides[0]}.')
-  (top, bottom), width_pads = lax.padtype_to_pads((band * parts, x.shape[2]), (kh, kw), strides,
-                                                  'SAME')
+  (top, _), width_pads = (_same_pads(n, k, s) for n, k, s in
+                           zip((band * parts, x.shape[2]), (kh, kw), strides))
   # Output row i of the whole image reads input rows i·s - top ... i·s - top + k - 1, so band p's
-  # outputs read its own rows plus `top` rows above and k - s - top (= bottom) rows below.
-  x = _halo_rows(x, space_axis, top, bottom)
+  # outputs read its own rows plus `top` rows above and k - s - top rows below (the whole image's
+  # bottom padding; negative for a 1x1 stride-2 convolution, whose band's last row goes unread).
+  x = _halo_rows(x, space_axis, top, kh - strides[0] - top)
   kernel = conv.kernel[...]
   bias = conv.bias[...] if conv.bias is not None else None
   x, kernel, bias = conv.promote_dtype((x, kernel, bias), dtype=conv.dtype)

@@ -4,7 +4,6 @@ BatchNorm statistics and training step, within float32 tolerance."""
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest

@@ -38,6 +38,11 @@ def base() -> ml_collections.ConfigDict:
   # normalisation statistics and loss.
   config.dtype = 'float32'
   config.mapping = 'pmap'  # 'pmap' | 'shard_map': how the per-device step runs on every device
+  # Examples split across devices (the article's distributed networks): with parts > 1 the
+  # devices form groups of `parts`, each group sharing its examples — a CNN's images in bands of
+  # rows, an RNN's sequences in time chunks run as a pipeline of `micro_batches` micro-batches —
+  # and the groups are data-parallel. Needs mapping='shard_map'. README: "Splitting one example".
+  config.partition = ml_collections.ConfigDict({'parts': 1, 'micro_batches': 1})
   config.batch_size = 128  # global, over every device of every process
   config.eval_batch_size = 512
   config.optimizer = 'sgd'  # 'sgd' | 'adamw'

@@ -2,7 +2,7 @@
 time against the unpartitioned model as the number of parts (bands of image rows) grows.
 
   python experiments/benchmarks/spatial_cnn.py [--models=resnet,seed_dcnn] [--height=256]
-      [--seed_dcnn_height=128] [--batch=2] [--parts=1,2,4,8] [--repeats=5]
+      [--seed_dcnn_height=128] [--batch=2] [--parts=1,2,4,8] [--repeats=5] [--memory_only]
 
 Per model and part count, one forward + backward step (loss, gradients averaged over the mesh) on
 one batch of `--batch` square images (ResNet: `--height` rows; SeedDCNN: `--seed_dcnn_height`, as
@@ -71,6 +71,8 @@ flags.DEFINE_list('stage_sizes', ['1', '1', '1', '1'], 'ResNet blocks per stage.
 flags.DEFINE_integer('width', 16, 'ResNet width (channels of the first stage).')
 flags.DEFINE_integer('repeats', 5, 'Timed steps per row (median reported).')
 flags.DEFINE_list('methods', ['shard_map', 'gspmd'], 'Partitioning methods to compare.')
+flags.DEFINE_bool('memory_only', False, 'Compile and report memory per device; run nothing (for '
+                  'images too large to step through on this machine).')
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 
 DATA, SPACE = 'batch', 'space'
@@ -129,9 +131,9 @@ def measure(model, method, parts, params, rest, images, labels):
   compiled, args = compiled_step(model, method, parts, params, rest, images, labels)
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
-  loss, _ = jax.block_until_ready(compiled(*args))  # warm-up
-  times = []
-  for _ in range(FLAGS.repeats):
+  loss, times = (float('nan'), [float('nan')]) if FLAGS.memory_only else (
+      jax.block_until_ready(compiled(*args))[0], [])  # warm-up
+  for _ in range(0 if FLAGS.memory_only else FLAGS.repeats):
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)

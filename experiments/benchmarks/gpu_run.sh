@@ -2,11 +2,12 @@
 # Every GPU check and benchmark, in one call on a lent GPU machine (the `device` tool; its image has
 # jax, flax, optax, orbax and torch, not tensorflow-datasets or grain). Not yet run on a GPU.
 #
-# Here, once (the wheels and the prepared CIFAR-10 JPEG split, both git-ignored, 64 MiB at most):
+# Here, once (both git-ignored; a call carries 64 MiB at most, so the 16 MB JPEG archive travels,
+# not the 161 MB prepared dataset, which is prepared there):
 #   ../shared/tools/device-wheels .whl tensorflow-datasets grain
-#   python -m dlearn.prepare ...   (README: "Prepare data"; gives data/tfds/cifar10_jpeg)
+#   mkdir -p data/raw && cp ../shared/data/cifar10_jpeg_train.tar.gz data/raw/
 # Then one device call: command `bash experiments/benchmarks/gpu_run.sh`,
-#   carry [".whl", "data/tfds/cifar10_jpeg"], timeout_s 540.
+#   carry [".whl", "data/raw"], timeout_s 540.
 # Everything lands in $OUT (log.txt and the results JSON); copy the JSON files into
 # experiments/benchmarks/results/ and the numbers into the README and the issue notes.
 set -uo pipefail
@@ -17,6 +18,8 @@ pip install -q --no-index --find-links .whl tensorflow-datasets grain \
 step() { echo "== $*"; timeout "$@"; echo "(exit $?)"; }
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  step 120 python -m dlearn.prepare --name=cifar10_jpeg --data_dir=data/tfds \
+    --train=data/raw/cifar10_jpeg_train.tar.gz
   step 120 python experiments/benchmarks/gpu_checks.py
   # H100 SXM dense bf16 peak: 989 TFLOP/s (the fraction-of-peak column).
   step 200 python experiments/benchmarks/suite.py --peak_tflops=989 --steps=20

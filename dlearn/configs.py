@@ -18,7 +18,9 @@ def base() -> ml_collections.ConfigDict:
   config.resnet = ml_collections.ConfigDict({'stage_sizes': (2, 2, 2, 2), 'width': 64})
   config.rnn = ml_collections.ConfigDict(
       {'cell': 'lstm', 'hidden_size': 128, 'num_layers': 1, 'bidirectional': False,
-       'unroll': 1})  # unroll: time steps per loop iteration of the scan (speed only)
+       'unroll': 1, 'implementation': 'scan'})
+  # unroll: time steps per loop iteration of the scan (speed only). implementation: 'scan', or
+  # 'cudnn' for float32 LSTMs on a GPU (JAX's cuDNN kernel; same parameters, same results).
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'cifar10'  # any tfds name, or a dataset prepared by `python -m dlearn.prepare`
@@ -37,6 +39,9 @@ def base() -> ml_collections.ConfigDict:
   # always streams from the host.
   config.data.on_device = False
 
+  # 'bfloat16': mixed precision, computing in bf16 with float32 parameters, optimizer state,
+  # normalisation statistics and loss.
+  config.dtype = 'float32'
   config.mapping = 'pmap'  # 'pmap' | 'shard_map': how the per-device step runs on every device
   # K train steps per dispatch, in a lax.scan on the device: less launch and Python overhead for
   # small models. The steps before a log/eval/checkpoint boundary (or the end) that is not a
@@ -46,6 +51,11 @@ def base() -> ml_collections.ConfigDict:
   # K). False: one loop over them, compiled once. XLA:CPU ran seed_dcnn's steps inside a loop
   # about 15x slower than unrolled (jax 0.10.2); an LSTM (already a loop over time) ran as fast.
   config.unroll_dispatch = True
+  # Examples split across devices (the article's distributed networks): with parts > 1 the
+  # devices form groups of `parts`, each group sharing its examples — a CNN's images in bands of
+  # rows, an RNN's sequences in time chunks run as a pipeline of `micro_batches` micro-batches —
+  # and the groups are data-parallel. Needs mapping='shard_map'. README: "Splitting one example".
+  config.partition = ml_collections.ConfigDict({'parts': 1, 'micro_batches': 1})
   config.batch_size = 128  # global, over every device of every process
   config.eval_batch_size = 512
   config.optimizer = 'sgd'  # 'sgd' | 'adamw'

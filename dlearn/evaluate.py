@@ -41,6 +41,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def _restore(workdir, dataset, split, data_dir, mesh):
   config = load_config(workdir)
+  if 'partition' in config and parallel.parts(mesh) == 1:
+    # A run that split examples over devices has the same parameters as an unsplit one.
+    config.partition.parts = 1
   dataset = dataset or config.data.name
   split = split or config.data.eval_split
   source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
@@ -53,8 +56,8 @@ def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None
                      data_dir: str | None = None, png: bool = False):
   """(metrics, confusion matrix, class names, CSV path) of the newest checkpoint in `workdir`
   on every device; with `png`, the confusion matrix also as a picture beside the CSV."""
-  mesh = parallel.make_mesh()
   config = load_config(workdir)
+  mesh = parallel.make_mesh(parts=config.partition.parts if 'partition' in config else 1)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   config, source, info, graphdef, state, dataset, split = _restore(workdir, dataset, split,
                                                                     data_dir, mesh)

@@ -5,6 +5,13 @@ A step body is written for one device and reduces over the named axis `AXIS` wit
 `lax.psum`. Its first argument (the train state) is replicated: the same on every device, in and
 out. Its second (the batch) is split along its leading [devices] axis. Its outputs must be the same
 on every device (reduce them over `AXIS` first).
+
+With `parts` > 1 (config.partition.parts) the mesh is 2-D, [data groups, parts] with axes
+(`AXIS`, `PART_AXIS`): the `parts` devices of a group share each of the group's examples (a CNN's
+image in bands of rows, an RNN's sequence in time chunks; dlearn/models/cnn.py and
+pipelined_rnn.py). The batch is split over the groups and every device of a group receives the
+group's whole batch (its leading axis is [groups]); the body takes its own part of each example
+after augmentation, which must see the whole image. Only `jit(shard_map)` maps a 2-D mesh.
 """
 from __future__ import annotations
 
@@ -16,28 +23,45 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = 'batch'
+PART_AXIS = 'part'
 MAPPINGS = ('pmap', 'shard_map')
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over `devices` (default: every device of every process)."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
+def make_mesh(devices=None, parts: int = 1) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process), or with `parts` > 1 a
+  [groups, parts] mesh whose groups are consecutive devices of one process."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  if parts == 1:
+    return Mesh(devices, (AXIS,))
+  local = jax.local_device_count() if devices.size == jax.device_count() else devices.size
+  if parts < 1 or local % parts:
+    raise ValueError(f'config.partition.parts={parts} must divide the {local} devices of each '
+                     f'process (the devices that share an example must be on one host); use '
+                     f'one of {[p for p in range(1, local + 1) if local % p == 0]}.')
+  return Mesh(devices.reshape(-1, parts), (AXIS, PART_AXIS))
+
+
+def parts(mesh: Mesh) -> int:
+  """How many devices share each example (1: plain data parallelism)."""
+  return dict(mesh.shape).get(PART_AXIS, 1)
 
 
 def local_device_count(mesh: Mesh) -> int:
-  return len(mesh.local_devices)
+  """The leading axis of this process's batches: its devices, or its groups of `parts` devices."""
+  return len(mesh.local_devices) // parts(mesh)
 
 
 def per_device_batch_size(global_batch_size: int, mesh: Mesh, what: str = 'batch_size') -> int:
   """The batch each device sees; a global batch the devices do not divide is an error here,
   before anything is compiled."""
-  devices = mesh.size
+  devices = mesh.shape[AXIS]
   if global_batch_size <= 0 or global_batch_size % devices:
     below = max(devices, global_batch_size // devices * devices)
+    groups = f' groups of {parts(mesh)}' if parts(mesh) > 1 else ''
     raise ValueError(
         f'config.{what}={global_batch_size} is the global batch and must be a positive multiple '
-        f'of the {devices} devices ({jax.process_count()} process(es)); use e.g. {below} or '
-        f'{below + devices}.')
+        f'of the {devices} devices{groups} ({jax.process_count()} process(es)); use e.g. {below} '
+        f'or {below + devices}.')
   return global_batch_size // devices
 
 
@@ -99,6 +123,9 @@ def map_over_devices(body: Callable, mesh: Mesh, mapping: str = 'pmap',
   function, compiled on its first call and reused for every later one.
   """
   donate = (0,) if donate_state else ()
+  if mapping == 'pmap' and parts(mesh) > 1:
+    raise ValueError(f'config.partition.parts={parts(mesh)} needs a 2-D device mesh, which only '
+                     "config.mapping='shard_map' runs: add --config.mapping=shard_map.")
   if mapping == 'pmap':
     return jax.pmap(body, axis_name=AXIS, in_axes=(None, 0), out_axes=None,
                     devices=mesh.devices.flat, donate_argnums=donate)

@@ -25,8 +25,9 @@ from dlearn import checkpoint as checkpoint_lib
 from dlearn import metrics as metrics_lib
 from dlearn import models, parallel
 from dlearn.data import augment, on_device, pipeline
+from dlearn.models import pipelined_rnn
 
-AXIS = parallel.AXIS
+AXIS, PART_AXIS = parallel.AXIS, parallel.PART_AXIS
 
 
 @flax.struct.dataclass
@@ -83,9 +84,10 @@ def abstract_train_state(config, info, tx):
 
 def create_train_state(config, info: pipeline.DatasetInfo, tx):
   """(graphdef, state): the model's static structure, and its arrays with the optimizer's."""
+  spatial = _parts(config) > 1 and config.model != 'rnn'
   model = models.create_model(config, num_classes=info.num_classes,
                               input_shape=model_input_shape(config, info), axis_name=AXIS,
-                              seed=config.seed)
+                              seed=config.seed, space_axis=PART_AXIS if spatial else None)
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=tx.init(params),
@@ -110,9 +112,53 @@ def model_inputs(batch, config, info: pipeline.DatasetInfo, rng, train: bool):
   return (images.reshape(batch_size, height, -1), jnp.full((batch_size,), height, jnp.int32))
 
 
+def _parts(config) -> int:
+  """How many devices share each example (config.partition.parts; 1: data parallelism only)."""
+  return config.partition.parts if 'partition' in config else 1
+
+
+def check_partition(config, info: pipeline.DatasetInfo, mesh):
+  """Refuses, before anything is compiled, a partition the model cannot run."""
+  parts = _parts(config)
+  if parts == 1:
+    return
+  if config.mapping != 'shard_map':
+    raise ValueError(f'config.partition.parts={parts} needs a 2-D device mesh, which only '
+                     "config.mapping='shard_map' runs: add --config.mapping=shard_map.")
+  shape = model_input_shape(config, info)
+  if config.model != 'rnn':
+    models.check_spatial_parts(config, shape, parts)
+    return
+  for what in ('batch_size', 'eval_batch_size'):
+    try:
+      pipelined_rnn.check_time_parts(shape[0], parts, config.partition.micro_batches,
+                                     parallel.per_device_batch_size(config[what], mesh, what))
+    except ValueError as e:
+      raise ValueError(f'config.partition (parts={parts}, micro_batches='
+                       f'{config.partition.micro_batches}), config.{what}={config[what]}: {e}')
+
+
+def apply_model(model, inputs, config, train: bool):
+  """The model's logits from a device's whole examples. With config.partition.parts > 1 the device
+  keeps only its part of each example (a band of image rows, or a chunk of time steps; taken
+  here, after augmentation, which must see whole images) and the partitioned model combines the
+  parts over PART_AXIS."""
+  parts = _parts(config)
+  if parts == 1:
+    return model(*inputs, train=train)
+  x, *rest = inputs
+  size = x.shape[1] // parts  # rows of an image, or time steps of a sequence
+  x = lax.dynamic_slice_in_dim(x, lax.axis_index(PART_AXIS) * size, size, axis=1)
+  if config.model != 'rnn':
+    return model(x, train=train)
+  return pipelined_rnn.pipelined_logits(model, x, *rest, time_axis=PART_AXIS,
+                                        micro_batches=config.partition.micro_batches)
+
+
 def device_rng(base_key_data, step):
   """This device's key for this step: the step and the device index folded into the base key, so
-  no two steps and no two devices draw the same augmentation or dropout."""
+  no two steps and no two devices draw the same augmentation or dropout. The devices that share
+  examples (config.partition) draw the same: they augment the same images."""
   step_key = jax.random.fold_in(jax.random.wrap_key_data(base_key_data), step)
   return jax.random.fold_in(step_key, lax.axis_index(AXIS))
 
@@ -140,14 +186,18 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
-    logits = model(*inputs, train=True)
+    logits = apply_model(model, inputs, config, train=True).astype(jnp.float32)  # the loss in float32 under bf16
     per_example = _cross_entropy(logits, labels, config.label_smoothing)
     loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, (logits, per_example, nnx.split(model, nnx.Param, ...)[2])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, per_example, model_state)), grads = grad_fn(state.params)
-  loss, grads, model_state = lax.pmean((loss, grads, model_state), AXIS)
+  # With partitioned examples, each device's gradient is `parts` times its part's share (the psum
+  # that combines the parts transposes to a psum), so the mean over both axes is the whole
+  # gradient (tests/test_spatial.py, test_pipelined_rnn.py).
+  axes = (AXIS, PART_AXIS) if _parts(config) > 1 else AXIS
+  loss, grads, model_state = lax.pmean((loss, grads, model_state), axes)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   # A non-finite loss, gradient or update anywhere leaves the state as it was; the loop decides
   # whether to stop or to go on (config.skip_nonfinite_steps). The step number advances anyway.
@@ -197,7 +247,9 @@ def train_steps(state: TrainState, inputs, *, num_steps: int, layout=None, unrol
 
 def eval_step(state: TrainState, batch, *, graphdef, config, info):
   model = nnx.merge(graphdef, state.params, state.model_state)
-  logits = model(*model_inputs(batch, config, info, None, train=False), train=False)
+  logits = apply_model(model, model_inputs(batch, config, info, None, train=False), config,
+                       train=False)
+  logits = logits.astype(jnp.float32)
   labels, mask = batch['label'], batch['mask']
   sums = _sums(logits, labels, _cross_entropy(logits, labels, 0.0), mask)
   num_classes = logits.shape[-1]
@@ -312,7 +364,7 @@ def _data_position(config, mesh, train_batches) -> dict:
   """What a checkpoint records of the position in the training data: the host iterator's state;
   with on-device data the position is a function of the step, given the shards."""
   if train_batches is None:
-    return {'on_device': True, 'devices': mesh.size, 'seed': config.seed}
+    return {'on_device': True, 'shards': mesh.shape[AXIS], 'seed': config.seed}
   return train_batches.get_state()
 
 
@@ -328,10 +380,10 @@ def _restore_data_position(config, mesh, data_state: dict, train_batches):
   elif not written_on_device:
     logging.warning('The checkpoint was written with the host pipeline: on-device data goes on '
                     'in its own order.')
-  elif (data_state.get('devices'), data_state.get('seed')) != (mesh.size, config.seed):
-    logging.warning('On-device data was split over %s devices with seed %s when the checkpoint '
-                    'was written, now %d and %d: the data order differs from an uninterrupted '
-                    'run.', data_state.get('devices'), data_state.get('seed'), mesh.size,
+  elif (data_state.get('shards'), data_state.get('seed')) != (mesh.shape[AXIS], config.seed):
+    logging.warning('On-device data was cut into %s shards with seed %s when the checkpoint was '
+                    'written, now %d and %d: the data order differs from an uninterrupted run.',
+                    data_state.get('shards'), data_state.get('seed'), mesh.shape[AXIS],
                     config.seed)
 
 
@@ -387,11 +439,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not isinstance(steps_per_dispatch, int) or steps_per_dispatch < 1:
     raise ValueError(f'config.steps_per_dispatch={steps_per_dispatch!r} must be a whole number of '
                      'steps, 1 or more (e.g. 1, or 8 for a small model).')
-  mesh = parallel.make_mesh()
+  mesh = parallel.make_mesh(parts=_parts(config))
   parallel.per_device_batch_size(config.batch_size, mesh)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  logging.info('%d devices (%s) in %d process(es); global batch %d, %s.', mesh.size,
-               jax.devices()[0].platform, jax.process_count(), config.batch_size, config.mapping)
+  logging.info('%d devices (%s) in %d process(es); global batch %d, %s%s.', mesh.size,
+               jax.devices()[0].platform, jax.process_count(), config.batch_size, config.mapping,
+               f'; every example split over {_parts(config)} devices' if _parts(config) > 1 else '')
 
   # --- Work directory: writable, and its checkpoints compatible with this config
   _prepare_workdir(config, workdir)
@@ -406,8 +459,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_source = pipeline.load_split(data.name, data.train_split, data.data_dir)
   eval_source = pipeline.load_split(data.name, data.eval_split, data.data_dir)
   info = pipeline.dataset_info(train_source, data.name, data.max_length)
+  check_partition(config, info, mesh)
   if data.on_device:  # checked before anything is read or compiled
-    layout = on_device.Layout(len(train_source), mesh.size,
+    layout = on_device.Layout(len(train_source), mesh.shape[AXIS],
                               parallel.per_device_batch_size(config.batch_size, mesh))
     on_device.check(layout, info, data.train_split, mesh.local_devices)
     steps_per_epoch = layout.steps_per_epoch

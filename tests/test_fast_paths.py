@@ -171,6 +171,25 @@ def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(mod
   _assert_trees_close(results['pmap', 2].params, results['pmap', 1].params)
 
 
+def test_on_device_data_with_examples_split_over_devices():
+  # 8 devices in 4 groups of 2 (each image in 2 bands of rows) hold 4 shards, one per group, and
+  # train what 4 devices with whole images do.
+  config = _config(mapping='shard_map')
+  layout = on_device.Layout(num_examples=120, num_devices=4, per_device_batch=4)
+  records = _records(120, (16, 16, 3), 10)
+  results = []
+  for devices, parts in ((4, 1), (8, 2)):
+    config.partition.parts = parts
+    mesh = parallel.make_mesh(jax.devices()[:devices], parts)
+    data = on_device.load(records, IMAGES, layout, mesh, seed=0)
+    assert data['image'].shape == (4, 30, 16, 16, 3)
+    step, state = _dispatch(config, mesh, 2, layout, 'shard_map')
+    for _ in range(2):
+      state, _ = step(state, data)
+    results.append(state)
+  _assert_trees_close(results[0].params, results[1].params)
+
+
 # ---- through train_and_evaluate ------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
@@ -216,7 +235,7 @@ def test_stopped_and_resumed_run_equals_a_straight_one(tmp_path, data_dir, on_de
   assert losses[1][1] < 0.8 * losses[0][1]  # it learns
   if on_device:
     with open(os.path.join(checkpoint.directory(resumed_dir), '12', 'data', 'metadata')) as f:
-      assert json.load(f) == {'on_device': True, 'devices': 8, 'seed': 0}
+      assert json.load(f) == {'on_device': True, 'shards': 8, 'seed': 0}
 
 
 def test_non_finite_step_in_a_dispatch_is_named_and_stops(tmp_path, data_dir):

@@ -61,3 +61,29 @@ def test_unrolling_the_scan_changes_nothing_but_speed():
                                bidirectional=True, unroll=unroll)(x, lengths)
              for unroll in (1, 4)]
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('num_layers, bidirectional', [(1, False), (2, True)])
+def test_cudnn_lstm_gives_the_scans_outputs_and_gradients(num_layers, bidirectional):
+  # On a CPU the 'cudnn' path runs JAX's reference of the cuDNN kernel: this checks that the
+  # parameters are packed in cuDNN's layout, which the kernel itself then uses on a GPU.
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(4, 9, 3)), jnp.float32)
+  lengths = jnp.array([9, 4, 1, 7])
+  results = []
+  for implementation in ('scan', 'cudnn'):
+    model = rnn.RNNClassifier(5, 3, rngs=nnx.Rngs(0), cell='lstm', hidden_size=6,
+                              num_layers=num_layers, bidirectional=bidirectional,
+                              implementation=implementation)
+    graphdef, params = nnx.split(model)
+    loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, lengths)))
+    results.append((nnx.merge(graphdef, params)(x, lengths), jax.grad(loss)(params)))
+  (scan_logits, scan_grads), (cudnn_logits, cudnn_grads) = results
+  np.testing.assert_allclose(cudnn_logits, scan_logits, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               cudnn_grads, scan_grads)
+
+
+def test_cudnn_implementation_is_for_float32_lstms_only():
+  with pytest.raises(ValueError, match="runs LSTMs in float32 only.*cell='gru'"):
+    rnn.RNNClassifier(2, 3, rngs=nnx.Rngs(0), cell='gru', implementation='cudnn')

@@ -33,16 +33,16 @@ def _batches(steps, num_devices, seed=0):
     yield {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
 
 
-def _train(model, num_devices, mapping='pmap', steps=3, config=None):
+def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
   config = config or _config(model)
-  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  mesh = parallel.make_mesh(jax.devices()[:num_devices], parts)
   tx = train.create_optimizer(config, steps)
   graphdef, state = train.create_train_state(config, IMAGES, tx)
   step = parallel.map_over_devices(
       functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config, info=IMAGES),
       mesh, mapping, donate_state=True)
   state = parallel.replicate(state, mesh)
-  for batch in _batches(steps, num_devices):
+  for batch in _batches(steps, num_devices // parts):
     state, sums = step(state, parallel.to_global(batch, mesh))
   return state, jax.device_get(sums)
 
@@ -114,3 +114,36 @@ def test_randomness_differs_per_device_and_per_step():
   assert len(step0) == 8 and len(step1) == 8
   assert not step0 & step1
   assert keys(0) == step0  # and reproducible
+
+
+@pytest.mark.parametrize('model, parts, micro_batches', [
+    ('seed_dcnn', 4, 1), ('resnet', 2, 1), ('rnn', 4, 2)])
+def test_examples_split_over_devices_train_as_data_parallel_groups(model, parts, micro_batches):
+  # 8 devices in groups of `parts` (images in bands of rows, or sequences in time chunks) end where
+  # as many plain data-parallel devices as groups do, augmentation included: a group augments its
+  # whole images once (its parts share the group's random key) before each device takes its part.
+  config = _config(model)
+  config.data.augment = model != 'rnn'
+  config.mapping = 'shard_map'
+  plain, plain_sums = _train(model, 8 // parts, 'shard_map', config=config)
+  config.partition.parts, config.partition.micro_batches = parts, micro_batches
+  train.check_partition(config, IMAGES, parallel.make_mesh(jax.devices(), parts))
+  split, split_sums = _train(model, 8, 'shard_map', config=config, parts=parts)
+  _assert_trees_close(split.params, plain.params, rtol=1e-4, atol=1e-5)
+  _assert_trees_close(split.model_state, plain.model_state, rtol=1e-4, atol=1e-5)
+  assert split_sums['count'] == plain_sums['count'] == GLOBAL_BATCH
+  np.testing.assert_allclose(split_sums['loss_sum'], plain_sums['loss_sum'], rtol=1e-5)
+
+
+def test_a_partition_the_model_cannot_run_is_refused_before_compiling():
+  config = _config('seed_dcnn')
+  config.mapping, config.partition.parts = 'shard_map', 8  # 16 rows: not 8 bands of 4 rows
+  with pytest.raises(ValueError, match='image height 16 cannot be split into 8 bands'):
+    train.check_partition(config, IMAGES, parallel.make_mesh(jax.devices(), 8))
+  config.model, config.partition.micro_batches = 'rnn', 3
+  config.partition.parts = 4
+  with pytest.raises(ValueError, match='config.batch_size=16.*not a multiple of the 3 micro'):
+    train.check_partition(config, IMAGES, parallel.make_mesh(jax.devices(), 4))
+  config.mapping = 'pmap'
+  with pytest.raises(ValueError, match='add --config.mapping=shard_map'):
+    train.check_partition(config, IMAGES, parallel.make_mesh(jax.devices(), 4))

@@ -116,10 +116,13 @@ def _read(source, indices: np.ndarray, info: pipeline.DatasetInfo) -> dict[str, 
 
 def load(source, info: pipeline.DatasetInfo, layout: Layout, mesh, seed: int):
   """The split as global jax.Arrays [devices, shard_size, ...] split over `mesh` along the leading
-  axis; this process reads only the shards of its own devices."""
+  axis (AXIS); this process reads only the shards of its own devices."""
   indices = shard_indices(layout, seed)
-  positions = [i for i, device in enumerate(mesh.devices.flat)
-               if device.process_index == jax.process_index()]
+  # One shard per data-parallel position along AXIS; with config.partition.parts > 1 the devices
+  # of a group (all on one process) share their group's shard, as they share its batches.
+  groups = np.asarray(mesh.devices).reshape(mesh.shape[parallel.AXIS], -1)
+  positions = [i for i, group in enumerate(groups)
+               if group[0].process_index == jax.process_index()]
   local = _read(source, indices[positions].ravel(), info)
   local = {k: v.reshape(len(positions), layout.shard_size, *v.shape[1:]) for k, v in local.items()}
   slot = {position: i for i, position in enumerate(positions)}

@@ -7,11 +7,17 @@ end of a sequence never feeds a step before it.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental import rnn as jax_rnn
 
 # 'simple' is the article's Elman cell: h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h).
 CELLS = {'simple': nnx.SimpleCell, 'lstm': nnx.OptimizedLSTMCell, 'gru': nnx.GRUCell}
+# 'scan': the cells stepped by lax.scan, on any device. 'cudnn': the whole LSTM stack in one call of
+# JAX's cuDNN kernel (jax.experimental.rnn) on a GPU, from the same parameters; elsewhere JAX's
+# reference implementation of that kernel runs instead, which is how the CPU tests check it.
+IMPLEMENTATIONS = ('scan', 'cudnn')
 
 
 def _zero_carry(cell: str, inputs, hidden_size: int, dtype):
@@ -33,9 +39,16 @@ class RNNClassifier(nnx.Module):
 
   def __init__(self, num_classes: int, num_features: int, *, rngs: nnx.Rngs, cell: str = 'lstm',
                hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = False,
-               unroll: int = 1, dtype=jnp.float32):
+               unroll: int = 1, implementation: str = 'scan', dtype=jnp.float32):
     if cell not in CELLS:
       raise ValueError(f'Unknown RNN cell {cell!r}: choose one of {sorted(CELLS)}.')
+    if implementation not in IMPLEMENTATIONS:
+      raise ValueError(f'Unknown config.rnn.implementation {implementation!r}: choose one of '
+                       f'{IMPLEMENTATIONS}.')
+    if implementation == 'cudnn' and (cell != 'lstm' or jnp.dtype(dtype) != jnp.float32):
+      raise ValueError(f"config.rnn.implementation='cudnn' runs LSTMs in float32 only (JAX's cuDNN "
+                       f'kernel); got cell={cell!r}, dtype={jnp.dtype(dtype).name}. Use '
+                       "implementation='scan'.")
     make_cell = lambda size: CELLS[cell](size, hidden_size, dtype=dtype, rngs=rngs)
     directions = 2 if bidirectional else 1
     layers = []
@@ -52,11 +65,14 @@ class RNNClassifier(nnx.Module):
     self.layers = nnx.List(layers)
     self.cell, self.hidden_size, self.bidirectional, self.dtype = (
         cell, hidden_size, bidirectional, dtype)
+    self.num_features, self.implementation = num_features, implementation
     self.head = nnx.Linear(hidden_size * directions, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, lengths, *, train: bool = False):
     """x: [batch, time, features]; lengths: [batch] number of valid steps (≥ 1)."""
     del train
+    if self.implementation == 'cudnn':
+      return self.head(self._cudnn_lstm(x, lengths))
     initial_carry = _zero_carry(self.cell, x, self.hidden_size, self.dtype)
     if self.bidirectional:
       initial_carry = (initial_carry, initial_carry)
@@ -68,3 +84,28 @@ class RNNClassifier(nnx.Module):
     else:
       hidden = _hidden_state(carry)
     return self.head(hidden)
+
+  def _cudnn_lstm(self, x, lengths):
+    """The final hidden state of the LSTM stack, by JAX's cuDNN kernel. The cells' parameters are
+    packed into cuDNN's flat weight vector (gates i, f, g, o in both; flax keeps one bias, cuDNN
+    two, so its input bias is zero) on every call, so gradients reach the same parameters."""
+    cells = []
+    for layer in self.layers:
+      cells += ([layer.forward_rnn.cell, layer.backward_rnn.cell] if self.bidirectional
+                else [layer.cell])
+    hidden = self.hidden_size
+    kernels = [m for cell in cells for m in (cell.dense_i.kernel[...].T, cell.dense_h.kernel[...].T)]
+    biases = [b for cell in cells for b in (jnp.zeros((4 * hidden,), jnp.float32),
+                                            cell.dense_h.bias[...])]
+    weights = jnp.concatenate([w.reshape(-1) for w in kernels + biases])
+    zeros = jnp.zeros((len(cells), x.shape[0], hidden), jnp.float32)
+    shape = dict(input_size=self.num_features, hidden_size=hidden,
+                 num_layers=len(self.layers), dropout=0.0, bidirectional=self.bidirectional)
+    lengths = lengths.astype(jnp.int32)
+    if jax.default_backend() == 'gpu':
+      _, h_n, _ = jax_rnn.lstm(x, zeros, zeros, weights, lengths, **shape)
+    else:
+      unpacked = jax_rnn.unpack_lstm_weights(weights, shape['input_size'], hidden,
+                                             shape['num_layers'], self.bidirectional)
+      _, h_n, _ = jax_rnn.lstm_ref(x, zeros, zeros, *unpacked, lengths, *shape.values())
+    return jnp.concatenate([h_n[-2], h_n[-1]], -1) if self.bidirectional else h_n[-1]

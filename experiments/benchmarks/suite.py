@@ -2,6 +2,7 @@
 
   pip install -e ".[benchmark]"      # PyTorch; here: pip install torch==2.13.0 (CPU build on disk)
   python experiments/benchmarks/suite.py [--repeats=5] [--steps=5] [--only=lstm] [--nocompile]
+      [--dtype=bfloat16] [--noplain_layers]
 
 Per workload and framework: examples/s and step time (median, and min-max over repeats of
 `--steps` steps, synthetic data already on the device), the first call's time (compilation included;
@@ -9,6 +10,11 @@ excluded from step time), peak memory (on a CPU: the process's peak resident siz
 only grows down the table), achieved FLOP/s (the dlearn step's floating-point operations: XLA's
 count for CNNs, 6x the multiply-adds for RNNs; used for both frameworks: same model, same work),
 and, on a GPU, the fraction of `--peak_tflops`. The ratio column is dlearn / PyTorch eager (and / torch.compile).
+`--dtype=bfloat16` times both frameworks in mixed precision (dlearn's config.dtype; PyTorch's
+autocast), float32 parameters in both. On a GPU, LSTMs get a row 'dlearn cudnn' (config.rnn.implementation='cudnn', float32).
+For the CNNs a row 'dlearn plain layers' times the same
+step with XLA's own max pooling and convolution gradient (what dlearn.models.layers replaces), so
+the table shows whether that fast path pays on this machine.
 Results are also written as JSON to experiments/benchmarks/results/<machine kind>.json.
 """
 import datetime
@@ -36,6 +42,10 @@ flags.DEFINE_string('only', '', 'Run only the workloads whose name contains this
 flags.DEFINE_bool('compile', True, 'Also time torch.compile.')
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 flags.DEFINE_integer('rnn_unroll', 1, 'dlearn RNNs: time steps per scan iteration.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Precision of the computation, '
+                  'both frameworks.')
+flags.DEFINE_bool('plain_layers', True, 'CNNs: also time dlearn with XLA\'s own pooling and '
+                  'convolution gradient.')
 flags.DEFINE_float('peak_tflops', 0.0, 'The device\'s peak for the fraction-of-peak column (e.g. '
                    '989 for H100 bf16 dense); 0 leaves it out.')
 
@@ -87,11 +97,25 @@ def _peak_memory_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the whole process (CPU)
 
 
-def time_dlearn(model, batch_size, shape, overrides, repeats, steps):
+def _plain_layers(use):
+  """Swaps dlearn's CPU-friendly pooling and convolution for XLA's own (or back)."""
+  import flax.nnx
+  from jax import lax
+  from dlearn.models import cnn, layers
+  cnn._max_pool = ((lambda x: flax.nnx.max_pool(x, (2, 2), (2, 2))) if use
+                   else layers.max_pool_2x2)
+  cnn.conv_general_dilated = lax.conv_general_dilated if use else layers.conv_general_dilated
+
+
+def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layers=False,
+                rnn_implementation='scan'):
+  _plain_layers(plain_layers)
   config = configs.base()
   config.model, config.data.augment, config.learning_rate = model, False, 0.01
+  config.dtype = FLAGS.dtype
   config.rnn.update(overrides)
   config.rnn.unroll = FLAGS.rnn_unroll
+  config.rnn.implementation = rnn_implementation
   kind = 'image' if len(shape) == 3 else 'sequence'
   info = DatasetInfo('synthetic', kind, shape, NUM_CLASSES, tuple(map(str, range(NUM_CLASSES))))
   mesh = parallel.make_mesh(jax.devices()[:1])
@@ -127,6 +151,7 @@ def time_dlearn(model, batch_size, shape, overrides, repeats, steps):
     jax.block_until_ready(sums)
 
   first, per_step = _timed(run, repeats, steps)
+  _plain_layers(False)
   return compile_seconds + first, per_step, flops
 
 
@@ -153,7 +178,9 @@ def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
 
   def train_step():
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(network(inputs), labels)
+    with torch.autocast(device, torch.bfloat16, enabled=FLAGS.dtype == 'bfloat16'):
+      logits = network(inputs)
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
     loss.backward()
     optimizer.step()
     return loss
@@ -193,7 +220,7 @@ def main(argv):
   kind = FLAGS.machine_kind or (f'cpu-{os.cpu_count()}core' if device.platform == 'cpu'
                                 else device.device_kind.replace(' ', '-').lower())
   rows = []
-  header = (f'{"workload":<26}{"framework":<15}{"examples/s":>11}{"step ms":>9}{"min-max":>14}'
+  header = (f'{"workload":<26}{"framework":<20}{"examples/s":>11}{"step ms":>9}{"min-max":>14}'
             f'{"first s":>9}{"peak MB":>9}{"TFLOP/s":>9}{"ratio":>7}')
   print(f'{device.platform} ({device.device_kind}), jax {jax.__version__}; median of '
         f'{FLAGS.repeats} x {FLAGS.steps} steps', flush=True)
@@ -205,15 +232,29 @@ def main(argv):
                                          FLAGS.steps)
     ours = _row(name, 'dlearn', batch_size, first, per_step, _peak_memory_mb(), flops)
     results = [ours]
+    if FLAGS.plain_layers and model != 'rnn':
+      first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
+                                       FLAGS.steps, plain_layers=True)
+      results.append(_row(name, 'dlearn plain layers', batch_size, first, per_step,
+                          _peak_memory_mb(), flops))
+    if overrides.get('cell') == 'lstm' and jax.default_backend() == 'gpu' and (
+        FLAGS.dtype == 'float32'):  # JAX's cuDNN LSTM (on a CPU it would time a reference)
+      first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
+                                       FLAGS.steps, rnn_implementation='cudnn')
+      results.append(_row(name, 'dlearn cudnn', batch_size, first, per_step,
+                          _peak_memory_mb(), flops))
     for compiled in ([False, True] if FLAGS.compile else [False]):
       framework = 'torch.compile' if compiled else 'torch eager'
       try:
         first, per_step, memory = time_torch(model, batch_size, shape, overrides, FLAGS.repeats,
                                              FLAGS.steps, compiled)
       except Exception as e:  # torch.compile is not available everywhere
-        print(f'{name:<26}{framework:<15} failed: {type(e).__name__}: {str(e)[:80]}', flush=True)
+        print(f'{name:<26}{framework:<20} failed: {type(e).__name__}: {str(e)[:80]}', flush=True)
         continue
       theirs = _row(name, framework, batch_size, first, per_step, memory, flops)
+      for row in results[1:]:
+        if row['framework'].startswith('dlearn') and not compiled:  # its ratio: vs eager
+          row['ratio'] = row['examples_per_second'] / theirs['examples_per_second']
       ours[f'ratio_vs_{framework.replace(" ", "_").replace(".", "_")}'] = (
           ours['examples_per_second'] / theirs['examples_per_second'])
       theirs['ratio'] = ours['examples_per_second'] / theirs['examples_per_second']
@@ -221,13 +262,13 @@ def main(argv):
     for row in results:
       tflops = f'{row["tflops_per_second"]:.3f}' if row['tflops_per_second'] else '-'
       ratio = f'{row["ratio"]:.2f}' if 'ratio' in row else ''
-      print(f'{name:<26}{row["framework"]:<15}{row["examples_per_second"]:>11,.0f}'
+      print(f'{name:<26}{row["framework"]:<20}{row["examples_per_second"]:>11,.0f}'
             f'{row["step_ms_median"]:>9.2f}{row["step_ms_min"]:>7.1f}-{row["step_ms_max"]:<6.1f}'
             f'{row["first_call_s"]:>9.2f}{row["peak_memory_mb"]:>9.0f}{tflops:>9}{ratio:>7}',
             flush=True)
     rows.extend(results)
   import torch
-  output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind,
+  output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind, 'dtype': FLAGS.dtype,
             'device': f'{device.platform} {device.device_kind}', 'cpu_count': os.cpu_count(),
             'processor': platform.processor() or platform.machine(), 'python': platform.python_version(),
             'versions': {'jax': jax.__version__, 'torch': torch.__version__},
@@ -236,7 +277,8 @@ def main(argv):
                     'of the dlearn step, applied to both frameworks.'}
   folder = os.path.join(os.path.dirname(__file__), 'results')
   os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f'{kind}.json')
+  suffix = '' if FLAGS.dtype == 'float32' else f'-{FLAGS.dtype}'
+  path = os.path.join(folder, f'{kind}{suffix}.json')
   with open(path, 'w') as f:
     json.dump(output, f, indent=2)
   print(f'wrote {path}')

@@ -65,7 +65,8 @@ def _config(workload: str, pipeline: str, steps_per_dispatch: int, steps: int):
   else:
     config.num_epochs = 1
   # Boundaries only at the end, so that every dispatch holds K steps (when `steps` is a multiple).
-  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = max(steps, 0) or 10**9
+  interval = steps if steps > 0 else 10**9
+  config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = interval
   config.write_plots = False
   config.fresh = True
   return config

@@ -12,7 +12,8 @@ count for CNNs, 6x the multiply-adds for RNNs; used for both frameworks: same mo
 and, on a GPU, the fraction of `--peak_tflops`. The ratio column is dlearn / PyTorch eager (and / torch.compile).
 `--dtype=bfloat16` times both frameworks in mixed precision (dlearn's config.dtype; PyTorch's
 autocast), float32 parameters in both. On a GPU, LSTMs get a row 'dlearn cudnn' (config.rnn.implementation='cudnn', float32).
-For the CNNs a row 'dlearn plain layers' times the same
+The small workloads get a row 'dlearn K/dispatch' (config.steps_per_dispatch=K, `--steps_per_dispatch`;
+per-step times are the dispatch's divided by K). For the CNNs a row 'dlearn plain layers' times the same
 step with XLA's own max pooling and convolution gradient (what dlearn.models.layers replaces), so
 the table shows whether that fast path pays on this machine.
 Results are also written as JSON to experiments/benchmarks/results/<machine kind>.json.
@@ -46,6 +47,9 @@ flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Precision of the
                   'both frameworks.')
 flags.DEFINE_bool('plain_layers', True, 'CNNs: also time dlearn with XLA\'s own pooling and '
                   'convolution gradient.')
+flags.DEFINE_integer('steps_per_dispatch', 8, 'The small workloads (seed_dcnn b32, the LSTM at '
+                     'batch 64): also time dlearn with this many steps per dispatch '
+                     '(config.steps_per_dispatch; 1 leaves the row out).')
 flags.DEFINE_float('peak_tflops', 0.0, 'The device\'s peak for the fraction-of-peak column (e.g. '
                    '989 for H100 bf16 dense); 0 leaves it out.')
 
@@ -60,6 +64,7 @@ WORKLOADS = [
     ('elman T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'simple', 'hidden_size': 256}),
 ]
 NUM_CLASSES = 10
+SMALL = ('seed_dcnn b32', 'lstm T29 F12 H128 b64')  # where launch overhead can matter
 
 
 def training_flops(model, batch_size, shape, overrides):
@@ -108,7 +113,8 @@ def _plain_layers(use):
 
 
 def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layers=False,
-                rnn_implementation='scan'):
+                rnn_implementation='scan', steps_per_dispatch=1):
+  """(first call seconds, [seconds per step of each repeat], FLOPs per step)."""
   _plain_layers(plain_layers)
   config = configs.base()
   config.model, config.data.augment, config.learning_rate = model, False, 0.01
@@ -122,9 +128,10 @@ def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layer
   tx = train.create_optimizer(config, 1000)
   graphdef, state = train.create_train_state(config, info, tx)
   state = parallel.replicate(state, mesh)
-  step = parallel.map_over_devices(functools.partial(
-      train.train_step, graphdef=graphdef, tx=tx, config=config, info=info), mesh,
-      donate_state=True)
+  step_args = dict(graphdef=graphdef, tx=tx, config=config, info=info)
+  body = (functools.partial(train.train_step, **step_args) if steps_per_dispatch == 1 else
+          functools.partial(train.train_steps, num_steps=steps_per_dispatch, **step_args))
+  step = parallel.map_over_devices(body, mesh, donate_state=True)
   rng = np.random.default_rng(0)
   batch = {'label': rng.integers(0, NUM_CLASSES, (1, batch_size)).astype(np.int32),
            'mask': np.ones((1, batch_size), np.float32)}
@@ -133,6 +140,8 @@ def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layer
   else:
     batch['sequence'] = rng.normal(size=(1, batch_size, *shape)).astype(np.float32)
     batch['length'] = np.full((1, batch_size), shape[0], np.int32)
+  if steps_per_dispatch > 1:  # [devices, K, batch, ...]: the same batch for each of the K steps
+    batch = {k: np.repeat(v[:, None], steps_per_dispatch, axis=1) for k, v in batch.items()}
   batch = parallel.to_global(batch, mesh)  # on the device once: step throughput only
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
@@ -150,9 +159,9 @@ def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layer
       holder['state'], sums = step(holder['state'], batch)
     jax.block_until_ready(sums)
 
-  first, per_step = _timed(run, repeats, steps)
+  first, per_dispatch = _timed(run, repeats, max(1, steps // steps_per_dispatch))
   _plain_layers(False)
-  return compile_seconds + first, per_step, flops
+  return compile_seconds + first, [t / steps_per_dispatch for t in per_dispatch], flops
 
 
 def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
@@ -237,6 +246,11 @@ def main(argv):
                                        FLAGS.steps, plain_layers=True)
       results.append(_row(name, 'dlearn plain layers', batch_size, first, per_step,
                           _peak_memory_mb(), flops))
+    if name in SMALL and FLAGS.steps_per_dispatch > 1:
+      first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
+                                       FLAGS.steps, steps_per_dispatch=FLAGS.steps_per_dispatch)
+      results.append(_row(name, f'dlearn {FLAGS.steps_per_dispatch}/dispatch', batch_size, first,
+                          per_step, _peak_memory_mb(), flops))
     if overrides.get('cell') == 'lstm' and jax.default_backend() == 'gpu' and (
         FLAGS.dtype == 'float32'):  # JAX's cuDNN LSTM (on a CPU it would time a reference)
       first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
@@ -267,6 +281,11 @@ def main(argv):
             f'{row["first_call_s"]:>9.2f}{row["peak_memory_mb"]:>9.0f}{tflops:>9}{ratio:>7}',
             flush=True)
     rows.extend(results)
+    path = _write(kind, device, rows)  # after every workload: a run cut short keeps its rows
+  print(f'wrote {path}')
+
+
+def _write(kind, device, rows):
   import torch
   output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind, 'dtype': FLAGS.dtype,
             'device': f'{device.platform} {device.device_kind}', 'cpu_count': os.cpu_count(),
@@ -281,7 +300,7 @@ def main(argv):
   path = os.path.join(folder, f'{kind}{suffix}.json')
   with open(path, 'w') as f:
     json.dump(output, f, indent=2)
-  print(f'wrote {path}')
+  return path
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 """Layers that XLA's CPU backend runs faster when written differently; the same numbers either way.
 
-Measured with experiments/benchmarks/suite.py (README): together they take seed_dcnn's CPU step at
-batch 32 from about 48 ms to about 26 ms.
+Measured with experiments/benchmarks/suite.py (README, 'plain layers' rows): together they make
+seed_dcnn's CPU step 1.2x faster at batch 32 and 1.9x at batch 1024.
 
 Max pooling: XLA differentiates `reduce_window` max with `select_and_scatter`, which is slow on a
 CPU; a non-overlapping 2x2 window is a reshape and a max, whose gradient is a cheap comparison.
@@ -11,7 +11,8 @@ Convolution:
 On a CPU, XLA computes a convolution's kernel gradient with a generic convolution that runs at a
 small fraction of the machine's matmul speed (seed_dcnn at batch 256: 200 ms of a 370 ms step in the
 second layer's kernel gradient alone). Written as one matmul per kernel offset, over the input
-shifted by that offset, the same gradient takes half the time. Other backends (cuDNN on a GPU) and
+shifted by that offset, the same gradient takes half the time, for inputs of up to 32 channels
+(wider ones, ResNet-18's, ran slower that way, so they keep XLA's). Other backends (cuDNN on a GPU) and
 other convolution kinds (dilated, grouped) keep XLA's own gradient.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+NARROW_INPUT_CHANNELS = 32
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -72,7 +76,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             and kwargs.get('out_sharding') is None and kwargs.get('preferred_element_type') is None
             and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
             and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
-  if jax.default_backend() != 'cpu' or not simple:
+  # Narrow inputs only: ResNet-18's layers (64 to 512 input channels) ran slower this way
+  # (experiments/benchmarks/suite.py, 'dlearn plain layers' rows).
+  if jax.default_backend() != 'cpu' or not simple or rhs.shape[2] > NARROW_INPUT_CHANNELS:
     return plain()
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)

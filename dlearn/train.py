@@ -186,7 +186,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info):
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
-    logits = apply_model(model, inputs, config, train=True).astype(jnp.float32)  # the loss in float32 under bf16
+    # The loss in float32 also under bf16 (config.dtype).
+    logits = apply_model(model, inputs, config, train=True).astype(jnp.float32)
     per_example = _cross_entropy(logits, labels, config.label_smoothing)
     loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, (logits, per_example, nnx.split(model, nnx.Param, ...)[2])

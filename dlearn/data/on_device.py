@@ -8,8 +8,8 @@ its leading axis like a host batch. Every process reads only its own devices' sh
 Inside the compiled step each device draws its batch from its own shard (`draw`): the position is a
 function of the step number alone (epoch = step // steps_per_epoch, a permutation of the shard per
 epoch and device, the step's slice of it, computed for that slice only), so nothing crosses from
-the host per step and a resumed run continues exactly without any iterator state. Augmentation runs in the step as for host
-batches; evaluation keeps the host pipeline.
+the host per step and a resumed run continues exactly without any iterator state. Augmentation
+runs in the step as for host batches; evaluation keeps the host pipeline.
 """
 from __future__ import annotations
 

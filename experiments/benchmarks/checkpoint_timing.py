@@ -7,7 +7,6 @@ loop ("blocking"), until it is committed ("committed"), and the time to restore 
 devices. Medians over the repeats.
 """
 import os
-import shutil
 import statistics
 import tempfile
 import time

@@ -98,13 +98,11 @@ def _run(workload, pipeline, steps_per_dispatch, steps):
 def main(argv):
   del argv
   sys.path.insert(0, ROOT)  # this checkout's dlearn, whichever is installed
-  import datetime
-  import json
   import math
-  import platform
   import statistics
 
   import jax
+  import results_file  # beside this script
   from dlearn import metrics, parallel
   from dlearn.data import on_device, pipeline as pipeline_lib
   metrics.quiet_library_logs()
@@ -115,8 +113,7 @@ def main(argv):
       raise app.UsageError(f'--variants: {pipeline!r} is not host or device')
   multiple = math.lcm(*(k for _, k in variants))
   device = jax.devices()[0]
-  kind = FLAGS.machine_kind or (f'cpu-{os.cpu_count()}core' if device.platform == 'cpu'
-                                else device.device_kind.replace(' ', '-').lower())
+  kind = results_file.machine_kind(FLAGS.machine_kind)
   print(f'{jax.device_count()} x {device.platform} ({device.device_kind}), jax {jax.__version__}; '
         f'median of {FLAGS.repeats} interleaved run(s) per variant', flush=True)
 
@@ -177,19 +174,11 @@ def main(argv):
             f'{entry["epoch_seconds"]:>9.1f}{speedup:>13}'
             f'{entry["first_dispatch_seconds"]:>9.1f}{load:>8}')
 
-  output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind,
-            'device': f'{device.platform} {device.device_kind}', 'devices': jax.device_count(),
-            'cpu_count': os.cpu_count(), 'python': platform.python_version(),
-            'versions': {'jax': jax.__version__}, 'repeats': FLAGS.repeats,
-            'summary': summary, 'runs': rows,
-            'note': 'steps/s over the steps after the first dispatch (compilation excluded), '
-                    'final evaluation excluded; epoch s = steps of one epoch / steps/s; load s = '
-                    'reading the split onto the device, once per run (not in epoch s).'}
-  folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f'epoch_time-{kind}.json')
-  with open(path, 'w') as f:
-    json.dump(output, f, indent=2)
+  path = results_file.write(f'epoch_time-{kind}', kind, {
+      'repeats': FLAGS.repeats, 'summary': summary, 'runs': rows,
+      'note': 'steps/s over the steps after the first dispatch (compilation excluded), final '
+              'evaluation excluded; epoch s = steps of one epoch / steps/s; load s = reading the '
+              'split onto the device, once per run (not in epoch s).'})
   print(f'wrote {path}')
 
 

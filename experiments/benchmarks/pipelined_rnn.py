@@ -37,8 +37,6 @@ if 'XLA_FLAGS' not in os.environ and os.environ.get('JAX_PLATFORMS', 'cpu') == '
   os.environ['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
                              '--xla_cpu_multi_thread_eigen=false')
 
-import datetime  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -49,6 +47,8 @@ import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
+
+import results_file  # noqa: E402  (beside this script)
 
 from dlearn.models import rnn  # noqa: E402
 from dlearn.models.pipelined_rnn import check_time_parts, pipelined_logits  # noqa: E402
@@ -129,8 +129,7 @@ def main(argv):
   del argv
   device = jax.devices()[0]
   cpu = device.platform == 'cpu'
-  kind = FLAGS.machine_kind or (f'cpu-{os.cpu_count()}core' if cpu
-                                else device.device_kind.replace(' ', '-').lower())
+  kind = results_file.machine_kind(FLAGS.machine_kind)
   cores = os.cpu_count() if cpu else None
   T, B = FLAGS.seq_len, FLAGS.batch
   model = rnn.RNNClassifier(CLASSES, FLAGS.features, rngs=nnx.Rngs(0), cell=FLAGS.cell,
@@ -174,21 +173,14 @@ def main(argv):
             f'{seconds / base["step_s"]:>7.2f}{fastest * 1e3:>8.0f}{tick * 1e3:>9.1f}{theory:>9.2f}{estimate:>9.2f}',
             flush=True)
 
-  output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind,
-            'device': f'{device.platform} {device.device_kind}', 'device_count': jax.device_count(),
-            'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-            'versions': {'jax': jax.__version__},
-            'workload': {'cell': FLAGS.cell, 'seq_len': T, 'features': FLAGS.features,
-                         'hidden': FLAGS.hidden, 'batch': B}, 'repeats': FLAGS.repeats,
-            'rows': rows,
-            'note': ('memory: one device\'s compiled program; step: median forward+backward; '
-                     'idle estimate = 1 - M*tick_min*core_sharing/step_min (see the script\'s docstring; '
-                     'on a CPU with more devices than cores it rests on the assumed fair share).')}
-  folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f'pipelined_rnn-{kind}.json')
-  with open(path, 'w') as f:
-    json.dump(output, f, indent=2)
+  path = results_file.write(f'pipelined_rnn-{kind}', kind, {
+      'workload': {'cell': FLAGS.cell, 'seq_len': T, 'features': FLAGS.features,
+                   'hidden': FLAGS.hidden, 'batch': B},
+      'repeats': FLAGS.repeats, 'rows': rows,
+      'note': ('memory: one device\'s compiled program; step: median forward+backward; '
+               'idle estimate = 1 - M*tick_min*core_sharing/step_min (see the script\'s '
+               'docstring; on a CPU with more devices than cores it rests on the assumed fair '
+               'share).')})
   print(f'wrote {path}')
 
 

@@ -45,9 +45,6 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=8').strip()
 
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -58,6 +55,8 @@ from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax import lax  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+import results_file  # noqa: E402  (beside this script)
 
 from dlearn.models import cnn  # noqa: E402
 
@@ -152,8 +151,7 @@ def measure(model, method, parts, params, rest, images, labels):
 def main(argv):
   del argv
   device = jax.devices()[0]
-  kind = FLAGS.machine_kind or (f'cpu-{os.cpu_count()}core' if device.platform == 'cpu'
-                                else device.device_kind.replace(' ', '-').lower())
+  kind = results_file.machine_kind(FLAGS.machine_kind)
   stage_sizes = tuple(map(int, FLAGS.stage_sizes))
   parts_list = [int(p) for p in FLAGS.parts]
   for model in FLAGS.models:  # a clear error before anything is compiled
@@ -190,19 +188,11 @@ def main(argv):
               f'{row["temp_mb"]:>9.1f}{row["total_mb"]:>10.1f}{row["step_ms_median"]:>10.1f}'
               f'{row["step_ms_min"]:>8.1f}-{row["step_ms_max"]:<7.1f}{row["compile_s"]:>10.1f}'
               f'{row["loss_error"]:>10.1e}', flush=True)
-  output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind,
-            'device': f'{device.platform} {device.device_kind}', 'device_count': jax.device_count(),
-            'cpu_count': os.cpu_count(), 'processor': platform.processor() or platform.machine(),
-            'python': platform.python_version(), 'versions': {'jax': jax.__version__},
-            'batch': FLAGS.batch, 'workloads': workloads, 'repeats': FLAGS.repeats, 'rows': rows,
-            'note': 'Memory per device from compiled.memory_analysis() (total = arguments + '
-                    'outputs + temporaries - aliased). On a CPU the forced host devices share the '
-                    'cores: step times there show the method runs, not its speed.'}
-  folder = os.path.join(os.path.dirname(__file__), 'results')
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f'spatial_cnn-{kind}.json')
-  with open(path, 'w') as f:
-    json.dump(output, f, indent=2)
+  path = results_file.write(f'spatial_cnn-{kind}', kind, {
+      'batch': FLAGS.batch, 'workloads': workloads, 'repeats': FLAGS.repeats, 'rows': rows,
+      'note': 'Memory per device from compiled.memory_analysis() (total = arguments + outputs + '
+              'temporaries - aliased). On a CPU the forced host devices share the cores: step '
+              'times there show the method runs, not its speed.'})
   print(f'wrote {path}')
 
 

@@ -18,23 +18,22 @@ step with XLA's own max pooling and convolution gradient (what dlearn.models.lay
 the table shows whether that fast path pays on this machine.
 Results are also written as JSON to experiments/benchmarks/results/<machine kind>.json.
 """
-import datetime
 import functools
-import json
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from dlearn import configs, parallel, train
 from dlearn.data.pipeline import DatasetInfo
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its neighbours:
+import results_file  # noqa: E402  (and torch_reference, imported where PyTorch is timed)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('repeats', 5, 'Timed repeats per workload and framework.')
@@ -224,10 +223,8 @@ def _row(workload, framework, batch_size, first, per_step, memory_mb, flops):
 
 def main(argv):
   del argv
-  sys.path.insert(0, os.path.dirname(__file__))
   device = jax.devices()[0]
-  kind = FLAGS.machine_kind or (f'cpu-{os.cpu_count()}core' if device.platform == 'cpu'
-                                else device.device_kind.replace(' ', '-').lower())
+  kind = results_file.machine_kind(FLAGS.machine_kind)
   rows = []
   header = (f'{"workload":<26}{"framework":<20}{"examples/s":>11}{"step ms":>9}{"min-max":>14}'
             f'{"first s":>9}{"peak MB":>9}{"TFLOP/s":>9}{"ratio":>7}')
@@ -281,26 +278,19 @@ def main(argv):
             f'{row["first_call_s"]:>9.2f}{row["peak_memory_mb"]:>9.0f}{tflops:>9}{ratio:>7}',
             flush=True)
     rows.extend(results)
-    path = _write(kind, device, rows)  # after every workload: a run cut short keeps its rows
+    path = _write(kind, rows)  # after every workload: a run cut short keeps its rows
   print(f'wrote {path}')
 
 
-def _write(kind, device, rows):
+def _write(kind, rows):
   import torch
-  output = {'date': datetime.date.today().isoformat(), 'machine_kind': kind, 'dtype': FLAGS.dtype,
-            'device': f'{device.platform} {device.device_kind}', 'cpu_count': os.cpu_count(),
-            'processor': platform.processor() or platform.machine(), 'python': platform.python_version(),
-            'versions': {'jax': jax.__version__, 'torch': torch.__version__},
-            'repeats': FLAGS.repeats, 'steps': FLAGS.steps, 'rows': rows,
-            'note': 'ratio = dlearn examples/s / PyTorch examples/s; TFLOP/s from XLA\'s count '
-                    'of the dlearn step, applied to both frameworks.'}
-  folder = os.path.join(os.path.dirname(__file__), 'results')
-  os.makedirs(folder, exist_ok=True)
   suffix = '' if FLAGS.dtype == 'float32' else f'-{FLAGS.dtype}'
-  path = os.path.join(folder, f'{kind}{suffix}.json')
-  with open(path, 'w') as f:
-    json.dump(output, f, indent=2)
-  return path
+  return results_file.write(
+      f'{kind}{suffix}', kind,
+      {'dtype': FLAGS.dtype, 'repeats': FLAGS.repeats, 'steps': FLAGS.steps, 'rows': rows,
+       'note': 'ratio = dlearn examples/s / PyTorch examples/s; TFLOP/s from XLA\'s count '
+               'of the dlearn step, applied to both frameworks.'},
+      versions={'torch': torch.__version__})
 
 
 if __name__ == '__main__':

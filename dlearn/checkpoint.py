@@ -6,6 +6,7 @@ placed on the current mesh, so a checkpoint written on 8 devices restores onto 4
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a crash
 during a save never leaves a checkpoint that is later taken as complete.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,8 @@ import threading
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 # The exit status of a run stopped by SIGTERM/SIGINT after saving (EX_TEMPFAIL: "try again";
 # rerunning the same command resumes).
@@ -34,44 +36,71 @@ class Checkpointer:
   """Saves asynchronously; keeps the newest `max_to_keep` checkpoints and, with `best_metric`, also
   the best one by that metric (e.g. 'eval/accuracy')."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, best_metric: str | None = None,
-               best_mode: str = 'max', read_only: bool = False):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    max_to_keep: int = 3,
+    best_metric: str | None = None,
+    best_mode: str = 'max',
+    read_only: bool = False,
+  ):
     policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
     if best_metric:
-      policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == 'min', n=1,
-          keep_checkpoints_without_metrics=False))
+      policies.append(
+        ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric],
+          reverse=best_mode == 'min',
+          n=1,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     options = ocp.CheckpointManagerOptions(
-        create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-        preservation_policy=None if read_only else ocp.checkpoint_managers.AnyPreservationPolicy(
-            policies))
+      create=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=True,
+      preservation_policy=None
+      if read_only
+      else ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+    )
     self.directory = directory(workdir)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'data'))
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=('state', 'data')
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, data_state: dict | None, metrics: dict | None = None,
-           wait: bool = False):
+  def save(
+    self, step: int, state, data_state: dict | None, metrics: dict | None = None, wait: bool = False
+  ):
     try:
-      self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})))
+      self._manager.save(
+        step,
+        metrics=metrics,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})
+        ),
+      )
       if wait:
         self._manager.wait_until_finished()
     except OSError as e:  # also what an earlier asynchronous save left behind
       raise CheckpointWriteError(
-          f'Could not write the checkpoint of step {step} to {self.directory}: {e}. Earlier '
-          f'checkpoints are untouched (newest complete: step {self.latest_step()}); free space '
-          'or fix permissions and rerun the same command to resume.') from e
+        f'Could not write the checkpoint of step {step} to {self.directory}: {e}. Earlier '
+        f'checkpoints are untouched (newest complete: step {self.latest_step()}); free space '
+        'or fix permissions and rerun the same command to resume.'
+      ) from e
 
   def restore(self, step: int, abstract_state, mesh):
     """(state placed replicated on `mesh`, iterator state) of checkpoint `step`."""
     replicated = NamedSharding(mesh, P())
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          abstract_state)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
+    )
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()),
+    )
     return restored['state'], restored['data']
 
   def reached_preemption(self, step: int) -> bool:
@@ -82,8 +111,10 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except OSError as e:
-      raise CheckpointWriteError(f'The last checkpoint could not be written to {self.directory}: '
-                                 f'{e}. Earlier checkpoints are untouched.') from e
+      raise CheckpointWriteError(
+        f'The last checkpoint could not be written to {self.directory}: '
+        f'{e}. Earlier checkpoints are untouched.'
+      ) from e
     finally:
       self._manager.close()
 
@@ -109,8 +140,9 @@ class StopSignals:
     if self.received is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.received = signal.Signals(signum).name
-    logging.warning('%s received: saving a checkpoint at the next step boundary, then '
-                    'stopping.', self.received)
+    logging.warning(
+      '%s received: saving a checkpoint at the next step boundary, then stopping.', self.received
+    )
 
   def restore(self):
     for signum, handler in self._previous.items():

@@ -4,6 +4,7 @@ An experiment file in experiments/configs/ starts from `base()`, sets what it va
 `return configs.finish(config, arg)`, so that `--config=experiments/configs/X.py:smoke` runs the
 same experiment in a minute on a laptop CPU.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -17,8 +18,15 @@ def base() -> ml_collections.ConfigDict:
   config.model = 'seed_dcnn'  # 'seed_dcnn' | 'resnet' | 'rnn'
   config.resnet = ml_collections.ConfigDict({'stage_sizes': (2, 2, 2, 2), 'width': 64})
   config.rnn = ml_collections.ConfigDict(
-      {'cell': 'lstm', 'hidden_size': 128, 'num_layers': 1, 'bidirectional': False,
-       'unroll': 1, 'implementation': 'scan'})
+    {
+      'cell': 'lstm',
+      'hidden_size': 128,
+      'num_layers': 1,
+      'bidirectional': False,
+      'unroll': 1,
+      'implementation': 'scan',
+    }
+  )
   # unroll: time steps per loop iteration of the scan (speed only). implementation: 'scan', or
   # 'cudnn' for float32 LSTMs on a GPU (JAX's cuDNN kernel; same parameters, same results).
 

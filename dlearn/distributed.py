@@ -6,6 +6,7 @@ One process per host (or, on this machine, per group of CPU devices). Settings, 
   2. detected by JAX itself on a multi-host TPU VM slice, under SLURM or under Open MPI;
   3. none: a single-process run, which needs nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,11 @@ def _cluster_detected() -> bool:
   return slurm or mpi or tpu_pod
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Calls `jax.distributed.initialize` when this process is part of a multi-process job. Must
   run before anything touches a JAX device."""
   address = coordinator_address or os.environ.get('DLEARN_COORDINATOR_ADDRESS')
@@ -37,13 +41,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     process_id = int(os.environ['DLEARN_PROCESS_ID'])
   if address:
     if num_processes is None or process_id is None:
-      raise ValueError('A coordinator address needs --num_processes and --process_id too (or '
-                       'DLEARN_NUM_PROCESSES and DLEARN_PROCESS_ID).')
-    jax.distributed.initialize(address, num_processes, process_id,
-                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
+      raise ValueError(
+        'A coordinator address needs --num_processes and --process_id too (or '
+        'DLEARN_NUM_PROCESSES and DLEARN_PROCESS_ID).'
+      )
+    jax.distributed.initialize(
+      address, num_processes, process_id, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS
+    )
   elif _cluster_detected():
     jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_SECONDS)
   else:
     return
-  logging.info('Process %d of %d; %d local of %d devices.', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    'Process %d of %d; %d local of %d devices.',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

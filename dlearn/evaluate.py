@@ -6,6 +6,7 @@
 Prints accuracy, loss and the number of examples, and writes the confusion matrix (rows: true
 class, columns: predicted) as CSV into the work directory.
 """
+
 import csv
 import json
 import os
@@ -24,8 +25,9 @@ from dlearn.data import pipeline
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Work directory of a training run.', required=True)
 flags.DEFINE_string('dataset', None, 'tfds dataset name (default: the one trained on).')
-flags.DEFINE_string('split', None, 'Split, e.g. validation, test, train[:10%] (default: the '
-                    "run's evaluation split).")
+flags.DEFINE_string(
+  'split', None, "Split, e.g. validation, test, train[:10%] (default: the run's evaluation split)."
+)
 flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: the one trained with).')
 flags.DEFINE_bool('png', True, 'Also write the confusion matrix as a PNG.')
 
@@ -33,8 +35,9 @@ flags.DEFINE_bool('png', True, 'Also write the confusion matrix as a PNG.')
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: --workdir must be the work directory of a '
-                            'training run.')
+    raise FileNotFoundError(
+      f'{path} not found: --workdir must be the work directory of a training run.'
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -52,18 +55,26 @@ def _restore(workdir, dataset, split, data_dir, mesh):
   return config, source, info, graphdef, state, dataset, split
 
 
-def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None = None,
-                     data_dir: str | None = None, png: bool = False):
+def evaluate_workdir(
+  workdir: str,
+  dataset: str | None = None,
+  split: str | None = None,
+  data_dir: str | None = None,
+  png: bool = False,
+):
   """(metrics, confusion matrix, class names, CSV path) of the newest checkpoint in `workdir`
   on every device; with `png`, the confusion matrix also as a picture beside the CSV."""
   config = load_config(workdir)
   mesh = parallel.make_mesh(parts=config.partition.parts if 'partition' in config else 1)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  config, source, info, graphdef, state, dataset, split = _restore(workdir, dataset, split,
-                                                                    data_dir, mesh)
+  config, source, info, graphdef, state, dataset, split = _restore(
+    workdir, dataset, split, data_dir, mesh
+  )
   step = parallel.map_over_devices(
-      lambda s, b: train.eval_step(s, b, graphdef=graphdef, config=config, info=info), mesh,
-      config.mapping)
+    lambda s, b: train.eval_step(s, b, graphdef=graphdef, config=config, info=info),
+    mesh,
+    config.mapping,
+  )
   summary, confusion = train.evaluate(step, state, source, info, config, mesh)
   path = os.path.join(workdir, f'confusion_{dataset}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}.csv')
   if jax.process_index() == 0:
@@ -74,13 +85,19 @@ def evaluate_workdir(workdir: str, dataset: str | None = None, split: str | None
         writer.writerow([name, *row.tolist()])
     if png:
       from dlearn import plots  # matplotlib only when asked for
-      plots.plot_confusion(confusion, info.class_names, path.removesuffix('.csv') + '.png',
-                           title=f'{dataset} {split}: accuracy {summary["accuracy"]:.4f}')
+
+      plots.plot_confusion(
+        confusion,
+        info.class_names,
+        path.removesuffix('.csv') + '.png',
+        title=f'{dataset} {split}: accuracy {summary["accuracy"]:.4f}',
+      )
   return summary, confusion, info.class_names, path
 
 
-def predict_workdir(workdir: str, dataset: str | None = None, split: str | None = None,
-                    data_dir: str | None = None) -> dict:
+def predict_workdir(
+  workdir: str, dataset: str | None = None, split: str | None = None, data_dir: str | None = None
+) -> dict:
   """Per-example results on one device, for looking at a model (notebooks): 'logits',
   'labels', the model 'inputs' as stored ('image' uint8 or 'sequence'), 'lengths' for sequences,
   and the dataset 'info'."""
@@ -94,8 +111,9 @@ def predict_workdir(workdir: str, dataset: str | None = None, split: str | None 
 
   outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}
   key = 'image' if info.kind == 'image' else 'sequence'
-  for batch in pipeline.eval_iterator(source, info, global_batch_size=config.eval_batch_size,
-                                      local_device_count=1):
+  for batch in pipeline.eval_iterator(
+    source, info, global_batch_size=config.eval_batch_size, local_device_count=1
+  ):
     batch = {k: v[0] for k, v in batch.items()}  # the one device's share
     valid = batch['mask'] > 0
     outputs['logits'].append(np.asarray(forward(state, batch))[valid])
@@ -111,12 +129,14 @@ def main(argv):
   del argv
   metrics.quiet_library_logs()
   try:
-    summary, _, _, path = evaluate_workdir(FLAGS.workdir, FLAGS.dataset, FLAGS.split,
-                                           FLAGS.data_dir, FLAGS.png)
+    summary, _, _, path = evaluate_workdir(
+      FLAGS.workdir, FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.png
+    )
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
-  print(f"accuracy {summary['accuracy']:.4f}  loss {summary['loss']:.4f}  "
-        f"examples {summary['count']}")
+  print(
+    f'accuracy {summary["accuracy"]:.4f}  loss {summary["loss"]:.4f}  examples {summary["count"]}'
+  )
   print(f'confusion matrix: {path}' + (' and .png' if FLAGS.png else ''))
 
 

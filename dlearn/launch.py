@@ -8,6 +8,7 @@ runtime (jax.distributed) through a coordinator on 127.0.0.1. Process 0's output
 others' goes to <process_log_dir>/process_<i>.log. If one process fails, the rest are stopped and the
 launcher exits with its status.
 """
+
 import os
 import socket
 import subprocess
@@ -20,8 +21,11 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('processes', 2, 'Number of processes.')
 flags.DEFINE_integer('devices_per_process', 4, 'CPU devices each process simulates.')
-flags.DEFINE_string('process_log_dir', None, 'Where processes 1.. write their output (default: a new '
-                    'temporary folder).')
+flags.DEFINE_string(
+  'process_log_dir',
+  None,
+  'Where processes 1.. write their output (default: a new temporary folder).',
+)
 
 
 def _free_port() -> int:
@@ -30,32 +34,49 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(processes: int, devices_per_process: int, main_args: list[str],
-           log_dir: str | None = None) -> int:
+def launch(
+  processes: int, devices_per_process: int, main_args: list[str], log_dir: str | None = None
+) -> int:
   log_dir = log_dir or tempfile.mkdtemp(prefix='dlearn_launch_')
   os.makedirs(log_dir, exist_ok=True)
   address = f'127.0.0.1:{_free_port()}'
   children, logs = [], []
   for index in range(processes):
-    env = dict(os.environ, JAX_PLATFORMS='cpu', DLEARN_COORDINATOR_ADDRESS=address,
-               DLEARN_NUM_PROCESSES=str(processes), DLEARN_PROCESS_ID=str(index),
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+    env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      DLEARN_COORDINATOR_ADDRESS=address,
+      DLEARN_NUM_PROCESSES=str(processes),
+      DLEARN_PROCESS_ID=str(index),
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+    )
     output = None
     if index:
       output = open(os.path.join(log_dir, f'process_{index}.log'), 'w')
       logs.append(output)
-    children.append(subprocess.Popen([sys.executable, '-m', 'dlearn.main', *main_args], env=env,
-                                     stdout=output, stderr=output))
-  print(f'dlearn.launch: {processes} processes x {devices_per_process} CPU devices, coordinator '
-        f'{address}; processes 1.. log to {log_dir}', file=sys.stderr, flush=True)
+    children.append(
+      subprocess.Popen(
+        [sys.executable, '-m', 'dlearn.main', *main_args], env=env, stdout=output, stderr=output
+      )
+    )
+  print(
+    f'dlearn.launch: {processes} processes x {devices_per_process} CPU devices, coordinator '
+    f'{address}; processes 1.. log to {log_dir}',
+    file=sys.stderr,
+    flush=True,
+  )
   status = 0
   try:
     while any(child.poll() is None for child in children):
       failed = [child for child in children if child.poll() not in (None, 0)]
       if failed:
         status = failed[0].returncode
-        print(f'dlearn.launch: process {children.index(failed[0])} exited with status {status}; '
-              'stopping the others.', file=sys.stderr, flush=True)
+        print(
+          f'dlearn.launch: process {children.index(failed[0])} exited with status {status}; '
+          'stopping the others.',
+          file=sys.stderr,
+          flush=True,
+        )
         break
       time.sleep(0.2)
   finally:

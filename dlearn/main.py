@@ -3,6 +3,7 @@
   python -m dlearn.main --config=experiments/configs/seed_dcnn_cifar10.py --workdir=/tmp/run \
       [--config.batch_size=64 ...]
 """
+
 import sys
 
 import jax
@@ -12,16 +13,27 @@ from ml_collections import config_flags
 from dlearn import checkpoint, distributed, metrics, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for the resolved config, metrics and TensorBoard '
-                    'files.', required=True)
-config_flags.DEFINE_config_file('config', None, 'Experiment config file; `file.py:smoke` for a '
-                                'quick CPU run. Override fields with --config.FIELD=VALUE.',
-                                lock_config=True)
+flags.DEFINE_string(
+  'workdir',
+  None,
+  'Directory for the resolved config, metrics and TensorBoard files.',
+  required=True,
+)
+config_flags.DEFINE_config_file(
+  'config',
+  None,
+  'Experiment config file; `file.py:smoke` for a '
+  'quick CPU run. Override fields with --config.FIELD=VALUE.',
+  lock_config=True,
+)
 flags.mark_flags_as_required(['config'])
-flags.DEFINE_string('coordinator_address', None, 'Multi-process jobs: host:port of process 0 '
-                    '(see dlearn/distributed.py; usually detected).')
+flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'Multi-process jobs: host:port of process 0 (see dlearn/distributed.py; usually detected).',
+)
 flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: number of processes.')
-flags.DEFINE_integer('process_id', None, 'Multi-process jobs: this process\'s index.')
+flags.DEFINE_integer('process_id', None, "Multi-process jobs: this process's index.")
 
 
 def main(argv):
@@ -34,8 +46,13 @@ def main(argv):
   logging.info('Config:\n%s', FLAGS.config)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.NonFiniteError, train.IncompatibleConfigError, checkpoint.CheckpointWriteError,
-          FileNotFoundError, ValueError) as e:  # the messages say what is wrong and what to do
+  except (
+    train.NonFiniteError,
+    train.IncompatibleConfigError,
+    checkpoint.CheckpointWriteError,
+    FileNotFoundError,
+    ValueError,
+  ) as e:  # the messages say what is wrong and what to do
     logging.error('%s', e)
     sys.exit(f'error: {e}')
   if result['preempted']:

@@ -3,6 +3,7 @@
 A step returns sums over its examples (`loss_sum`, `correct`, `count`); averages are taken once, at
 report time, so a short or padded batch is weighted by what it really holds.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,11 @@ import jax
 def summarize(totals: dict) -> dict[str, float]:
   """{'loss_sum', 'correct', 'count'} sums → {'loss', 'accuracy', 'count'}."""
   count = float(totals['count'])
-  summary = {'loss': float(totals['loss_sum']) / max(count, 1.0),
-             'accuracy': float(totals['correct']) / max(count, 1.0),
-             'count': int(count)}
+  summary = {
+    'loss': float(totals['loss_sum']) / max(count, 1.0),
+    'accuracy': float(totals['correct']) / max(count, 1.0),
+    'count': int(count),
+  }
   if totals.get('nonfinite'):
     summary['nonfinite_steps'] = int(totals['nonfinite'])
   return summary
@@ -32,6 +35,7 @@ def _not_library_chatter(record) -> bool:
 def quiet_library_logs():
   """Orbax, tfds and grain log every save and read at INFO; keep their warnings and errors."""
   from absl import logging as absl_logging
+
   absl_logging.get_absl_logger().addFilter(_not_library_chatter)
 
 
@@ -63,6 +67,7 @@ class MetricWriter:
       return
     # tensorboard's own event writer: TensorBoard files without TensorFlow.
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, 'metrics.jsonl')
     _drop_records_after(path, resume_step)
@@ -74,15 +79,19 @@ class MetricWriter:
       return
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.proto.summary_pb2 import Summary
+
     now = time.time()
-    record = {'step': int(step), 'time': now,
-              **{f'{prefix}/{k}': float(v) for k, v in scalars.items()}}
+    record = {
+      'step': int(step),
+      'time': now,
+      **{f'{prefix}/{k}': float(v) for k, v in scalars.items()},
+    }
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
-    values = [Summary.Value(tag=k, simple_value=v) for k, v in record.items()
-              if k not in ('step', 'time')]
-    self._events.add_event(Event(wall_time=now, step=int(step),
-                                 summary=Summary(value=values)))
+    values = [
+      Summary.Value(tag=k, simple_value=v) for k, v in record.items() if k not in ('step', 'time')
+    ]
+    self._events.add_event(Event(wall_time=now, step=int(step), summary=Summary(value=values)))
     self._events.flush()
 
   def close(self):
@@ -108,9 +117,17 @@ class Progress:
     steps = step - self._last_step
     steps_per_second = steps / max(now - self._last_time, 1e-9) if steps else 0.0
     self._last_step, self._last_time = step, now
-    rate = f'{steps_per_second:.2f} steps/s  ETA ' + (time.strftime(
-        '%H:%M:%S', time.gmtime((self.total_steps - step) / steps_per_second))
-        if steps_per_second else '-')
-    logging.info('step %d/%d  %s  loss %.4f  accuracy %.4f', step, self.total_steps, rate,
-                 scalars['loss'], scalars['accuracy'])
+    rate = f'{steps_per_second:.2f} steps/s  ETA ' + (
+      time.strftime('%H:%M:%S', time.gmtime((self.total_steps - step) / steps_per_second))
+      if steps_per_second
+      else '-'
+    )
+    logging.info(
+      'step %d/%d  %s  loss %.4f  accuracy %.4f',
+      step,
+      self.total_steps,
+      rate,
+      scalars['loss'],
+      scalars['accuracy'],
+    )
     return steps_per_second

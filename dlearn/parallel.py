@@ -13,14 +13,16 @@ pipelined_rnn.py). The batch is split over the groups and every device of a grou
 group's whole batch (its leading axis is [groups]); the body takes its own part of each example
 after augmentation, which must see the whole image. Only `jit(shard_map)` maps a 2-D mesh.
 """
+
 from __future__ import annotations
 
 import collections
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 AXIS = 'batch'
 PART_AXIS = 'part'
@@ -35,9 +37,11 @@ def make_mesh(devices=None, parts: int = 1) -> Mesh:
     return Mesh(devices, (AXIS,))
   local = jax.local_device_count() if devices.size == jax.device_count() else devices.size
   if parts < 1 or local % parts:
-    raise ValueError(f'config.partition.parts={parts} must divide the {local} devices of each '
-                     f'process (the devices that share an example must be on one host); use '
-                     f'one of {[p for p in range(1, local + 1) if local % p == 0]}.')
+    raise ValueError(
+      f'config.partition.parts={parts} must divide the {local} devices of each '
+      f'process (the devices that share an example must be on one host); use '
+      f'one of {[p for p in range(1, local + 1) if local % p == 0]}.'
+    )
   return Mesh(devices.reshape(-1, parts), (AXIS, PART_AXIS))
 
 
@@ -59,9 +63,10 @@ def per_device_batch_size(global_batch_size: int, mesh: Mesh, what: str = 'batch
     below = max(devices, global_batch_size // devices * devices)
     groups = f' groups of {parts(mesh)}' if parts(mesh) > 1 else ''
     raise ValueError(
-        f'config.{what}={global_batch_size} is the global batch and must be a positive multiple '
-        f'of the {devices} devices{groups} ({jax.process_count()} process(es)); use e.g. {below} '
-        f'or {below + devices}.')
+      f'config.{what}={global_batch_size} is the global batch and must be a positive multiple '
+      f'of the {devices} devices{groups} ({jax.process_count()} process(es)); use e.g. {below} '
+      f'or {below + devices}.'
+    )
   return global_batch_size // devices
 
 
@@ -76,9 +81,15 @@ def as_global(tree, mesh: Mesh):
   if jax.process_count() == 1:
     return tree
   from jax.experimental import multihost_utils
+
   return jax.tree.map(
-      lambda x: multihost_utils.host_local_array_to_global_array(x, mesh, P())
-      if x.is_fully_addressable else x, tree)
+    lambda x: (
+      multihost_utils.host_local_array_to_global_array(x, mesh, P())
+      if x.is_fully_addressable
+      else x
+    ),
+    tree,
+  )
 
 
 def to_global(local_batch, mesh: Mesh):
@@ -114,8 +125,9 @@ def wait_for_previous(previous_outputs, outputs):
   return outputs
 
 
-def map_over_devices(body: Callable, mesh: Mesh, mapping: str = 'pmap',
-                     donate_state: bool = False) -> Callable:
+def map_over_devices(
+  body: Callable, mesh: Mesh, mapping: str = 'pmap', donate_state: bool = False
+) -> Callable:
   """body(state, batch) → outputs, run on every device of `mesh`.
 
   'pmap' maps with `jax.pmap` over the batch's leading axis. 'shard_map' runs the same body under
@@ -124,18 +136,29 @@ def map_over_devices(body: Callable, mesh: Mesh, mapping: str = 'pmap',
   """
   donate = (0,) if donate_state else ()
   if mapping == 'pmap' and parts(mesh) > 1:
-    raise ValueError(f'config.partition.parts={parts(mesh)} needs a 2-D device mesh, which only '
-                     "config.mapping='shard_map' runs: add --config.mapping=shard_map.")
+    raise ValueError(
+      f'config.partition.parts={parts(mesh)} needs a 2-D device mesh, which only '
+      "config.mapping='shard_map' runs: add --config.mapping=shard_map."
+    )
   if mapping == 'pmap':
-    return jax.pmap(body, axis_name=AXIS, in_axes=(None, 0), out_axes=None,
-                    devices=mesh.devices.flat, donate_argnums=donate)
+    return jax.pmap(
+      body,
+      axis_name=AXIS,
+      in_axes=(None, 0),
+      out_axes=None,
+      devices=mesh.devices.flat,
+      donate_argnums=donate,
+    )
   if mapping == 'shard_map':
+
     def per_device(state, batch):
       return body(state, jax.tree.map(lambda x: x[0], batch))
+
     # check_vma=False gives the body pmap's semantics: a gradient is this device's own until the
     # body's lax.pmean. With the check on, JAX would sum gradients of replicated parameters over
     # devices by itself, and the body's pmean would then see sums, not per-device gradients.
-    mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
-                           check_vma=False)
+    mapped = jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False
+    )
     return jax.jit(mapped, donate_argnums=donate)
   raise ValueError(f'Unknown config.mapping {mapping!r}: choose one of {MAPPINGS}.')

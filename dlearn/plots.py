@@ -1,9 +1,11 @@
 """PNG pictures of a run: training curves from metrics.jsonl, and confusion matrices."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
+
 # Figure without pyplot: writes files with no display and leaves a notebook's backend alone.
 from matplotlib.figure import Figure
 
@@ -49,8 +51,15 @@ def draw_confusion(axis, confusion: np.ndarray, class_names, title: str = ''):
     axis.set_title(title)
   threshold = confusion.max() / 2 if confusion.size else 0
   for (row, column), count in np.ndenumerate(confusion):
-    axis.text(column, row, str(count), ha='center', va='center', fontsize=8,
-              color='white' if count > threshold else 'black')
+    axis.text(
+      column,
+      row,
+      str(count),
+      ha='center',
+      va='center',
+      fontsize=8,
+      color='white' if count > threshold else 'black',
+    )
 
 
 def confusion_figure_inches(num_classes: int) -> float:

@@ -1,5 +1,6 @@
 """Runs dlearn's real command-line entry points in a fresh process, on tfds mock data (mocking
 only works inside the process that reads the data)."""
+
 import os
 import subprocess
 import sys
@@ -28,13 +29,19 @@ def environment(devices: int = 8) -> dict:
 
 
 def run(module: str, *args: str, devices: int = 8, check: bool = True):
-  result = subprocess.run(command(module, *args), capture_output=True, text=True, timeout=600,
-                          env=environment(devices))
+  result = subprocess.run(
+    command(module, *args), capture_output=True, text=True, timeout=600, env=environment(devices)
+  )
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
   return result
 
 
 def start(module: str, *args: str, devices: int = 8) -> subprocess.Popen:
-  return subprocess.Popen(command(module, *args), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env=environment(devices))
+  return subprocess.Popen(
+    command(module, *args),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=environment(devices),
+  )

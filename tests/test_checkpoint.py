@@ -1,26 +1,33 @@
 """Fault tolerance: exact resume after SIGKILL, SIGTERM/SIGINT, restore onto other device counts,
 no pickle, and guarded training (non-finite loss, unwritable or incompatible work directory)."""
+
 import json
 import os
 import random
 import signal
 import time
 
+import entry_point
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-import entry_point
 from dlearn import checkpoint, configs, train
 
 SMOKE = 'experiments/configs/seed_dcnn_cifar10.py:smoke'
 
 
 def _args(workdir, *overrides):
-  return (f'--config={SMOKE}', f'--workdir={workdir}', '--config.data.name=cifar10',
-          '--config.log_every_steps=1', '--config.eval_every_steps=1000', *overrides)
+  return (
+    f'--config={SMOKE}',
+    f'--workdir={workdir}',
+    '--config.data.name=cifar10',
+    '--config.log_every_steps=1',
+    '--config.eval_every_steps=1000',
+    *overrides,
+  )
 
 
 def _steps_logged(workdir):
@@ -28,8 +35,9 @@ def _steps_logged(workdir):
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line)['step'] for line in f if line.strip().endswith('}')
-            and 'train/loss' in line]
+    return [
+      json.loads(line)['step'] for line in f if line.strip().endswith('}') and 'train/loss' in line
+    ]
 
 
 def _final_arrays(workdir):
@@ -102,8 +110,9 @@ def _stop_with(signum, workdir, steps=400):
 def test_sigterm_saves_exits_75_and_resumes(tmp_path):
   workdir = str(tmp_path / 'workdir')
   stopped_at = _stop_with(signal.SIGTERM, workdir)
-  resumed = entry_point.run('main', *_args(workdir, '--config.num_train_steps=' +
-                                           str(stopped_at + 3)))
+  resumed = entry_point.run(
+    'main', *_args(workdir, '--config.num_train_steps=' + str(stopped_at + 3))
+  )
   assert f'Resumed from the checkpoint of step {stopped_at}' in resumed.stderr
   assert _steps_logged(workdir) == list(range(1, stopped_at + 4))
 
@@ -145,7 +154,9 @@ def test_no_pickle_in_checkpoints(trained_on_8_devices):
       json.loads(content)
     else:
       assert content.startswith((b'Checkpoint commit', b'\x0c\xdb', b'\x28\xb5\x2f\xfd')), (
-          name, content[:8])
+        name,
+        content[:8],
+      )
 
 
 # ---- guarded training, in this process ---------------------------------------------------------
@@ -167,15 +178,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'workdir')
   _train(_config(), workdir)
   before = _snapshot(workdir)
-  with pytest.raises(train.NonFiniteError,
-                     match=r'Non-finite loss or gradient at step 4;.*last good checkpoint, step 3'):
+  with pytest.raises(
+    train.NonFiniteError,
+    match=r'Non-finite loss or gradient at step 4;.*last good checkpoint, step 3',
+  ):
     _train(_config(num_train_steps=6, learning_rate=float('inf')), workdir)
   assert _snapshot(workdir) == before
 
 
 def test_non_finite_steps_can_be_skipped_and_counted(tmp_path):
-  result = _train(_config(learning_rate=float('inf'), skip_nonfinite_steps=True),
-                  str(tmp_path / 'workdir'))
+  result = _train(
+    _config(learning_rate=float('inf'), skip_nonfinite_steps=True), str(tmp_path / 'workdir')
+  )
   assert result['skipped_nonfinite_steps'] == 3
   params = jax.tree.leaves(jax.device_get(result['state'].params))
   assert all(np.isfinite(p).all() for p in params)
@@ -214,9 +228,12 @@ def test_fresh_and_init_from(tmp_path):
   trained = _train(_config(), first)
   fresh = _train(_config(fresh=True), first)  # starts over: same steps, not resumed
   assert int(fresh['state'].step) == 3
-  second = _train(_config(num_train_steps=1, learning_rate=0.0, init_from=first),
-                  str(tmp_path / 'second'))
+  second = _train(
+    _config(num_train_steps=1, learning_rate=0.0, init_from=first), str(tmp_path / 'second')
+  )
   assert int(second['state'].step) == 1
-  for a, b in zip(jax.tree.leaves(jax.device_get(trained['state'].params)),
-                  jax.tree.leaves(jax.device_get(second['state'].params))):
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(trained['state'].params)),
+    jax.tree.leaves(jax.device_get(second['state'].params)),
+  ):
     np.testing.assert_array_equal(a, b)  # lr 0: the parameters it started from

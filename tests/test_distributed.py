@@ -1,5 +1,6 @@
 """Multi-process training with jax.distributed: 2 processes x 4 CPU devices on loopback stand in
 for 2 hosts."""
+
 import json
 import os
 import signal
@@ -10,8 +11,8 @@ import time
 import jax
 import numpy as np
 import pytest
-
 import tiny_data
+
 from dlearn import distributed, evaluate, parallel, train
 from dlearn.data import pipeline
 
@@ -24,11 +25,19 @@ def data_dir(tmp_path_factory):
 
 
 def _args(workdir, data_dir, steps):
-  return ['--config=experiments/configs/seed_dcnn_cifar10.py', f'--workdir={workdir}',
-          '--config.data.name=toy_images', f'--config.data.data_dir={data_dir}',
-          '--config.data.train_split=train', f'--config.data.eval_split=train[:{EVAL_EXAMPLES}]',
-          '--config.batch_size=16', '--config.eval_batch_size=16', '--config.log_every_steps=1',
-          f'--config.num_train_steps={steps}', '--config.checkpoint_every_steps=3']
+  return [
+    '--config=experiments/configs/seed_dcnn_cifar10.py',
+    f'--workdir={workdir}',
+    '--config.data.name=toy_images',
+    f'--config.data.data_dir={data_dir}',
+    '--config.data.train_split=train',
+    f'--config.data.eval_split=train[:{EVAL_EXAMPLES}]',
+    '--config.batch_size=16',
+    '--config.eval_batch_size=16',
+    '--config.log_every_steps=1',
+    f'--config.num_train_steps={steps}',
+    '--config.checkpoint_every_steps=3',
+  ]
 
 
 def _env(devices):
@@ -36,18 +45,34 @@ def _env(devices):
 
 
 def _one_process(workdir, data_dir, steps, *extra):
-  result = subprocess.run([sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, steps),
-                           *extra],
-                          env=_env(8), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, steps), *extra],
+    env=_env(8),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
 
 def _two_processes(workdir, data_dir, steps, *extra):
-  result = subprocess.run([sys.executable, '-m', 'dlearn.launch', '--processes=2',
-                           '--devices_per_process=4', '--', *_args(workdir, data_dir, steps),
-                           *extra],
-                          env=_env(8), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'dlearn.launch',
+      '--processes=2',
+      '--devices_per_process=4',
+      '--',
+      *_args(workdir, data_dir, steps),
+      *extra,
+    ],
+    env=_env(8),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
@@ -94,8 +119,11 @@ def test_two_processes_train_what_one_process_trains(tmp_path, data_dir):
 def test_on_device_data_in_two_processes_trains_what_one_process_trains(tmp_path, data_dir):
   # Each process loads only its own devices' shards; the shards and the order drawn from them
   # depend on the devices' places in the mesh, not on the processes.
-  fast = ('--config.data.on_device=True', '--config.steps_per_dispatch=2',
-          '--config.log_every_steps=2')
+  fast = (
+    '--config.data.on_device=True',
+    '--config.steps_per_dispatch=2',
+    '--config.log_every_steps=2',
+  )
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   _one_process(one, data_dir, 6, *fast)
   log = _two_processes(two, data_dir, 6, *fast)
@@ -109,11 +137,21 @@ def test_a_dead_process_makes_the_other_fail_within_a_bound(tmp_path, data_dir):
   port = 20000 + os.getpid() % 20000
   processes = []
   for index in range(2):
-    env = dict(_env(4), DLEARN_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', DLEARN_NUM_PROCESSES='2',
-               DLEARN_PROCESS_ID=str(index))
-    processes.append(subprocess.Popen(
-        [sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, 100000)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    env = dict(
+      _env(4),
+      DLEARN_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+      DLEARN_NUM_PROCESSES='2',
+      DLEARN_PROCESS_ID=str(index),
+    )
+    processes.append(
+      subprocess.Popen(
+        [sys.executable, '-m', 'dlearn.main', *_args(workdir, data_dir, 100000)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
   metrics = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + 180
   while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:

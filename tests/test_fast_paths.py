@@ -1,5 +1,6 @@
 """The training loop's fast paths against the plain path: several steps per dispatch (a lax.scan
 on the device) and the train split resident on the devices (batches drawn inside the step)."""
+
 import functools
 import json
 import os
@@ -7,8 +8,8 @@ import os
 import jax
 import numpy as np
 import pytest
-
 import tiny_data
+
 from dlearn import checkpoint, configs, parallel, train
 from dlearn.data import on_device
 from dlearn.data.pipeline import DatasetInfo
@@ -32,17 +33,33 @@ def _dispatch(config, mesh, num_steps, layout=None, mapping='pmap', info=IMAGES)
   tx = train.create_optimizer(config, 100)
   graphdef, state = train.create_train_state(config, info, tx)
   step = parallel.map_over_devices(
-      functools.partial(train.train_steps, num_steps=num_steps, layout=layout,
-                        unroll=config.unroll_dispatch, graphdef=graphdef, tx=tx, config=config,
-                        info=info), mesh, mapping, donate_state=True)
+    functools.partial(
+      train.train_steps,
+      num_steps=num_steps,
+      layout=layout,
+      unroll=config.unroll_dispatch,
+      graphdef=graphdef,
+      tx=tx,
+      config=config,
+      info=info,
+    ),
+    mesh,
+    mapping,
+    donate_state=True,
+  )
   return step, parallel.replicate(state, mesh)
 
 
 def _host_batches(steps, num_devices, seed=0):
   rng = np.random.default_rng(seed)
-  return [{'image': rng.integers(0, 256, (num_devices, 16 // num_devices, 16, 16, 3), np.uint8),
-           'label': rng.integers(0, 10, (num_devices, 16 // num_devices)).astype(np.int32),
-           'mask': np.ones((num_devices, 16 // num_devices), np.float32)} for _ in range(steps)]
+  return [
+    {
+      'image': rng.integers(0, 256, (num_devices, 16 // num_devices, 16, 16, 3), np.uint8),
+      'label': rng.integers(0, 10, (num_devices, 16 // num_devices)).astype(np.int32),
+      'mask': np.ones((num_devices, 16 // num_devices), np.float32),
+    }
+    for _ in range(steps)
+  ]
 
 
 def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
@@ -55,8 +72,10 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 def _records(n, shape=(4, 4, 3), num_classes=5):
   """Records that carry their index: in the label's place (`index` field) and in the pixels."""
   rng = np.random.default_rng(n)
-  return [{'image': rng.integers(0, 256, shape, np.uint8), 'label': i % num_classes, 'index': i}
-          for i in range(n)]
+  return [
+    {'image': rng.integers(0, 256, shape, np.uint8), 'label': i % num_classes, 'index': i}
+    for i in range(n)
+  ]
 
 
 # ---- several steps per dispatch ----------------------------------------------------------------
@@ -86,8 +105,18 @@ def test_k_steps_in_one_dispatch_equal_k_single_dispatches(unroll):
 def test_dispatch_plan_ends_a_dispatch_at_every_boundary():
   # Resumed at step 5, K=4, boundaries at multiples of 10 and 12, and at the end (30).
   plan = train.dispatch_plan(5, 30, 4, (10, 12))
-  assert plan == [(5, 4), (9, 1), (10, 1), (11, 1), (12, 4), (16, 4), (20, 4), (24, 4), (28, 1),
-                  (29, 1)]
+  assert plan == [
+    (5, 4),
+    (9, 1),
+    (10, 1),
+    (11, 1),
+    (12, 4),
+    (16, 4),
+    (20, 4),
+    (24, 4),
+    (28, 1),
+    (29, 1),
+  ]
   assert train.dispatch_plan(0, 16, 8, (8, 16)) == [(0, 8), (8, 8)]
   assert train.dispatch_plan(16, 16, 8, (8,)) == []
 
@@ -105,19 +134,29 @@ def test_every_example_of_a_shard_is_drawn_once_per_epoch():
 
   # Each device's shard, as example indices (found from the pixels, which are unique).
   by_pixels = {r['image'].tobytes(): r['index'] for r in records}
-  shards = [[by_pixels[image.tobytes()] for image in np.asarray(block.data)[0]]
-            for block in data['image'].addressable_shards]
+  shards = [
+    [by_pixels[image.tobytes()] for image in np.asarray(block.data)[0]]
+    for block in data['image'].addressable_shards
+  ]
   assert len({i for shard in shards for i in shard}) == 96  # disjoint; 5 dropped
 
   base = jax.random.key_data(jax.random.key(7))
-  draw = jax.pmap(lambda shard, step: on_device.draw(shard, base, step, layout)['image'],
-                  axis_name=parallel.AXIS, in_axes=(0, None))
+  draw = jax.pmap(
+    lambda shard, step: on_device.draw(shard, base, step, layout)['image'],
+    axis_name=parallel.AXIS,
+    in_axes=(0, None),
+  )
   epochs = []
   for epoch in range(2):
-    drawn = [np.asarray(draw(data, np.int32(step)))
-             for step in range(epoch * 3, epoch * 3 + 3)]  # [devices, batch, ...] per step
-    epochs.append([[by_pixels[image.tobytes()] for step in drawn for image in step[device]]
-                   for device in range(8)])
+    drawn = [
+      np.asarray(draw(data, np.int32(step))) for step in range(epoch * 3, epoch * 3 + 3)
+    ]  # [devices, batch, ...] per step
+    epochs.append(
+      [
+        [by_pixels[image.tobytes()] for step in drawn for image in step[device]]
+        for device in range(8)
+      ]
+    )
   for device in range(8):
     for epoch in epochs:
       assert sorted(epoch[device]) == sorted(shards[device])  # each example once
@@ -126,8 +165,10 @@ def test_every_example_of_a_shard_is_drawn_once_per_epoch():
 
 def _sequence_records(n):
   rng = np.random.default_rng(0)
-  return [{'sequence': rng.normal(size=(int(rng.integers(3, 9)), 2)).astype(np.float32),
-           'label': i % 3} for i in range(n)]
+  return [
+    {'sequence': rng.normal(size=(int(rng.integers(3, 9)), 2)).astype(np.float32), 'label': i % 3}
+    for i in range(n)
+  ]
 
 
 def test_the_shuffle_is_a_permutation_of_any_size():
@@ -166,8 +207,9 @@ def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(mod
         state, sums = step(state, data)
     assert int(state.step) == 4
     results[mapping, k] = state
-  _assert_trees_close(results['pmap', 2].params, results['shard_map', 2].params, rtol=1e-6,
-                      atol=1e-7)
+  _assert_trees_close(
+    results['pmap', 2].params, results['shard_map', 2].params, rtol=1e-6, atol=1e-7
+  )
   _assert_trees_close(results['pmap', 2].params, results['pmap', 1].params)
 
 
@@ -197,11 +239,21 @@ def data_dir(tmp_path_factory):
 
 
 def _loop_config(data_dir, **overrides):
-  config = _config(**{'data.name': 'toy_images', 'data.data_dir': data_dir,
-                      'data.train_split': 'train', 'data.eval_split': 'validation',
-                      'data.augment': False, 'eval_batch_size': 16, 'learning_rate': 0.01,
-                      'log_every_steps': 6, 'checkpoint_every_steps': 6,
-                      'eval_every_steps': 1000, 'write_plots': False})
+  config = _config(
+    **{
+      'data.name': 'toy_images',
+      'data.data_dir': data_dir,
+      'data.train_split': 'train',
+      'data.eval_split': 'validation',
+      'data.augment': False,
+      'eval_batch_size': 16,
+      'learning_rate': 0.01,
+      'log_every_steps': 6,
+      'checkpoint_every_steps': 6,
+      'eval_every_steps': 1000,
+      'write_plots': False,
+    }
+  )
   for key, value in overrides.items():
     section, _, name = key.rpartition('.')
     (config[section] if section else config)[name] = value
@@ -221,8 +273,9 @@ def _train_losses(workdir):
 @pytest.mark.parametrize('on_device,k', [(True, 2), (False, 4)])
 def test_stopped_and_resumed_run_equals_a_straight_one(tmp_path, data_dir, on_device, k):
   # Host pipeline, K=4: the steps before the boundaries at 6 and 12 run one per dispatch.
-  config = functools.partial(_loop_config, data_dir, **{'data.on_device': on_device,
-                                                        'steps_per_dispatch': k})
+  config = functools.partial(
+    _loop_config, data_dir, **{'data.on_device': on_device, 'steps_per_dispatch': k}
+  )
   straight = train.train_and_evaluate(config(num_train_steps=12), str(tmp_path / 'straight'))
   resumed_dir = str(tmp_path / 'resumed')
   train.train_and_evaluate(config(num_train_steps=6), resumed_dir)
@@ -240,28 +293,41 @@ def test_stopped_and_resumed_run_equals_a_straight_one(tmp_path, data_dir, on_de
 
 def test_non_finite_step_in_a_dispatch_is_named_and_stops(tmp_path, data_dir):
   workdir = str(tmp_path / 'workdir')
-  config = functools.partial(_loop_config, data_dir, **{'data.on_device': True,
-                                                        'steps_per_dispatch': 2,
-                                                        'checkpoint_every_steps': 2})
+  config = functools.partial(
+    _loop_config,
+    data_dir,
+    **{'data.on_device': True, 'steps_per_dispatch': 2, 'checkpoint_every_steps': 2},
+  )
   train.train_and_evaluate(config(num_train_steps=2), workdir)
-  with pytest.raises(train.NonFiniteError, match=r'at step 3 \(steps 3-4 ran as one dispatch\); '
-                     r'.*last good checkpoint, step 2'):
+  with pytest.raises(
+    train.NonFiniteError,
+    match=r'at step 3 \(steps 3-4 ran as one dispatch\); '
+    r'.*last good checkpoint, step 2',
+  ):
     train.train_and_evaluate(config(num_train_steps=6, learning_rate=float('inf')), workdir)
 
 
 def test_clear_errors_before_anything_is_read_or_compiled(tmp_path, data_dir, monkeypatch):
   def no_loading(*args, **kwargs):
     raise AssertionError('the data should not be read')
+
   monkeypatch.setattr(on_device, 'load', no_loading)
   workdir = str(tmp_path / 'workdir')
   with pytest.raises(ValueError, match=r'config.steps_per_dispatch=0 must be .* 1 or more'):
     train.train_and_evaluate(_loop_config(data_dir, steps_per_dispatch=0), workdir)
-  with pytest.raises(ValueError, match=r'gives each of the 8 devices 13 examples, fewer than its '
-                     r'batch of 16.*config.data.on_device=False'):
-    train.train_and_evaluate(_loop_config(data_dir, **{'data.on_device': True,
-                                                       'batch_size': 128}), workdir)
+  with pytest.raises(
+    ValueError,
+    match=r'gives each of the 8 devices 13 examples, fewer than its '
+    r'batch of 16.*config.data.on_device=False',
+  ):
+    train.train_and_evaluate(
+      _loop_config(data_dir, **{'data.on_device': True, 'batch_size': 128}), workdir
+    )
   monkeypatch.setattr(on_device, 'device_memory_limit', lambda device: 2000)  # bytes
-  with pytest.raises(ValueError, match=r"split 'train' needs 2.5 KiB on each device \(13 examples "
-                     r'of 196 bytes\), more than 50% of the 2.0 KiB of .*set '
-                     r'config.data.on_device=False'):
+  with pytest.raises(
+    ValueError,
+    match=r"split 'train' needs 2.5 KiB on each device \(13 examples "
+    r'of 196 bytes\), more than 50% of the 2.0 KiB of .*set '
+    r'config.data.on_device=False',
+  ):
     train.train_and_evaluate(_loop_config(data_dir, **{'data.on_device': True}), workdir)

@@ -1,10 +1,10 @@
 """End to end through the real entry point, on tfds mock data."""
+
 import json
 import os
 
-import pytest
-
 import entry_point
+import pytest
 from entry_point import NUM_EXAMPLES
 
 
@@ -12,9 +12,15 @@ from entry_point import NUM_EXAMPLES
 def run_main(tmp_path):
   def run(config_file, *overrides):
     workdir = str(tmp_path / 'workdir')
-    result = entry_point.run('main', f'--config=experiments/configs/{config_file}:smoke',
-                             f'--workdir={workdir}', '--config.data.name=cifar10', *overrides)
+    result = entry_point.run(
+      'main',
+      f'--config=experiments/configs/{config_file}:smoke',
+      f'--workdir={workdir}',
+      '--config.data.name=cifar10',
+      *overrides,
+    )
     return workdir, result.stderr
+
   return run
 
 
@@ -23,13 +29,15 @@ def _read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize('config_file,overrides', [
+@pytest.mark.parametrize(
+  'config_file,overrides',
+  [
     ('seed_dcnn_cifar10.py', ()),
     ('resnet_cifar10.py', ('--config.mapping=shard_map',)),
     ('lstm_cifar10_rows.py', ('--config.rnn.cell=gru', '--config.rnn.bidirectional=True')),
-])
-def test_train_and_evaluate_writes_config_metrics_and_tensorboard(run_main, config_file,
-                                                                  overrides):
+  ],
+)
+def test_train_and_evaluate_writes_config_metrics_and_tensorboard(run_main, config_file, overrides):
   workdir, log = run_main(config_file, *overrides)
   assert '8 devices (cpu)' in log and 'ETA' in log
   with open(os.path.join(workdir, 'config.json')) as f:

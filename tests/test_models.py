@@ -27,25 +27,30 @@ def test_simple_cell_is_the_elman_cell():
   x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
   h = np.zeros((2, 5), np.float32)
   for t in range(3):  # h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h)
-    h = np.tanh(h @ cell.dense_h.kernel[...] + x[:, t] @ cell.dense_i.kernel[...] +
-                cell.dense_i.bias[...])
+    h = np.tanh(
+      h @ cell.dense_h.kernel[...] + x[:, t] @ cell.dense_i.kernel[...] + cell.dense_i.bias[...]
+    )
   expected = h @ model.head.kernel[...] + model.head.bias[...]  # y = W_hy h + b_y
-  np.testing.assert_allclose(model(jnp.asarray(x), jnp.array([3, 3])), expected, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    model(jnp.asarray(x), jnp.array([3, 3])), expected, rtol=1e-5, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('cell', sorted(rnn.CELLS))
 @pytest.mark.parametrize('bidirectional', [False, True])
 def test_padding_never_changes_the_output(cell, bidirectional):
-  model = rnn.RNNClassifier(5, 3, rngs=nnx.Rngs(0), cell=cell, hidden_size=8, num_layers=2,
-                            bidirectional=bidirectional)
+  model = rnn.RNNClassifier(
+    5, 3, rngs=nnx.Rngs(0), cell=cell, hidden_size=8, num_layers=2, bidirectional=bidirectional
+  )
   rng = np.random.default_rng(1)
   lengths = np.array([10, 3, 7, 1])
   x = rng.normal(size=(4, 10, 3)).astype(np.float32)
   for i, length in enumerate(lengths):
     x[i, length:] = 1e3 * rng.normal(size=x[i, length:].shape)  # loud garbage in the padding
   padded = model(jnp.asarray(x), jnp.asarray(lengths))
-  unpadded = [model(jnp.asarray(x[i:i + 1, :n]), jnp.array([n]))[0] for i, n in enumerate(lengths)]
+  unpadded = [
+    model(jnp.asarray(x[i : i + 1, :n]), jnp.array([n]))[0] for i, n in enumerate(lengths)
+  ]
   np.testing.assert_allclose(padded, np.stack(unpadded), rtol=1e-5, atol=1e-5)
 
 
@@ -57,9 +62,12 @@ def test_unknown_cell_is_a_clear_error():
 def test_unrolling_the_scan_changes_nothing_but_speed():
   x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 9, 4)), jnp.float32)
   lengths = jnp.array([9, 4, 1])
-  outputs = [rnn.RNNClassifier(2, 4, rngs=nnx.Rngs(0), cell='lstm', hidden_size=6,
-                               bidirectional=True, unroll=unroll)(x, lengths)
-             for unroll in (1, 4)]
+  outputs = [
+    rnn.RNNClassifier(
+      2, 4, rngs=nnx.Rngs(0), cell='lstm', hidden_size=6, bidirectional=True, unroll=unroll
+    )(x, lengths)
+    for unroll in (1, 4)
+  ]
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
 
 
@@ -72,16 +80,24 @@ def test_cudnn_lstm_gives_the_scans_outputs_and_gradients(num_layers, bidirectio
   lengths = jnp.array([9, 4, 1, 7])
   results = []
   for implementation in ('scan', 'cudnn'):
-    model = rnn.RNNClassifier(5, 3, rngs=nnx.Rngs(0), cell='lstm', hidden_size=6,
-                              num_layers=num_layers, bidirectional=bidirectional,
-                              implementation=implementation)
+    model = rnn.RNNClassifier(
+      5,
+      3,
+      rngs=nnx.Rngs(0),
+      cell='lstm',
+      hidden_size=6,
+      num_layers=num_layers,
+      bidirectional=bidirectional,
+      implementation=implementation,
+    )
     graphdef, params = nnx.split(model)
     loss = lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, lengths)))
     results.append((nnx.merge(graphdef, params)(x, lengths), jax.grad(loss)(params)))
   (scan_logits, scan_grads), (cudnn_logits, cudnn_grads) = results
   np.testing.assert_allclose(cudnn_logits, scan_logits, rtol=1e-5, atol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               cudnn_grads, scan_grads)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), cudnn_grads, scan_grads
+  )
 
 
 def test_cudnn_implementation_is_for_float32_lstms_only():

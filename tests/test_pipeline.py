@@ -1,5 +1,6 @@
 """The input pipeline: per-device batch shapes, per-process shares, eval that counts every example
 once, and the errors a user meets first."""
+
 import numpy as np
 import pytest
 
@@ -15,8 +16,9 @@ def _images(n):
 
 
 def test_train_batches_have_the_per_device_shape():
-  batch = next(pipeline.train_iterator(_images(50), IMAGES, local_batch_size=16,
-                                       local_device_count=8, seed=0))
+  batch = next(
+    pipeline.train_iterator(_images(50), IMAGES, local_batch_size=16, local_device_count=8, seed=0)
+  )
   assert batch['image'].shape == (8, 2, 4, 4, 3) and batch['image'].dtype == np.uint8
   assert batch['label'].shape == (8, 2) and batch['mask'].shape == (8, 2)
 
@@ -24,30 +26,45 @@ def test_train_batches_have_the_per_device_shape():
 def test_each_process_trains_on_its_own_part():
   seen = []
   for process in range(2):
-    batches = pipeline.train_iterator(_images(40), IMAGES, local_batch_size=4,
-                                      local_device_count=2, seed=0, process_index=process,
-                                      process_count=2)
+    batches = pipeline.train_iterator(
+      _images(40),
+      IMAGES,
+      local_batch_size=4,
+      local_device_count=2,
+      seed=0,
+      process_index=process,
+      process_count=2,
+    )
     seen.append({int(label) for _ in range(5) for label in next(batches)['label'].ravel()})
   assert seen[0] and seen[1] and not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(range(40))
 
 
 def test_each_epoch_has_a_new_order_and_every_example():
-  batches = pipeline.train_iterator(_images(16), IMAGES, local_batch_size=16, local_device_count=8,
-                                    seed=0)
+  batches = pipeline.train_iterator(
+    _images(16), IMAGES, local_batch_size=16, local_device_count=8, seed=0
+  )
   first, second = (next(batches)['label'].ravel().tolist() for _ in range(2))
   assert sorted(first) == sorted(second) == list(range(16))
   assert first != second
 
 
-@pytest.mark.parametrize('num_examples,global_batch,processes', [(37, 16, 1), (37, 16, 2),
-                                                                 (5, 16, 2), (64, 16, 2)])
+@pytest.mark.parametrize(
+  'num_examples,global_batch,processes', [(37, 16, 1), (37, 16, 2), (5, 16, 2), (64, 16, 2)]
+)
 def test_eval_counts_every_example_exactly_once(num_examples, global_batch, processes):
   steps, counts = [], np.zeros(num_examples, int)
   for process in range(processes):
-    batches = list(pipeline.eval_iterator(_images(num_examples), IMAGES,
-                                          global_batch_size=global_batch, local_device_count=4,
-                                          process_index=process, process_count=processes))
+    batches = list(
+      pipeline.eval_iterator(
+        _images(num_examples),
+        IMAGES,
+        global_batch_size=global_batch,
+        local_device_count=4,
+        process_index=process,
+        process_count=processes,
+      )
+    )
     steps.append(len(batches))
     for batch in batches:
       assert batch['label'].shape == (4, global_batch // processes // 4)
@@ -60,8 +77,9 @@ def test_eval_counts_every_example_exactly_once(num_examples, global_batch, proc
 
 def test_sequences_are_padded_with_their_lengths():
   records = [{'sequence': np.ones((n, 2), np.float32), 'label': n % 3} for n in (1, 6, 3, 2)]
-  batch = next(pipeline.eval_iterator(records, SEQUENCES, global_batch_size=4,
-                                      local_device_count=2))
+  batch = next(
+    pipeline.eval_iterator(records, SEQUENCES, global_batch_size=4, local_device_count=2)
+  )
   assert batch['sequence'].shape == (2, 2, 6, 2)
   np.testing.assert_array_equal(batch['length'].ravel(), [1, 6, 3, 2])
   np.testing.assert_array_equal(batch['sequence'][0, 0, 1:], 0)  # padding is zeros
@@ -82,11 +100,21 @@ def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):
 
 
 def test_two_processes_together_read_what_one_process_reads():
-  one = pipeline.train_iterator(_images(40), IMAGES, local_batch_size=8, local_device_count=8,
-                                seed=3)
-  halves = [pipeline.train_iterator(_images(40), IMAGES, local_batch_size=4,
-                                    local_device_count=4, seed=3, process_index=p,
-                                    process_count=2) for p in range(2)]
+  one = pipeline.train_iterator(
+    _images(40), IMAGES, local_batch_size=8, local_device_count=8, seed=3
+  )
+  halves = [
+    pipeline.train_iterator(
+      _images(40),
+      IMAGES,
+      local_batch_size=4,
+      local_device_count=4,
+      seed=3,
+      process_index=p,
+      process_count=2,
+    )
+    for p in range(2)
+  ]
   for _ in range(7):  # across an epoch boundary
     expected = next(one)['label'].ravel().tolist()
     assert [int(x) for h in halves for x in next(h)['label'].ravel()] == expected

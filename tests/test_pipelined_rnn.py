@@ -1,12 +1,14 @@
 """The time-partitioned, pipelined RNN equals the unpartitioned model: logits (on every device of the
 time axis) and gradients, on 8 forced CPU devices."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from dlearn.models import rnn
 from dlearn.models.pipelined_rnn import check_time_parts, pipelined_logits
@@ -38,8 +40,10 @@ def _reference(model, x, lengths, labels):
     def loss_fn(params):
       logits = nnx.merge(graphdef, params)(x, lengths)
       return _loss(logits, labels), logits
+
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return logits, grads
+
   return run(params)
 
 
@@ -48,7 +52,7 @@ def _pipelined(model, x, lengths, labels, *, data, parts, micro_batches):
   per-device batch, ...], sequences split over 'batch' and 'time', lengths and labels over 'batch',
   parameters replicated; gradients pmean-ed over both axes. Returns every time device's copy of the
   logits [parts, batch, classes] and the gradients."""
-  mesh = Mesh(np.asarray(jax.devices()[:data * parts]).reshape(data, parts), ('batch', 'time'))
+  mesh = Mesh(np.asarray(jax.devices()[: data * parts]).reshape(data, parts), ('batch', 'time'))
   graphdef, params = nnx.split(model)
   x, lengths, labels = (a.reshape((data, -1) + a.shape[1:]) for a in (x, lengths, labels))
 
@@ -56,15 +60,21 @@ def _pipelined(model, x, lengths, labels, *, data, parts, micro_batches):
     x, lengths, labels = x[0], lengths[0], labels[0]  # this device's [1, ...] block
 
     def loss_fn(params):
-      logits = pipelined_logits(nnx.merge(graphdef, params), x, lengths, time_axis='time',
-                                micro_batches=micro_batches)
+      logits = pipelined_logits(
+        nnx.merge(graphdef, params), x, lengths, time_axis='time', micro_batches=micro_batches
+      )
       return _loss(logits, labels), logits
+
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return logits[None], jax.lax.pmean(grads, ('batch', 'time'))
 
-  mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P('batch', None, 'time', None),
-                                                     P('batch', None), P('batch', None)),
-                         out_specs=(P('time', 'batch'), P()), check_vma=False)
+  mapped = jax.shard_map(
+    body,
+    mesh=mesh,
+    in_specs=(P(), P('batch', None, 'time', None), P('batch', None), P('batch', None)),
+    out_specs=(P('time', 'batch'), P()),
+    check_vma=False,
+  )
   return jax.jit(mapped)(params, x, lengths, labels)
 
 
@@ -73,23 +83,34 @@ def _assert_grads_close(grads, expected):
     np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('cell, parts, micro_batches, data, num_layers, bidirectional', [
+@pytest.mark.parametrize(
+  'cell, parts, micro_batches, data, num_layers, bidirectional',
+  [
     ('simple', 2, 1, 1, 1, False),
     ('lstm', 4, 2, 1, 1, False),
     ('gru', 8, 4, 1, 1, False),
     ('lstm', 4, 3, 1, 1, False),
     ('simple', 1, 2, 1, 1, False),  # one part: no pipeline, micro-batches in turn
-    ('gru', 4, 2, 2, 2, False),     # data × time mesh, stacked layers
-    ('lstm', 4, 2, 2, 2, True),     # bidirectional, stacked
+    ('gru', 4, 2, 2, 2, False),  # data × time mesh, stacked layers
+    ('lstm', 4, 2, 2, 2, True),  # bidirectional, stacked
     ('simple', 8, 3, 1, 1, True),
-])
+  ],
+)
 def test_equals_unpartitioned(cell, parts, micro_batches, data, num_layers, bidirectional):
-  model = rnn.RNNClassifier(CLASSES, F, rngs=nnx.Rngs(0), cell=cell, hidden_size=6,
-                            num_layers=num_layers, bidirectional=bidirectional)
+  model = rnn.RNNClassifier(
+    CLASSES,
+    F,
+    rngs=nnx.Rngs(0),
+    cell=cell,
+    hidden_size=6,
+    num_layers=num_layers,
+    bidirectional=bidirectional,
+  )
   x, lengths, labels = _data(data * micro_batches * (2 if micro_batches > 1 else 4))
   expected_logits, expected_grads = _reference(model, x, lengths, labels)
-  logits, grads = _pipelined(model, x, lengths, labels, data=data, parts=parts,
-                             micro_batches=micro_batches)
+  logits, grads = _pipelined(
+    model, x, lengths, labels, data=data, parts=parts, micro_batches=micro_batches
+  )
   assert logits.shape == (parts,) + expected_logits.shape
   for copy in logits:  # the same logits on every device of the time axis
     np.testing.assert_allclose(copy, expected_logits, rtol=1e-5, atol=1e-5)
@@ -97,8 +118,11 @@ def test_equals_unpartitioned(cell, parts, micro_batches, data, num_layers, bidi
 
 
 def test_sequence_length_must_divide():
-  with pytest.raises(ValueError, match=r'sequence length 30 is not a multiple of the 4 time parts'
-                                       r'.*config.data.max_length, e.g. 32'):
+  with pytest.raises(
+    ValueError,
+    match=r'sequence length 30 is not a multiple of the 4 time parts'
+    r'.*config.data.max_length, e.g. 32',
+  ):
     check_time_parts(30, 4, 1, 8)
 
 

@@ -1,4 +1,5 @@
 """The PNG writers produce real images of the expected size."""
+
 import json
 import struct
 
@@ -18,8 +19,12 @@ def test_training_curves_png(tmp_path):
   metrics = tmp_path / 'metrics.jsonl'
   with open(metrics, 'w') as f:
     for step in range(1, 11):
-      f.write(json.dumps({'step': step, 'time': step, 'train/loss': 1 / step,
-                          'train/accuracy': step / 10}) + '\n')
+      f.write(
+        json.dumps(
+          {'step': step, 'time': step, 'train/loss': 1 / step, 'train/accuracy': step / 10}
+        )
+        + '\n'
+      )
     f.write(json.dumps({'step': 10, 'time': 10, 'eval/loss': 0.2, 'eval/accuracy': 0.9}) + '\n')
   path = plots.plot_curves(str(metrics), str(tmp_path / 'curves.png'))
   width, height = plots.FIGURE_SIZE

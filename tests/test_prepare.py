@@ -1,12 +1,13 @@
 """Preparing image folders and UEA/UCR .ts files as tfds datasets, and the errors for bad input."""
+
 import os
 import tarfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 import tiny_data
+
 from dlearn import configs, train
 from dlearn.data import image_folder, pipeline, prepare, ts_format
 
@@ -48,16 +49,29 @@ def test_image_size_resizes_every_image(tmp_path):
 
 
 def _write_ts(path, lines, header=None):
-  header = header or ['@problemName toy', '@timeStamps false', '@missing true',
-                      '@univariate false', '@dimensions 2', '@equalLength false',
-                      '@classLabel true a b c', '@data']
+  header = header or [
+    '@problemName toy',
+    '@timeStamps false',
+    '@missing true',
+    '@univariate false',
+    '@dimensions 2',
+    '@equalLength false',
+    '@classLabel true a b c',
+    '@data',
+  ]
   with open(path, 'w') as f:
     f.write('# a comment\n' + '\n'.join(header + lines) + '\n')
   return str(path)
 
 
-TS_LINES = ['1,2,3:4,5,6:a', '1,2:3,4:b', '7,8,9,10:1,2,3,4:c', '1,?,3:4,5,NaN:a',
-            '1,2,3,?:4,5,6,?:b', '2,2:2,2:c']
+TS_LINES = [
+  '1,2,3:4,5,6:a',
+  '1,2:3,4:b',
+  '7,8,9,10:1,2,3,4:c',
+  '1,?,3:4,5,NaN:a',
+  '1,2,3,?:4,5,6,?:b',
+  '2,2:2,2:c',
+]
 
 
 def test_ts_file_becomes_a_dataset_of_sequences(tmp_path):
@@ -75,8 +89,9 @@ def test_ts_file_becomes_a_dataset_of_sequences(tmp_path):
 
 
 def test_missing_values_follow_the_documented_rule(tmp_path):
-  data = ts_format.read_ts(_write_ts(tmp_path / 'm.ts', ['1,?,3:4,5,NaN:a', '1,2,3,?:4,5,6,?:b',
-                                                         '?,?,?:1,?,3:c']))
+  data = ts_format.read_ts(
+    _write_ts(tmp_path / 'm.ts', ['1,?,3:4,5,NaN:a', '1,2,3,?:4,5,6,?:b', '?,?,?:1,?,3:c'])
+  )
   np.testing.assert_allclose(data.sequences[0], [[1, 4], [2, 5], [3, 5]])  # interpolate, hold
   assert data.sequences[1].shape == (3, 2)  # a trailing step missing everywhere ends the case
   np.testing.assert_allclose(data.sequences[2], [[0, 1], [0, 2], [0, 3]])  # empty channel: zeros
@@ -85,8 +100,9 @@ def test_missing_values_follow_the_documented_rule(tmp_path):
 def test_carved_validation_is_the_last_fraction_of_each_class(tmp_path):
   lines = [f'{i},{i}:{i},{i}:{"ab"[i % 2]}' for i in range(20)]
   data_dir = str(tmp_path / 'tfds')
-  prepare.prepare('toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir,
-                  validation_fraction=0.2)
+  prepare.prepare(
+    'toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir, validation_fraction=0.2
+  )
   _, validation = _read_all('toy', 'validation', data_dir)
   firsts = sorted(int(r['sequence'][0, 0]) for r in validation)
   assert firsts == [16, 17, 18, 19]  # class a: 16, 18; class b: 17, 19
@@ -97,11 +113,15 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
   data_dir = str(tmp_path / 'tfds')
   config = configs.base()
   if kind == 'image':
-    prepare.prepare('pets', {'train': tiny_data.image_folder(tmp_path / 'images', per_class=10)}, data_dir)
+    prepare.prepare(
+      'pets', {'train': tiny_data.image_folder(tmp_path / 'images', per_class=10)}, data_dir
+    )
     config.data.name, config.model = 'pets', 'seed_dcnn'
   else:
-    lines = [f'{",".join(["1"] * (2 + i % 3))}:{",".join(["2"] * (2 + i % 3))}:{"abc"[i % 3]}'
-             for i in range(30)]
+    lines = [
+      f'{",".join(["1"] * (2 + i % 3))}:{",".join(["2"] * (2 + i % 3))}:{"abc"[i % 3]}'
+      for i in range(30)
+    ]
     prepare.prepare('toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir)
     config.data.name, config.model = 'toy', 'rnn'
     config.rnn.hidden_size = 8
@@ -124,8 +144,12 @@ def test_corrupt_image_names_the_file(tmp_path):
   folder = tiny_data.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'dog', '002.jpg'), 'wb') as f:
     f.write(b'not a jpeg at all')
-  _assert_fails_cleanly(tmp_path, {'train': folder}, image_folder.ImageFolderError,
-                        r'train/dog/002.jpg: cannot decode the image')
+  _assert_fails_cleanly(
+    tmp_path,
+    {'train': folder},
+    image_folder.ImageFolderError,
+    r'train/dog/002.jpg: cannot decode the image',
+  )
 
 
 def test_archive_layout_must_be_split_class_image(tmp_path):
@@ -133,29 +157,38 @@ def test_archive_layout_must_be_split_class_image(tmp_path):
   with open(os.path.join(folder, 'train', 'stray.jpg'), 'wb') as f:
     f.write(tiny_data.image_bytes(0, '.jpg'))
   archive = _tar(folder, tmp_path / 'images.tar.gz')
-  _assert_fails_cleanly(tmp_path, {'train': archive}, image_folder.ImageFolderError,
-                        r"'train/stray.jpg' is not laid out as <split>/<class>/<image>")
+  _assert_fails_cleanly(
+    tmp_path,
+    {'train': archive},
+    image_folder.ImageFolderError,
+    r"'train/stray.jpg' is not laid out as <split>/<class>/<image>",
+  )
 
 
 def test_images_of_different_sizes_ask_for_image_size(tmp_path):
   folder = tiny_data.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'dog', '004.jpg'), 'wb') as f:
     f.write(tiny_data.image_bytes(0, '.jpg', size=(9, 9)))
-  _assert_fails_cleanly(tmp_path, {'train': folder}, image_folder.ImageFolderError,
-                        r'004.jpg is 9x9.*--image_size')
+  _assert_fails_cleanly(
+    tmp_path, {'train': folder}, image_folder.ImageFolderError, r'004.jpg is 9x9.*--image_size'
+  )
 
 
 def test_empty_image_split(tmp_path):
   os.makedirs(tmp_path / 'empty')
-  _assert_fails_cleanly(tmp_path, {'train': str(tmp_path / 'empty')},
-                        image_folder.ImageFolderError, 'no images found')
+  _assert_fails_cleanly(
+    tmp_path, {'train': str(tmp_path / 'empty')}, image_folder.ImageFolderError, 'no images found'
+  )
 
 
-@pytest.mark.parametrize('header_line,match', [
+@pytest.mark.parametrize(
+  'header_line,match',
+  [
     ('@dimensions two', r'bad.ts:\d+: @dimensions must be a positive whole number'),
     ('@classLabel false', r'bad.ts:\d+: @classLabel must be `true`'),
     ('@colour blue', r'bad.ts:\d+: unknown header @colour'),
-])
+  ],
+)
 def test_malformed_header(tmp_path, header_line, match):
   header = ['@problemName toy', header_line, '@classLabel true a b c', '@data']
   if header_line.startswith('@classLabel'):
@@ -164,12 +197,18 @@ def test_malformed_header(tmp_path, header_line, match):
   _assert_fails_cleanly(tmp_path, {'train': path}, ts_format.TsFormatError, match)
 
 
-@pytest.mark.parametrize('line,match', [
-    ('1,2:3,4:5,6:a', r'bad.ts:11: 3 channel\(s\) before the class label, but the header '
-                      r'declares @dimensions 2'),
+@pytest.mark.parametrize(
+  'line,match',
+  [
+    (
+      '1,2:3,4:5,6:a',
+      r'bad.ts:11: 3 channel\(s\) before the class label, but the header '
+      r'declares @dimensions 2',
+    ),
     ('1,x:3,4:a', r"bad.ts:11: channel 1, value 2 is 'x', not a number"),
     ('1,2:3,4:z', r"bad.ts:11: class label 'z' is not declared in @classLabel \(a b c\)"),
-])
+  ],
+)
 def test_bad_case_line_names_file_and_line(tmp_path, line, match):
   path = _write_ts(tmp_path / 'bad.ts', [TS_LINES[0], line])  # line 11: after 8 header lines
   _assert_fails_cleanly(tmp_path, {'train': path}, ts_format.TsFormatError, match)
@@ -190,13 +229,21 @@ def test_preparing_twice_needs_overwrite(tmp_path):
 
 
 def test_a_validation_split_too_small_to_carve(tmp_path):
-  _assert_fails_cleanly(tmp_path, {'train': _write_ts(tmp_path / 't.ts', TS_LINES)}, ValueError,
-                        "Split 'validation' would be empty")
+  _assert_fails_cleanly(
+    tmp_path,
+    {'train': _write_ts(tmp_path / 't.ts', TS_LINES)},
+    ValueError,
+    "Split 'validation' would be empty",
+  )
 
 
 # ---- the real files in ../shared/data ------------------------------------------------------------
-SHARED_FILES = {'japanese_vowels': 'JapaneseVowels_TRAIN.ts', 'basic_motions': 'BasicMotions_TRAIN.ts',
-                'gun_point': 'GunPoint_TRAIN.ts', 'cifar10_jpeg': 'cifar10_jpeg_train.tar.gz'}
+SHARED_FILES = {
+  'japanese_vowels': 'JapaneseVowels_TRAIN.ts',
+  'basic_motions': 'BasicMotions_TRAIN.ts',
+  'gun_point': 'GunPoint_TRAIN.ts',
+  'cifar10_jpeg': 'cifar10_jpeg_train.tar.gz',
+}
 
 
 @pytest.mark.parametrize('name', sorted(SHARED_FILES))

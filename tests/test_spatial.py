@@ -1,6 +1,7 @@
 """Spatially partitioned CNNs (dlearn/models/cnn.py, `space_axis`) on 8 CPU devices: images split
 into bands of rows over a 'space' mesh axis give the unpartitioned model's logits, gradients,
 BatchNorm statistics and training step, within float32 tolerance."""
+
 import functools
 
 import jax
@@ -9,7 +10,8 @@ import optax
 import pytest
 from flax import nnx
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from dlearn import configs, models
 from dlearn.models import cnn
@@ -23,11 +25,18 @@ TOLERANCE = dict(rtol=2e-4, atol=2e-5)
 def build(name, shape, *, space_axis=None, axis_name=None):
   if name == 'seed_dcnn':
     return cnn.SeedDCNN(NUM_CLASSES, shape, rngs=nnx.Rngs(0), space_axis=space_axis)
-  return cnn.ResNet(NUM_CLASSES, shape, rngs=nnx.Rngs(0), stage_sizes=RESNET_STAGES, width=4,
-                    axis_name=axis_name, space_axis=space_axis)
+  return cnn.ResNet(
+    NUM_CLASSES,
+    shape,
+    rngs=nnx.Rngs(0),
+    stage_sizes=RESNET_STAGES,
+    width=4,
+    axis_name=axis_name,
+    space_axis=space_axis,
+  )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(name, shape):
   """(unpartitioned model, images, labels). Every parameter and running statistic is drawn here
   (no zero-initialised scale hides a gradient; no random-init kernels to compile)."""
@@ -64,7 +73,7 @@ def loss_and_outputs(model, images, labels):
   return loss, logits, eval_logits, grads, stats
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unpartitioned(name, shape):
   model, images, labels = reference(name, shape)
   return jax.jit(loss_and_outputs)(model, images, labels)
@@ -74,14 +83,15 @@ def partitioned_model(name, shape):
   """The partitioned model, loaded with the reference model's state: the same tree, as a
   checkpoint would be."""
   graphdef, abstract = nnx.split(
-      nnx.eval_shape(lambda: build(name, shape, space_axis=SPACE, axis_name=DATA)))
+    nnx.eval_shape(lambda: build(name, shape, space_axis=SPACE, axis_name=DATA))
+  )
   state = nnx.state(reference(name, shape)[0])
   assert jax.tree.structure(abstract) == jax.tree.structure(state)
   return nnx.merge(graphdef, state)
 
 
 def mesh_of(data, space):
-  return Mesh(np.asarray(jax.devices()[:data * space]).reshape(data, space), (DATA, SPACE))
+  return Mesh(np.asarray(jax.devices()[: data * space]).reshape(data, space), (DATA, SPACE))
 
 
 def split_batch(images, labels, data):
@@ -110,8 +120,15 @@ def test_forward_gradients_and_statistics_equal_unpartitioned(name, parts):
     per_device = lambda tree: jax.tree.map(lambda x: x[None, None], tree)
     return per_device((loss, logits, eval_logits, stats)), grads
 
-  mapped = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), IMAGE_SPEC, P(DATA)),
-                                 out_specs=(STACKED, P()), check_vma=False))
+  mapped = jax.jit(
+    jax.shard_map(
+      body,
+      mesh=mesh,
+      in_specs=(P(), IMAGE_SPEC, P(DATA)),
+      out_specs=(STACKED, P()),
+      check_vma=False,
+    )
+  )
   (loss, logits, eval_logits, stats), grads = mapped(model, *split_batch(images, labels, data))
   want_loss, want_logits, want_eval, want_grads, want_stats = unpartitioned(name, shape)
 
@@ -147,39 +164,71 @@ def sgd_step(model_graphdef, params, model_state, images, labels, axes):
   return loss, optax.apply_updates(params, updates), new_model_state
 
 
-@pytest.mark.parametrize('name, data, parts, height', [
+@pytest.mark.parametrize(
+  'name, data, parts, height',
+  [
     ('seed_dcnn', 4, 2, 24),  # 24 rows: 2 parts divide it pool-aligned (24 = 2 x 4 x 3)
     ('resnet', 2, 4, 24),
-])
+  ],
+)
 def test_one_training_step_on_a_data_by_space_mesh(name, data, parts, height):
   shape = (height, 8, 3)
   reference_model, images, labels = reference(name, shape)
   graphdef, params, model_state = nnx.split(reference_model, nnx.Param, ...)
-  want = jax.jit(functools.partial(sgd_step, graphdef, axes=()))(params, model_state, images,
-                                                                 labels)
+  want = jax.jit(functools.partial(sgd_step, graphdef, axes=()))(
+    params, model_state, images, labels
+  )
 
   space_graphdef, *_ = nnx.split(partitioned_model(name, shape), nnx.Param, ...)
 
   def body(params, model_state, images, labels):
     return sgd_step(space_graphdef, params, model_state, images[0], labels[0], axes=(DATA, SPACE))
 
-  mapped = jax.jit(jax.shard_map(body, mesh=mesh_of(data, parts),
-                                 in_specs=(P(), P(), IMAGE_SPEC, P(DATA)), out_specs=P(),
-                                 check_vma=False))
+  mapped = jax.jit(
+    jax.shard_map(
+      body,
+      mesh=mesh_of(data, parts),
+      in_specs=(P(), P(), IMAGE_SPEC, P(DATA)),
+      out_specs=P(),
+      check_vma=False,
+    )
+  )
   got = mapped(params, model_state, *split_batch(images, labels, data))
   jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, **TOLERANCE), got, want)
   assert not jax.tree.leaves(model_state) or not all(  # the running statistics did move
-      np.allclose(a, b) for a, b in zip(jax.tree.leaves(model_state), jax.tree.leaves(got[2])))
+    np.allclose(a, b) for a, b in zip(jax.tree.leaves(model_state), jax.tree.leaves(got[2]))
+  )
 
 
-@pytest.mark.parametrize('model, stages, height, parts, message', [
-    ('seed_dcnn', (), 24, 4, r'image height 24 cannot be split into 4 bands.*4 x 4 = 16.*'
-                             r'spatial parts in \[1, 2, 3, 6\].*height 16 or 32 for 4 parts'),
-    ('seed_dcnn', (), 30, 2, r'image height 30 cannot be split into 2 bands.*spatial parts in '
-                             r'\[1\].*height 24 or 32'),
-    ('resnet', (2, 2, 2, 2), 32, 8, r'image height 32 cannot be split into 8 bands.*8 x 8 = 64.*'
-                                    r'spatial parts in \[1, 2, 4\]'),
-])
+@pytest.mark.parametrize(
+  'model, stages, height, parts, message',
+  [
+    (
+      'seed_dcnn',
+      (),
+      24,
+      4,
+      r'image height 24 cannot be split into 4 bands.*4 x 4 = 16.*'
+      r'spatial parts in \[1, 2, 3, 6\].*height 16 or 32 for 4 parts',
+    ),
+    (
+      'seed_dcnn',
+      (),
+      30,
+      2,
+      r'image height 30 cannot be split into 2 bands.*spatial parts in '
+      r'\[1\].*height 24 or 32',
+    ),
+    (
+      'resnet',
+      (2, 2, 2, 2),
+      32,
+      8,
+      r'image height 32 cannot be split into 8 bands.*8 x 8 = 64.*'
+      r'spatial parts in \[1, 2, 4\]',
+    ),
+  ],
+)
 def test_heights_the_parts_cannot_split_are_a_clear_error(model, stages, height, parts, message):
   config = configs.base()
   config.model = model
@@ -193,8 +242,15 @@ def test_heights_the_parts_cannot_split_are_a_clear_error(model, stages, height,
 def test_the_model_raises_the_same_error_while_tracing():
   shape = (24, 8, 3)
   model = nnx.eval_shape(lambda: build('seed_dcnn', shape, space_axis=SPACE))
-  mapped = jax.jit(jax.shard_map(lambda m, x: m(x[0]), mesh=mesh_of(1, 4),
-                                 in_specs=(P(), IMAGE_SPEC), out_specs=P(), check_vma=False))
+  mapped = jax.jit(
+    jax.shard_map(
+      lambda m, x: m(x[0]),
+      mesh=mesh_of(1, 4),
+      in_specs=(P(), IMAGE_SPEC),
+      out_specs=P(),
+      check_vma=False,
+    )
+  )
   with pytest.raises(ValueError, match='image height 24 cannot be split into 4 bands'):
     mapped.trace(model, np.zeros((1, 2, *shape), np.float32))
 
@@ -204,14 +260,27 @@ def test_create_model_option_keeps_the_parameter_tree():
   config.resnet.stage_sizes, config.resnet.width = (1, 1), 4
   for name in ('seed_dcnn', 'resnet'):
     config.model = name
-    plain, spatial = (nnx.eval_shape(functools.partial(
-        models.create_model, config, num_classes=10, input_shape=(16, 8, 3), axis_name=DATA,
-        seed=0, space_axis=space)) for space in (None, SPACE))
+    plain, spatial = (
+      nnx.eval_shape(
+        functools.partial(
+          models.create_model,
+          config,
+          num_classes=10,
+          input_shape=(16, 8, 3),
+          axis_name=DATA,
+          seed=0,
+          space_axis=space,
+        )
+      )
+      for space in (None, SPACE)
+    )
     assert spatial.space_axis == SPACE and plain.space_axis is None
     assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(nnx.state(spatial))
     assert jax.tree.map(lambda x: x.shape, jax.tree.leaves(nnx.state(plain))) == (
-        jax.tree.map(lambda x: x.shape, jax.tree.leaves(nnx.state(spatial))))
+      jax.tree.map(lambda x: x.shape, jax.tree.leaves(nnx.state(spatial)))
+    )
   config.model = 'rnn'
   with pytest.raises(ValueError, match='Spatial partitioning is for the CNNs'):
-    models.create_model(config, num_classes=10, input_shape=(32, 96), axis_name=DATA, seed=0,
-                        space_axis=SPACE)
+    models.create_model(
+      config, num_classes=10, input_shape=(32, 96), axis_name=DATA, seed=0, space_axis=SPACE
+    )

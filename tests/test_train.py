@@ -1,5 +1,6 @@
 """The parallel step: the same global batch gives the same model on 1 and on 8 devices, under pmap
 and under shard_map, and BatchNorm statistics end identical on every device."""
+
 import functools
 
 import jax
@@ -27,9 +28,11 @@ def _config(model):
 def _batches(steps, num_devices, seed=0):
   rng = np.random.default_rng(seed)
   for _ in range(steps):
-    batch = {'image': rng.integers(0, 256, (GLOBAL_BATCH, 16, 16, 3), dtype=np.uint8),
-             'label': rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32),
-             'mask': np.ones(GLOBAL_BATCH, np.float32)}
+    batch = {
+      'image': rng.integers(0, 256, (GLOBAL_BATCH, 16, 16, 3), dtype=np.uint8),
+      'label': rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32),
+      'mask': np.ones(GLOBAL_BATCH, np.float32),
+    }
     yield {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
 
 
@@ -39,8 +42,11 @@ def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
   tx = train.create_optimizer(config, steps)
   graphdef, state = train.create_train_state(config, IMAGES, tx)
   step = parallel.map_over_devices(
-      functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config, info=IMAGES),
-      mesh, mapping, donate_state=True)
+    functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config, info=IMAGES),
+    mesh,
+    mapping,
+    donate_state=True,
+  )
   state = parallel.replicate(state, mesh)
   for batch in _batches(steps, num_devices // parts):
     state, sums = step(state, parallel.to_global(batch, mesh))
@@ -67,8 +73,9 @@ def test_training_changes_the_parameters():
   config = _config('seed_dcnn')
   _, initial = train.create_train_state(config, IMAGES, train.create_optimizer(config, 1))
   trained, _ = _train('seed_dcnn', 8)
-  assert not np.allclose(initial.params['dense2']['kernel'][...],
-                         trained.params['dense2']['kernel'])
+  assert not np.allclose(
+    initial.params['dense2']['kernel'][...], trained.params['dense2']['kernel']
+  )
 
 
 @pytest.mark.parametrize('model', ['resnet', 'rnn'])
@@ -98,7 +105,9 @@ def test_a_batch_the_devices_do_not_divide_fails_before_any_work(tmp_path):
   config = _config('seed_dcnn')
   config.batch_size = 12
   config.data.name = 'a_dataset_that_does_not_exist'
-  with pytest.raises(ValueError, match=r'config.batch_size=12 .* multiple of the 8 devices.*8 or 16'):
+  with pytest.raises(
+    ValueError, match=r'config.batch_size=12 .* multiple of the 8 devices.*8 or 16'
+  ):
     train.train_and_evaluate(config, str(tmp_path))
 
 
@@ -106,8 +115,9 @@ def test_randomness_differs_per_device_and_per_step():
   base = jax.random.key_data(jax.random.key(0))
 
   def keys(step):
-    mapped = jax.pmap(lambda _: jax.random.key_data(train.device_rng(base, step)),
-                      axis_name=parallel.AXIS)
+    mapped = jax.pmap(
+      lambda _: jax.random.key_data(train.device_rng(base, step)), axis_name=parallel.AXIS
+    )
     return {tuple(np.asarray(k).ravel()) for k in mapped(np.zeros(8))}
 
   step0, step1 = keys(0), keys(1)
@@ -116,8 +126,9 @@ def test_randomness_differs_per_device_and_per_step():
   assert keys(0) == step0  # and reproducible
 
 
-@pytest.mark.parametrize('model, parts, micro_batches', [
-    ('seed_dcnn', 4, 1), ('resnet', 2, 1), ('rnn', 4, 2)])
+@pytest.mark.parametrize(
+  'model, parts, micro_batches', [('seed_dcnn', 4, 1), ('resnet', 2, 1), ('rnn', 4, 2)]
+)
 def test_examples_split_over_devices_train_as_data_parallel_groups(model, parts, micro_batches):
   # 8 devices in groups of `parts` (images in bands of rows, or sequences in time chunks) end where
   # as many plain data-parallel devices as groups do, augmentation included: a group augments its

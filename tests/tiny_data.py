@@ -1,4 +1,5 @@
 """Small real datasets made by the tests: image folders and prepared tfds datasets."""
+
 import io
 import os
 
@@ -11,12 +12,14 @@ from dlearn.data import prepare
 def image_bytes(value, suffix, size=(6, 5)):
   buffer = io.BytesIO()
   Image.fromarray(np.full((*size, 3), value, np.uint8)).save(
-      buffer, format='PNG' if suffix == '.png' else 'JPEG', quality=100)
+    buffer, format='PNG' if suffix == '.png' else 'JPEG', quality=100
+  )
   return buffer.getvalue()
 
 
-def image_folder(root, classes=('dog', 'cat'), per_class=5, split='train', size=(6, 5),
-                 noise=False):
+def image_folder(
+  root, classes=('dog', 'cat'), per_class=5, split='train', size=(6, 5), noise=False
+):
   """<root>/<split>/<class>/<i>.png|.jpg; every image's pixels hold its class's sorted index
   (plus, with `noise`, random pixels so that a model has something to learn from)."""
   rng = np.random.default_rng(0)
@@ -36,8 +39,9 @@ def image_folder(root, classes=('dog', 'cat'), per_class=5, split='train', size=
 
 def prepared_images(tmp_path, name='toy_images', per_class=40, size=(8, 8)) -> str:
   """A prepared image dataset (train + validation) in tmp_path/tfds; returns that data_dir."""
-  folder = image_folder(tmp_path / 'images', classes=('a', 'b', 'c'), per_class=per_class,
-                        size=size, noise=True)
+  folder = image_folder(
+    tmp_path / 'images', classes=('a', 'b', 'c'), per_class=per_class, size=size, noise=True
+  )
   data_dir = str(tmp_path / 'tfds')
   prepare.prepare(name, {'train': folder}, data_dir)
   return data_dir

@@ -3,6 +3,7 @@
 Batches arrive as uint8; scaling, normalisation and augmentation happen here, so a batch crosses
 to the device at a quarter of the float32 size and augmentation costs the host nothing.
 """
+
 from __future__ import annotations
 
 import jax

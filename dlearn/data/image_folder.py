@@ -1,5 +1,6 @@
 """Reader for image folders laid out as `<split>/<class>/<image>`, as a directory or as a
 `.tar`/`.tar.gz` archive (JPEG, PNG, and whatever else Pillow decodes)."""
+
 from __future__ import annotations
 
 import collections
@@ -51,8 +52,10 @@ def read_split(path: str, split: str) -> dict[str, list[tuple[str, bytes | str]]
       raise ImageFolderError(f'{path}: no such file.')
     members = _archive_members(path)
   else:
-    raise ImageFolderError(f'{path}: expected a directory or a {"/".join(ARCHIVE_SUFFIXES)} '
-                           'archive laid out as <split>/<class>/<image>.')
+    raise ImageFolderError(
+      f'{path}: expected a directory or a {"/".join(ARCHIVE_SUFFIXES)} '
+      'archive laid out as <split>/<class>/<image>.'
+    )
   by_split = collections.defaultdict(lambda: collections.defaultdict(list))
   for name, content in members:
     if _is_hidden(name):
@@ -61,7 +64,9 @@ def read_split(path: str, split: str) -> dict[str, list[tuple[str, bytes | str]]
     if len(parts) != 3:
       raise ImageFolderError(f'{path}: {name!r} is not laid out as <split>/<class>/<image>.')
     if not name.lower().endswith(IMAGE_SUFFIXES):
-      raise ImageFolderError(f'{path}: {name!r} is not an image file ({", ".join(IMAGE_SUFFIXES)}).')
+      raise ImageFolderError(
+        f'{path}: {name!r} is not an image file ({", ".join(IMAGE_SUFFIXES)}).'
+      )
     by_split[parts[0]][parts[1]].append((name, content))
   if split in by_split:
     chosen = by_split[split]
@@ -70,13 +75,16 @@ def read_split(path: str, split: str) -> dict[str, list[tuple[str, bytes | str]]
   elif not by_split:
     raise ImageFolderError(f'{path}: no images found (an empty split).')
   else:
-    raise ImageFolderError(f'{path}: holds split folders {sorted(by_split)}, none named '
-                           f'{split!r}; name one on the command line per split.')
+    raise ImageFolderError(
+      f'{path}: holds split folders {sorted(by_split)}, none named '
+      f'{split!r}; name one on the command line per split.'
+    )
   return {name: sorted(files) for name, files in sorted(chosen.items())}
 
 
-def decode(path: str, name: str, content: bytes | str, *, channels: int,
-           size: tuple[int, int] | None) -> np.ndarray:
+def decode(
+  path: str, name: str, content: bytes | str, *, channels: int, size: tuple[int, int] | None
+) -> np.ndarray:
   """One image as uint8 [H, W, channels], resized to `size` (H, W) when given."""
   try:
     with Image.open(io.BytesIO(content) if isinstance(content, bytes) else content) as image:

@@ -11,6 +11,7 @@ epoch and device, the step's slice of it, computed for that slice only), so noth
 the host per step and a resumed run continues exactly without any iterator state. Augmentation
 runs in the step as for host batches; evaluation keeps the host pipeline.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from dlearn import parallel
 from dlearn.data import pipeline
@@ -36,6 +38,7 @@ _DATA_STREAM = 0xFFFFFFFF
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """How a split of `num_examples` is spread over `num_devices`."""
+
   num_examples: int
   num_devices: int
   per_device_batch: int
@@ -80,20 +83,22 @@ def check(layout: Layout, info: pipeline.DatasetInfo, split: str, devices) -> No
   """Refuses, before anything is read or compiled, a split that cannot live on the devices."""
   if layout.shard_size < layout.per_device_batch:
     raise ValueError(
-        f'config.data.on_device=True: split {split!r} ({layout.num_examples} examples) gives each '
-        f'of the {layout.num_devices} devices {layout.shard_size} examples, fewer than its batch '
-        f'of {layout.per_device_batch}; use a smaller config.batch_size, or set '
-        'config.data.on_device=False.')
+      f'config.data.on_device=True: split {split!r} ({layout.num_examples} examples) gives each '
+      f'of the {layout.num_devices} devices {layout.shard_size} examples, fewer than its batch '
+      f'of {layout.per_device_batch}; use a smaller config.batch_size, or set '
+      'config.data.on_device=False.'
+    )
   nbytes = layout.shard_size * example_nbytes(info)
   for device in devices:
     limit = device_memory_limit(device)
     if limit is not None and nbytes > MAX_MEMORY_FRACTION * limit:
       raise ValueError(
-          f'config.data.on_device=True: split {split!r} needs {_size(nbytes)} on each device '
-          f'({layout.shard_size} examples of {example_nbytes(info)} bytes), more than '
-          f'{MAX_MEMORY_FRACTION:.0%} of the {_size(limit)} of {device.device_kind} '
-          f'(the rest is for the model); set config.data.on_device=False to stream it from the '
-          'host instead.')
+        f'config.data.on_device=True: split {split!r} needs {_size(nbytes)} on each device '
+        f'({layout.shard_size} examples of {example_nbytes(info)} bytes), more than '
+        f'{MAX_MEMORY_FRACTION:.0%} of the {_size(limit)} of {device.device_kind} '
+        f'(the rest is for the model); set config.data.on_device=False to stream it from the '
+        'host instead.'
+      )
 
 
 def shard_indices(layout: Layout, seed: int) -> np.ndarray:
@@ -101,15 +106,17 @@ def shard_indices(layout: Layout, seed: int) -> np.ndarray:
   (so every shard is a random sample of the split, whatever order it was stored in), each block
   sorted (reading in storage order is faster; the step shuffles anyway)."""
   order = np.random.default_rng(seed).permutation(layout.num_examples)
-  blocks = order[:layout.num_devices * layout.shard_size].reshape(layout.num_devices, -1)
+  blocks = order[: layout.num_devices * layout.shard_size].reshape(layout.num_devices, -1)
   return np.sort(blocks, axis=1)
 
 
 def _read(source, indices: np.ndarray, info: pipeline.DatasetInfo) -> dict[str, np.ndarray]:
   """The examples at `indices`, decoded as the host pipeline decodes them, stacked."""
-  dataset = (grain.MapDataset.range(len(indices))
-             .map(lambda i: pipeline._example(source[int(indices[i])], info))
-             .batch(1024))
+  dataset = (
+    grain.MapDataset.range(len(indices))
+    .map(lambda i: pipeline._example(source[int(indices[i])], info))
+    .batch(1024)
+  )
   chunks = list(dataset.to_iter_dataset(pipeline._READ_OPTIONS))
   return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
@@ -121,8 +128,7 @@ def load(source, info: pipeline.DatasetInfo, layout: Layout, mesh, seed: int):
   # One shard per data-parallel position along AXIS; with config.partition.parts > 1 the devices
   # of a group (all on one process) share their group's shard, as they share its batches.
   groups = np.asarray(mesh.devices).reshape(mesh.shape[parallel.AXIS], -1)
-  positions = [i for i, group in enumerate(groups)
-               if group[0].process_index == jax.process_index()]
+  positions = [i for i, group in enumerate(groups) if group[0].process_index == jax.process_index()]
   local = _read(source, indices[positions].ravel(), info)
   local = {k: v.reshape(len(positions), layout.shard_size, *v.shape[1:]) for k, v in local.items()}
   slot = {position: i for i, position in enumerate(positions)}
@@ -130,13 +136,20 @@ def load(source, info: pipeline.DatasetInfo, layout: Layout, mesh, seed: int):
 
   def place(array):
     shape = (layout.num_devices, *array.shape[1:])
-    return jax.make_array_from_callback(shape, sharding,
-                                        lambda index: array[slot[index[0].start or 0]][None])
+    return jax.make_array_from_callback(
+      shape, sharding, lambda index: array[slot[index[0].start or 0]][None]
+    )
+
   data = {k: place(v) for k, v in local.items()}
-  logging.info('On-device data: %d examples, %d per device (%s); %d dropped (the remainder '
-               'after dividing by %d devices).', layout.num_examples, layout.shard_size,
-               _size(layout.shard_size * example_nbytes(info)), layout.dropped,
-               layout.num_devices)
+  logging.info(
+    'On-device data: %d examples, %d per device (%s); %d dropped (the remainder '
+    'after dividing by %d devices).',
+    layout.num_examples,
+    layout.shard_size,
+    _size(layout.shard_size * example_nbytes(info)),
+    layout.dropped,
+    layout.num_devices,
+  )
   return data
 
 

@@ -5,6 +5,7 @@ Every process reads only its own part of a split. A training batch on one proces
 Evaluation visits every example of a split exactly once on any number of devices and processes:
 the last batch is padded with masked examples, and every process runs the same number of steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,7 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=256)
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What the model and the loop need to know about a dataset."""
+
   name: str
   kind: str  # 'image' or 'sequence'
   example_shape: tuple[int, ...]  # [H, W, C] for images; [max_length, features] for sequences
@@ -45,16 +47,18 @@ def load_split(name: str, split: str, data_dir: str | None = None):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types for "not prepared" and for a bad split.
     if os.path.isdir(os.path.join(os.path.expanduser(data_dir), name)):
-      raise ValueError(f'Cannot read split {split!r} of dataset {name!r} in {data_dir} '
-                       f'({type(e).__name__}: {e}).') from e
+      raise ValueError(
+        f'Cannot read split {split!r} of dataset {name!r} in {data_dir} ({type(e).__name__}: {e}).'
+      ) from e
     raise FileNotFoundError(
-        f'Dataset {name!r} was not found in data_dir {data_dir!r} (it looked for '
-        f'{os.path.join(data_dir, name)}/<version>/ with ArrayRecord files). Prepare it once, on a '
-        f'machine with internet access and TensorFlow, with:\n'
-        f'  pip install tensorflow-cpu && tfds build {name} --file_format=array_record '
-        f'--data_dir={data_dir}\n'
-        f'or, for your own image folder or UEA/UCR .ts files, with `python -m dlearn.prepare`; '
-        f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).') from e
+      f'Dataset {name!r} was not found in data_dir {data_dir!r} (it looked for '
+      f'{os.path.join(data_dir, name)}/<version>/ with ArrayRecord files). Prepare it once, on a '
+      f'machine with internet access and TensorFlow, with:\n'
+      f'  pip install tensorflow-cpu && tfds build {name} --file_format=array_record '
+      f'--data_dir={data_dir}\n'
+      f'or, for your own image folder or UEA/UCR .ts files, with `python -m dlearn.prepare`; '
+      f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).'
+    ) from e
 
 
 def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
@@ -62,20 +66,32 @@ def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
   label = features['label']
   class_names = tuple(label.names)
   if 'image' in features:
-    return DatasetInfo(name, 'image', tuple(features['image'].shape), label.num_classes,
-                       class_names)
+    return DatasetInfo(
+      name, 'image', tuple(features['image'].shape), label.num_classes, class_names
+    )
   if 'sequence' in features:
     metadata = source.dataset_info.metadata or {}
     max_length = max_length or metadata.get('max_length')
     if not max_length:
-      raise ValueError(f'Dataset {name!r} holds sequences: set config.data.max_length (the length '
-                       'every sequence is padded to, so that batches keep one shape).')
+      raise ValueError(
+        f'Dataset {name!r} holds sequences: set config.data.max_length (the length '
+        'every sequence is padded to, so that batches keep one shape).'
+      )
     num_features = features['sequence'].shape[-1]
     mean, std = metadata.get('feature_mean'), metadata.get('feature_std')
-    return DatasetInfo(name, 'sequence', (max_length, num_features), label.num_classes,
-                       class_names, tuple(mean) if mean else None, tuple(std) if std else None)
-  raise ValueError(f'Dataset {name!r} has features {sorted(features)}: dlearn reads datasets with '
-                   "an 'image' or a 'sequence' feature and a 'label'.")
+    return DatasetInfo(
+      name,
+      'sequence',
+      (max_length, num_features),
+      label.num_classes,
+      class_names,
+      tuple(mean) if mean else None,
+      tuple(std) if std else None,
+    )
+  raise ValueError(
+    f'Dataset {name!r} has features {sorted(features)}: dlearn reads datasets with '
+    "an 'image' or a 'sequence' feature and a 'label'."
+  )
 
 
 def _example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
@@ -89,11 +105,13 @@ def _example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
     sequence = (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)
   max_length = info.example_shape[0]
   if len(sequence) > max_length:
-    raise ValueError(f'A sequence of {info.name!r} has {len(sequence)} steps, more than '
-                     f'config.data.max_length={max_length}: set --config.data.max_length='
-                     f'{len(sequence)} or more.')
+    raise ValueError(
+      f'A sequence of {info.name!r} has {len(sequence)} steps, more than '
+      f'config.data.max_length={max_length}: set --config.data.max_length='
+      f'{len(sequence)} or more.'
+    )
   padded = np.zeros(info.example_shape, np.float32)
-  padded[:len(sequence)] = sequence
+  padded[: len(sequence)] = sequence
   return {'sequence': padded, 'length': np.int32(len(sequence)), 'label': label}
 
 
@@ -102,8 +120,16 @@ def _per_device(batch, local_device_count: int):
   return {k: v.reshape(local_device_count, -1, *v.shape[1:]) for k, v in batch.items()}
 
 
-def train_iterator(source, info: DatasetInfo, *, local_batch_size: int, local_device_count: int,
-                   seed: int, process_index: int = 0, process_count: int = 1):
+def train_iterator(
+  source,
+  info: DatasetInfo,
+  *,
+  local_batch_size: int,
+  local_device_count: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+):
   """Endless, shuffled (a new order each epoch), checkpointable iterator of this process's
   training batches.
 
@@ -113,14 +139,15 @@ def train_iterator(source, info: DatasetInfo, *, local_batch_size: int, local_de
   So 2 processes x 4 devices train on exactly what 1 process x 8 devices does, and an iterator
   position (a count of global batches) means the same on any number of processes.
   """
-  dataset = (grain.MapDataset.source(source)
-             .seed(seed)
-             .shuffle()
-             .repeat(None)
-             .map(lambda record: {**_example(record, info), 'mask': np.float32(1)})
-             .batch(local_batch_size, drop_remainder=True)
-             [process_index::process_count]
-             .map(lambda batch: _per_device(batch, local_device_count)))
+  dataset = (
+    grain.MapDataset.source(source)
+    .seed(seed)
+    .shuffle()
+    .repeat(None)
+    .map(lambda record: {**_example(record, info), 'mask': np.float32(1)})
+    .batch(local_batch_size, drop_remainder=True)[process_index::process_count]
+    .map(lambda batch: _per_device(batch, local_device_count))
+  )
   return iter(dataset.to_iter_dataset(_READ_OPTIONS))
 
 
@@ -128,8 +155,15 @@ def eval_steps(num_examples: int, global_batch_size: int) -> int:
   return math.ceil(num_examples / global_batch_size)
 
 
-def eval_iterator(source, info: DatasetInfo, *, global_batch_size: int, local_device_count: int,
-                  process_index: int = 0, process_count: int = 1):
+def eval_iterator(
+  source,
+  info: DatasetInfo,
+  *,
+  global_batch_size: int,
+  local_device_count: int,
+  process_index: int = 0,
+  process_count: int = 1,
+):
   """This process's share of every evaluation batch, in order. Global batch s holds examples
   [s*G, (s+1)*G); process p takes its contiguous slice of it. Positions past the end of the split
   repeat example 0 with mask 0, so they count for nothing."""
@@ -143,8 +177,10 @@ def eval_iterator(source, info: DatasetInfo, *, global_batch_size: int, local_de
     valid = index < num_examples
     return {**_example(source[index if valid else 0], info), 'mask': np.float32(valid)}
 
-  dataset = (grain.MapDataset.range(steps * local_batch_size)
-             .map(load)
-             .batch(local_batch_size)
-             .map(lambda batch: _per_device(batch, local_device_count)))
+  dataset = (
+    grain.MapDataset.range(steps * local_batch_size)
+    .map(load)
+    .batch(local_batch_size)
+    .map(lambda batch: _per_device(batch, local_device_count))
+  )
   return iter(dataset.to_iter_dataset(_READ_OPTIONS))

@@ -6,6 +6,7 @@ Splits come from paths named per split. Without a validation path, a validation 
 from train by a fixed rule: within each class, in file order (images: sorted member names; .ts:
 line order), the last `validation_fraction` of the cases (rounded to the nearest whole case).
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,6 +25,7 @@ SPLIT_FLAGS = ('train', 'validation', 'test')
 
 class _PreparedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A builder over examples already read and checked; named per dataset by `_builder_class`."""
+
   VERSION = tfds.core.Version(VERSION)
 
   def __init__(self, *, features, splits, metadata, description, **kwargs):
@@ -32,9 +34,12 @@ class _PreparedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=self._features,
-                                 description=self._description,
-                                 metadata=tfds.core.MetadataDict(self._metadata))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=self._features,
+      description=self._description,
+      metadata=tfds.core.MetadataDict(self._metadata),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -46,16 +51,22 @@ class _PreparedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def _builder_class(name: str):
   # tfds names a dataset after its builder class's `name`; one class per prepared dataset.
-  return types.new_class(name, (_PreparedDataset,), {'skip_registration': True},
-                         lambda namespace: namespace.update(name=name))
+  return types.new_class(
+    name,
+    (_PreparedDataset,),
+    {'skip_registration': True},
+    lambda namespace: namespace.update(name=name),
+  )
 
 
 def _check_not_empty(cases: dict, validation_fraction: float):
   for split, examples in cases.items():
     if not examples:
-      raise ValueError(f'Split {split!r} would be empty (validation_fraction='
-                       f'{validation_fraction} of a small train split?); pass a larger '
-                       '--validation_fraction, 0 for none, or a --validation path.')
+      raise ValueError(
+        f'Split {split!r} would be empty (validation_fraction='
+        f'{validation_fraction} of a small train split?); pass a larger '
+        '--validation_fraction, 0 for none, or a --validation path.'
+      )
 
 
 def _carve(labels, fraction: float):
@@ -65,7 +76,7 @@ def _carve(labels, fraction: float):
   for label in np.unique(labels):
     members = np.flatnonzero(labels == label)
     count = int(len(members) * fraction + 0.5)  # to the nearest, halves up
-    validation.extend(members[len(members) - count:])
+    validation.extend(members[len(members) - count :])
   validation = set(int(i) for i in validation)
   train = [i for i in range(len(labels)) if i not in validation]
   return train, sorted(validation)
@@ -81,12 +92,15 @@ def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
   for split, split_data in data.items():
     if split_data.class_names != class_names:
       raise ts_format.TsFormatError(
-          f'{paths[split]}: @classLabel {" ".join(split_data.class_names)} differs from the train '
-          f'file {paths["train"]} ({" ".join(class_names)}); the splits must declare the same '
-          'labels in the same order.')
+        f'{paths[split]}: @classLabel {" ".join(split_data.class_names)} differs from the train '
+        f'file {paths["train"]} ({" ".join(class_names)}); the splits must declare the same '
+        'labels in the same order.'
+      )
     if split_data.sequences[0].shape[1] != channels:
-      raise ts_format.TsFormatError(f'{paths[split]}: {split_data.sequences[0].shape[1]} channels, '
-                                    f'but the train file has {channels}.')
+      raise ts_format.TsFormatError(
+        f'{paths[split]}: {split_data.sequences[0].shape[1]} channels, '
+        f'but the train file has {channels}.'
+      )
   cases = {split: list(zip(d.sequences, d.labels, d.lines)) for split, d in data.items()}
   if 'validation' not in cases and validation_fraction > 0:
     train_index, validation_index = _carve(data['train'].labels, validation_fraction)
@@ -96,22 +110,27 @@ def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
 
   train_values = np.concatenate([s for s, _, _ in cases['train']])
   metadata = {
-      'kind': 'sequence', 'source': dict(paths), 'validation_fraction': validation_fraction,
-      'max_length': max(len(s) for split in cases.values() for s, _, _ in split),
-      # Per-channel statistics of train, for standardising inputs in the pipeline.
-      'feature_mean': train_values.mean(0).tolist(),
-      'feature_std': np.maximum(train_values.std(0), 1e-6).tolist(),
+    'kind': 'sequence',
+    'source': dict(paths),
+    'validation_fraction': validation_fraction,
+    'max_length': max(len(s) for split in cases.values() for s, _, _ in split),
+    # Per-channel statistics of train, for standardising inputs in the pipeline.
+    'feature_mean': train_values.mean(0).tolist(),
+    'feature_std': np.maximum(train_values.std(0), 1e-6).tolist(),
   }
-  features = tfds.features.FeaturesDict({
+  features = tfds.features.FeaturesDict(
+    {
       'sequence': tfds.features.Tensor(shape=(None, channels), dtype=np.float32),
       'length': tfds.features.Scalar(dtype=np.int32),
       'label': tfds.features.ClassLabel(names=list(class_names)),
-  })
+    }
+  )
 
   def examples(split):
     def generate():
       for sequence, label, line in cases[split]:
         yield f'line{line}', {'sequence': sequence, 'length': len(sequence), 'label': label}
+
     return generate
 
   return features, {split: examples(split) for split in cases}, metadata
@@ -120,18 +139,28 @@ def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
 # ----------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------
-def _image_dataset(paths: dict[str, str], validation_fraction: float, channels: int,
-                   image_size: tuple[int, int] | None):
+def _image_dataset(
+  paths: dict[str, str],
+  validation_fraction: float,
+  channels: int,
+  image_size: tuple[int, int] | None,
+):
   folders = {split: image_folder.read_split(path, split) for split, path in paths.items()}
   class_names = sorted(folders['train'])
   for split, classes in folders.items():
     unknown = sorted(set(classes) - set(class_names))
     if unknown:
-      raise image_folder.ImageFolderError(f'{paths[split]}: class folders {unknown} are not in '
-                                          f'the train split {paths["train"]}.')
-  cases = {split: [(class_names.index(cls), name, content)
-                   for cls, files in classes.items() for name, content in files]
-           for split, classes in folders.items()}
+      raise image_folder.ImageFolderError(
+        f'{paths[split]}: class folders {unknown} are not in the train split {paths["train"]}.'
+      )
+  cases = {
+    split: [
+      (class_names.index(cls), name, content)
+      for cls, files in classes.items()
+      for name, content in files
+    ]
+    for split, classes in folders.items()
+  }
   if 'validation' not in cases and validation_fraction > 0:
     train_index, validation_index = _carve([c[0] for c in cases['train']], validation_fraction)
     cases['validation'] = [cases['train'][i] for i in validation_index]
@@ -140,24 +169,28 @@ def _image_dataset(paths: dict[str, str], validation_fraction: float, channels: 
   _check_not_empty(cases, validation_fraction)
 
   label, name, content = cases['train'][0]
-  shape = image_folder.decode(paths['train'], name, content, channels=channels,
-                              size=image_size).shape
+  shape = image_folder.decode(
+    paths['train'], name, content, channels=channels, size=image_size
+  ).shape
   metadata = {'kind': 'image', 'source': dict(paths), 'validation_fraction': validation_fraction}
-  features = tfds.features.FeaturesDict({
+  features = tfds.features.FeaturesDict(
+    {
       'image': tfds.features.Tensor(shape=shape, dtype=np.uint8),
       'label': tfds.features.ClassLabel(names=class_names),
-  })
+    }
+  )
 
   def examples(split):
     def generate():
       for label, name, content in cases[split]:
-        image = image_folder.decode(paths[split], name, content, channels=channels,
-                                    size=image_size)
+        image = image_folder.decode(paths[split], name, content, channels=channels, size=image_size)
         if image.shape != shape:
           raise image_folder.ImageFolderError(
-              f'{paths[split]}: {name} is {image.shape[0]}x{image.shape[1]}, but the images '
-              f'before it are {shape[0]}x{shape[1]}: pass --image_size=H,W to resize all.')
+            f'{paths[split]}: {name} is {image.shape[0]}x{image.shape[1]}, but the images '
+            f'before it are {shape[0]}x{shape[1]}: pass --image_size=H,W to resize all.'
+          )
         yield name, {'image': image, 'label': label}
+
     return generate
 
   return features, {split: examples(split) for split in cases}, metadata
@@ -166,9 +199,16 @@ def _image_dataset(paths: dict[str, str], validation_fraction: float, channels: 
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
-def prepare(name: str, paths: dict[str, str], data_dir: str, *, validation_fraction: float = 0.1,
-            channels: int = 3, image_size: tuple[int, int] | None = None,
-            overwrite: bool = False) -> str:
+def prepare(
+  name: str,
+  paths: dict[str, str],
+  data_dir: str,
+  *,
+  validation_fraction: float = 0.1,
+  channels: int = 3,
+  image_size: tuple[int, int] | None = None,
+  overwrite: bool = False,
+) -> str:
   """Writes dataset `name` to `data_dir/name/VERSION` from `paths` ({split: file or folder},
   train required) and returns that directory. Every input is read and checked before anything is
   written; a failure while writing leaves no dataset behind."""
@@ -177,22 +217,30 @@ def prepare(name: str, paths: dict[str, str], data_dir: str, *, validation_fract
   if not name.isidentifier() or name != name.lower():
     raise ValueError(f'Dataset name {name!r}: use lower_case letters, digits and underscores.')
   if name in tfds.list_builders(with_community_datasets=False):
-    raise ValueError(f'{name!r} is a tfds catalogue dataset; pick another --name (e.g. '
-                     f'{name}_local) so that the two never mix.')
+    raise ValueError(
+      f'{name!r} is a tfds catalogue dataset; pick another --name (e.g. '
+      f'{name}_local) so that the two never mix.'
+    )
   target = os.path.join(data_dir, name, VERSION)
   if os.path.exists(target):
     if not overwrite:
-      raise FileExistsError(f'{target} already exists: pass --overwrite to replace it, or a new '
-                            '--name.')
+      raise FileExistsError(
+        f'{target} already exists: pass --overwrite to replace it, or a new --name.'
+      )
     shutil.rmtree(target)
   if paths['train'].endswith('.ts'):
     features, splits, metadata = _sequence_dataset(paths, validation_fraction)
   else:
     features, splits, metadata = _image_dataset(paths, validation_fraction, channels, image_size)
   description = f'Prepared by dlearn from {paths}.'
-  builder = _builder_class(name)(features=features, splits=splits, metadata=metadata,
-                                 description=description, data_dir=data_dir,
-                                 file_format='array_record')
+  builder = _builder_class(name)(
+    features=features,
+    splits=splits,
+    metadata=metadata,
+    description=description,
+    data_dir=data_dir,
+    file_format='array_record',
+  )
   try:
     builder.download_and_prepare()
   except BaseException:

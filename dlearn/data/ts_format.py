@@ -12,6 +12,7 @@ Missing values (`?` or `NaN`), a documented rule:
      channel, and repeats the nearest observed value at a channel's ends;
   3. a channel with no observed value at all is zeros.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,19 @@ import dataclasses
 import numpy as np
 
 _MISSING = ('?', 'nan', 'NaN', 'NAN')
-_KNOWN_HEADERS = {'problemname', 'timestamps', 'missing', 'univariate', 'dimension', 'dimensions',
-                  'equallength', 'serieslength', 'classlabel', 'targetlabel', 'data'}
+_KNOWN_HEADERS = {
+  'problemname',
+  'timestamps',
+  'missing',
+  'univariate',
+  'dimension',
+  'dimensions',
+  'equallength',
+  'serieslength',
+  'classlabel',
+  'targetlabel',
+  'data',
+}
 
 
 class TsFormatError(ValueError):
@@ -46,17 +58,22 @@ def _fill_missing(values: np.ndarray) -> np.ndarray:
   return np.interp(steps, steps[observed], values[observed]).astype(values.dtype)
 
 
-def _parse_case(line: str, path: str, number: int, num_channels: int | None,
-                class_index: dict[str, int]) -> tuple[np.ndarray, int]:
+def _parse_case(
+  line: str, path: str, number: int, num_channels: int | None, class_index: dict[str, int]
+) -> tuple[np.ndarray, int]:
   fields = line.split(':')
   *channels, label = fields
   if num_channels is not None and len(channels) != num_channels:
-    raise TsFormatError(f'{path}:{number}: {len(channels)} channel(s) before the class label, '
-                        f'but the header declares @dimensions {num_channels}.')
+    raise TsFormatError(
+      f'{path}:{number}: {len(channels)} channel(s) before the class label, '
+      f'but the header declares @dimensions {num_channels}.'
+    )
   label = label.strip()
   if label not in class_index:
-    raise TsFormatError(f'{path}:{number}: class label {label!r} is not declared in '
-                        f'@classLabel ({" ".join(class_index)}).')
+    raise TsFormatError(
+      f'{path}:{number}: class label {label!r} is not declared in '
+      f'@classLabel ({" ".join(class_index)}).'
+    )
   columns = []
   for channel, text in enumerate(channels):
     values = []
@@ -68,21 +85,27 @@ def _parse_case(line: str, path: str, number: int, num_channels: int | None,
       try:
         values.append(float(value))
       except ValueError:
-        raise TsFormatError(f'{path}:{number}: channel {channel + 1}, value {position + 1} is '
-                            f'{value!r}, not a number (missing values are written ? or NaN).'
-                            ) from None
+        raise TsFormatError(
+          f'{path}:{number}: channel {channel + 1}, value {position + 1} is '
+          f'{value!r}, not a number (missing values are written ? or NaN).'
+        ) from None
     columns.append(values)
   lengths = {len(values) for values in columns}
   if len(lengths) != 1:
-    raise TsFormatError(f'{path}:{number}: the channels of this case have different lengths '
-                        f'{sorted(lengths)}; every channel of a case needs one value per step.')
+    raise TsFormatError(
+      f'{path}:{number}: the channels of this case have different lengths '
+      f'{sorted(lengths)}; every channel of a case needs one value per step.'
+    )
   sequence = np.asarray(columns, np.float32).T  # [length, channels]
   observed_steps = np.flatnonzero(~np.isnan(sequence).all(axis=1))
   if not len(observed_steps):
     raise TsFormatError(f'{path}:{number}: this case has no observed value.')
-  sequence = sequence[:observed_steps[-1] + 1]  # rule 1
-  sequence = np.stack([_fill_missing(c) for c in sequence.T], axis=1) if np.isnan(
-      sequence).any() else sequence
+  sequence = sequence[: observed_steps[-1] + 1]  # rule 1
+  sequence = (
+    np.stack([_fill_missing(c) for c in sequence.T], axis=1)
+    if np.isnan(sequence).any()
+    else sequence
+  )
   return sequence, class_index[label]
 
 
@@ -100,28 +123,35 @@ def read_ts(path: str) -> TsData:
         continue
       if not in_data:
         if not line.startswith('@'):
-          raise TsFormatError(f'{path}:{number}: expected an @ header line or @data before the '
-                              f'cases, found {line[:40]!r}.')
+          raise TsFormatError(
+            f'{path}:{number}: expected an @ header line or @data before the '
+            f'cases, found {line[:40]!r}.'
+          )
         key, _, value = line[1:].partition(' ')
         key, value = key.lower(), value.strip()
         if key not in _KNOWN_HEADERS:
           raise TsFormatError(f'{path}:{number}: unknown header @{key}.')
         header[key] = value
         if key == 'timestamps' and value.lower() == 'true':
-          raise TsFormatError(f'{path}:{number}: @timeStamps true is not supported; write the '
-                              'values without time stamps.')
+          raise TsFormatError(
+            f'{path}:{number}: @timeStamps true is not supported; write the '
+            'values without time stamps.'
+          )
         if key in ('dimension', 'dimensions'):
           if not value.isdigit() or int(value) < 1:
-            raise TsFormatError(f'{path}:{number}: @{key} must be a positive whole number, not '
-                                f'{value!r}.')
+            raise TsFormatError(
+              f'{path}:{number}: @{key} must be a positive whole number, not {value!r}.'
+            )
           num_channels = int(value)
         if key == 'univariate' and value.lower() == 'true':
           num_channels = num_channels or 1
         if key == 'classlabel':
           flag, *names = value.split()
           if flag.lower() != 'true' or not names:
-            raise TsFormatError(f'{path}:{number}: @classLabel must be `true` followed by the class '
-                                f'labels; this reader is for classification files.')
+            raise TsFormatError(
+              f'{path}:{number}: @classLabel must be `true` followed by the class '
+              f'labels; this reader is for classification files.'
+            )
           class_names = tuple(names)
         if key == 'data':
           if class_names is None:

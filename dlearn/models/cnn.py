@@ -35,16 +35,17 @@ axis) is then exactly the unpartitioned gradient (tests/test_spatial.py checks i
 Why ppermute in shard_map rather than a NamedSharding of H that lets XLA insert the halos: it runs in
 the trainer's per-device step as it is, and measured as lean (experiments/benchmarks/spatial_cnn.py).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from dlearn.models.layers import conv_general_dilated, max_pool_2x2 as _max_pool
+from dlearn.models.layers import conv_general_dilated
+from dlearn.models.layers import max_pool_2x2 as _max_pool
 
 
 # ------------------------------------------------------------------------------------------------
@@ -55,7 +56,7 @@ def spatial_downsampling(model: str, stage_sizes: Sequence[int] = ()) -> int:
   if model == 'seed_dcnn':
     return 4  # two 2x2 max pools
   if model == 'resnet':
-    return 2**_resnet_stride_stages(stage_sizes)
+    return 2 ** _resnet_stride_stages(stage_sizes)
   raise ValueError(f'Spatial partitioning is for the CNNs (seed_dcnn, resnet), not {model!r}.')
 
 
@@ -72,22 +73,26 @@ def check_spatial_parts(image_height: int, parts: int, downsampling: int, model:
   if parts == 1 or image_height % (parts * downsampling) == 0:
     return
   multiple = parts * downsampling
-  working = [1] + [p for p in range(2, image_height // downsampling + 1)
-                   if image_height % (p * downsampling) == 0]
-  heights = sorted({max(multiple, image_height // multiple * multiple),
-                    -(-image_height // multiple) * multiple})
+  working = [1] + [
+    p for p in range(2, image_height // downsampling + 1) if image_height % (p * downsampling) == 0
+  ]
+  heights = sorted(
+    {max(multiple, image_height // multiple * multiple), -(-image_height // multiple) * multiple}
+  )
   raise ValueError(
-      f'Spatial partitioning of {model}: image height {image_height} cannot be split into {parts} '
-      f'bands; the height must be a multiple of parts x downsampling = {parts} x {downsampling} = '
-      f'{multiple} (every band keeps whole, pool-aligned rows at every resolution; no padding '
-      f'rule). Use spatial parts in {working} (1: unpartitioned) for height {image_height}, or '
-      f'resize/crop the images to height {" or ".join(map(str, heights))} for {parts} parts.')
+    f'Spatial partitioning of {model}: image height {image_height} cannot be split into {parts} '
+    f'bands; the height must be a multiple of parts x downsampling = {parts} x {downsampling} = '
+    f'{multiple} (every band keeps whole, pool-aligned rows at every resolution; no padding '
+    f'rule). Use spatial parts in {working} (1: unpartitioned) for height {image_height}, or '
+    f'resize/crop the images to height {" or ".join(map(str, heights))} for {parts} parts.'
+  )
 
 
 def _check_band(x, space_axis: str, downsampling: int, model: str):
   """The same check while tracing, from a band's shape and the axis size."""
-  check_spatial_parts(x.shape[1] * lax.axis_size(space_axis), lax.axis_size(space_axis),
-                      downsampling, model)
+  check_spatial_parts(
+    x.shape[1] * lax.axis_size(space_axis), lax.axis_size(space_axis), downsampling, model
+  )
 
 
 def _halo_rows(x, space_axis: str, above: int, below: int):
@@ -96,13 +101,16 @@ def _halo_rows(x, space_axis: str, above: int, below: int):
   A negative `below` drops this band's last rows instead."""
   parts, band = lax.axis_size(space_axis), x.shape[1]
   if above > band or below > band:
-    raise ValueError(f'A halo of {above} rows above and {below} below needs bands of at least that '
-                     f'many rows, got {band}.')
+    raise ValueError(
+      f'A halo of {above} rows above and {below} below needs bands of at least that '
+      f'many rows, got {band}.'
+    )
   pieces = []
   if above > 0:  # band p's last rows go to band p + 1
-    pieces.append(lax.ppermute(x[:, band - above:], space_axis,
-                               [(p, p + 1) for p in range(parts - 1)]))
-  pieces.append(x[:, :band + below] if below < 0 else x)
+    pieces.append(
+      lax.ppermute(x[:, band - above :], space_axis, [(p, p + 1) for p in range(parts - 1)])
+    )
+  pieces.append(x[:, : band + below] if below < 0 else x)
   if below > 0:  # band p's first rows go to band p - 1
     pieces.append(lax.ppermute(x[:, :below], space_axis, [(p + 1, p) for p in range(parts - 1)]))
   return jnp.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
@@ -122,14 +130,19 @@ def _conv(conv: nnx.Conv, x, space_axis: str | None):
   (kh, kw), parts, band = conv.kernel_size, lax.axis_size(space_axis), x.shape[1]
   broadcast = lambda v: (1, 1) if v is None else (v, v) if isinstance(v, int) else tuple(v)
   strides = broadcast(conv.strides)
-  if (conv.padding != 'SAME' or broadcast(conv.kernel_dilation) != (1, 1)
-      or broadcast(conv.input_dilation) != (1, 1) or conv.feature_group_count != 1
-      or conv.mask is not None):
+  if (
+    conv.padding != 'SAME'
+    or broadcast(conv.kernel_dilation) != (1, 1)
+    or broadcast(conv.input_dilation) != (1, 1)
+    or conv.feature_group_count != 1
+    or conv.mask is not None
+  ):
     raise NotImplementedError('Spatial partitioning supports plain SAME convolutions only.')
   if band % strides[0]:
     raise ValueError(f'Bands of {band} rows cannot be convolved with stride {strides[0]}.')
-  (top, _), width_pads = (_same_pads(n, k, s) for n, k, s in
-                           zip((band * parts, x.shape[2]), (kh, kw), strides))
+  (top, _), width_pads = (
+    _same_pads(n, k, s) for n, k, s in zip((band * parts, x.shape[2]), (kh, kw), strides)
+  )
   # Output row i of the whole image reads input rows i·s - top ... i·s - top + k - 1, so band p's
   # outputs read its own rows plus `top` rows above and k - s - top rows below (the whole image's
   # bottom padding; negative for a 1x1 stride-2 convolution, whose band's last row goes unread).
@@ -137,9 +150,14 @@ def _conv(conv: nnx.Conv, x, space_axis: str | None):
   kernel = conv.kernel[...]
   bias = conv.bias[...] if conv.bias is not None else None
   x, kernel, bias = conv.promote_dtype((x, kernel, bias), dtype=conv.dtype)
-  y = conv.conv_general_dilated(x, kernel, strides, [(0, 0), width_pads],
-                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                precision=conv.precision)
+  y = conv.conv_general_dilated(
+    x,
+    kernel,
+    strides,
+    [(0, 0), width_pads],
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    precision=conv.precision,
+  )
   return y if bias is None else y + bias
 
 
@@ -151,8 +169,9 @@ def _band_dense(dense: nnx.Linear, x, space_axis: str):
   kernel = lax.dynamic_slice_in_dim(dense.kernel[...], lax.axis_index(space_axis) * size, size)
   bias = dense.bias[...] if dense.bias is not None else None
   flat, kernel, bias = dense.promote_dtype((flat, kernel, bias), dtype=dense.dtype)
-  y = lax.psum(dense.dot_general(flat, kernel, (((1,), (0,)), ((), ())),
-                                 precision=dense.precision), space_axis)
+  y = lax.psum(
+    dense.dot_general(flat, kernel, (((1,), (0,)), ((), ())), precision=dense.precision), space_axis
+  )
   return y if bias is None else y + bias
 
 
@@ -163,16 +182,38 @@ class SeedDCNN(nnx.Module):
   dense 4096→512 + ReLU; dense 512→classes. (4096 = 8·8·64 for 32x32 inputs.)
   With `space_axis`, each device takes its band of rows (see the module's docstring).
   """
+
   downsampling = spatial_downsampling('seed_dcnn')
 
-  def __init__(self, num_classes: int, image_shape: Sequence[int], *, rngs: nnx.Rngs,
-               dtype=jnp.float32, space_axis: str | None = None):
+  def __init__(
+    self,
+    num_classes: int,
+    image_shape: Sequence[int],
+    *,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    space_axis: str | None = None,
+  ):
     height, width, channels = image_shape
     self.space_axis = space_axis
-    self.conv1 = nnx.Conv(channels, 32, (3, 3), padding='SAME', dtype=dtype, rngs=rngs,
-                          conv_general_dilated=conv_general_dilated)
-    self.conv2 = nnx.Conv(32, 64, (3, 3), padding='SAME', dtype=dtype, rngs=rngs,
-                          conv_general_dilated=conv_general_dilated)
+    self.conv1 = nnx.Conv(
+      channels,
+      32,
+      (3, 3),
+      padding='SAME',
+      dtype=dtype,
+      rngs=rngs,
+      conv_general_dilated=conv_general_dilated,
+    )
+    self.conv2 = nnx.Conv(
+      32,
+      64,
+      (3, 3),
+      padding='SAME',
+      dtype=dtype,
+      rngs=rngs,
+      conv_general_dilated=conv_general_dilated,
+    )
     flat = (height // 4) * (width // 4) * 64
     self.dense1 = nnx.Linear(flat, 512, dtype=dtype, rngs=rngs)
     self.dense2 = nnx.Linear(512, num_classes, dtype=dtype, rngs=rngs)
@@ -194,14 +235,32 @@ class SeedDCNN(nnx.Module):
 class ResidualBlock(nnx.Module):
   """Two 3x3 convolutions with BatchNorm and a (projected when needed) shortcut."""
 
-  def __init__(self, in_channels: int, channels: int, stride: int, *, axis_name, dtype,
-               rngs: nnx.Rngs, space_axis: str | None = None):
+  def __init__(
+    self,
+    in_channels: int,
+    channels: int,
+    stride: int,
+    *,
+    axis_name,
+    dtype,
+    rngs: nnx.Rngs,
+    space_axis: str | None = None,
+  ):
     self.space_axis = space_axis
-    conv = lambda i, o, k, s: nnx.Conv(i, o, (k, k), strides=(s, s), padding='SAME',
-                                       use_bias=False, dtype=dtype, rngs=rngs,
-                                       conv_general_dilated=conv_general_dilated)
-    norm = lambda c, **kw: nnx.BatchNorm(c, momentum=0.9, axis_name=axis_name, dtype=dtype,
-                                         rngs=rngs, **kw)
+    conv = lambda i, o, k, s: nnx.Conv(
+      i,
+      o,
+      (k, k),
+      strides=(s, s),
+      padding='SAME',
+      use_bias=False,
+      dtype=dtype,
+      rngs=rngs,
+      conv_general_dilated=conv_general_dilated,
+    )
+    norm = lambda c, **kw: nnx.BatchNorm(
+      c, momentum=0.9, axis_name=axis_name, dtype=dtype, rngs=rngs, **kw
+    )
     self.conv1, self.norm1 = conv(in_channels, channels, 3, stride), norm(channels)
     # Zero-initialised last scale: each block starts as the identity (Goyal et al., 2017).
     self.conv2 = conv(channels, channels, 3, 1)
@@ -227,25 +286,50 @@ class ResNet(nnx.Module):
   averages its statistics over (`axis_name`, `space_axis`).
   """
 
-  def __init__(self, num_classes: int, image_shape: Sequence[int], *, rngs: nnx.Rngs,
-               stage_sizes: Sequence[int] = (2, 2, 2, 2), width: int = 64,
-               axis_name: str | None = None, dtype=jnp.float32, space_axis: str | None = None):
+  def __init__(
+    self,
+    num_classes: int,
+    image_shape: Sequence[int],
+    *,
+    rngs: nnx.Rngs,
+    stage_sizes: Sequence[int] = (2, 2, 2, 2),
+    width: int = 64,
+    axis_name: str | None = None,
+    dtype=jnp.float32,
+    space_axis: str | None = None,
+  ):
     channels = image_shape[-1]
     self.space_axis = space_axis
     self.downsampling = spatial_downsampling('resnet', stage_sizes)
     if space_axis is not None:  # statistics of the whole images of the whole global batch
       axis_name = space_axis if axis_name is None else (axis_name, space_axis)
-    self.stem = nnx.Conv(channels, width, (3, 3), padding='SAME', use_bias=False, dtype=dtype,
-                         rngs=rngs, conv_general_dilated=conv_general_dilated)
-    self.stem_norm = nnx.BatchNorm(width, momentum=0.9, axis_name=axis_name, dtype=dtype,
-                                   rngs=rngs)
+    self.stem = nnx.Conv(
+      channels,
+      width,
+      (3, 3),
+      padding='SAME',
+      use_bias=False,
+      dtype=dtype,
+      rngs=rngs,
+      conv_general_dilated=conv_general_dilated,
+    )
+    self.stem_norm = nnx.BatchNorm(width, momentum=0.9, axis_name=axis_name, dtype=dtype, rngs=rngs)
     blocks, in_channels = [], width
     for stage, size in enumerate(stage_sizes):
       for index in range(size):
         out_channels = width * 2**stage
         stride = 2 if stage > 0 and index == 0 else 1
-        blocks.append(ResidualBlock(in_channels, out_channels, stride, axis_name=axis_name,
-                                    dtype=dtype, rngs=rngs, space_axis=space_axis))
+        blocks.append(
+          ResidualBlock(
+            in_channels,
+            out_channels,
+            stride,
+            axis_name=axis_name,
+            dtype=dtype,
+            rngs=rngs,
+            space_axis=space_axis,
+          )
+        )
         in_channels = out_channels
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(in_channels, num_classes, dtype=dtype, rngs=rngs)

@@ -15,6 +15,7 @@ shifted by that offset, the same gradient takes half the time, for inputs of up 
 (wider ones, ResNet-18's, ran slower that way, so they keep XLA's). Other backends (cuDNN on a GPU) and
 other convolution kinds (dilated, grouped) keep XLA's own gradient.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,6 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
-
 
 NARROW_INPUT_CHANNELS = 32
 
@@ -33,8 +33,9 @@ def _conv(x, kernel, strides, pads):
 
 
 def _xla_conv(x, kernel, strides, pads):
-  return lax.conv_general_dilated(x, kernel, strides, pads,
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return lax.conv_general_dilated(
+    x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
 def _conv_forward(x, kernel, strides, pads):
@@ -52,10 +53,17 @@ def _conv_backward(strides, pads, residuals, dy):
   for i in range(height):
     for j in range(width):
       # The input pixels that kernel tap (i, j) saw, one per output pixel.
-      seen = lax.slice(x_padded, (0, i, j, 0),
-                       (x.shape[0], i + (out_height - 1) * strides[0] + 1,
-                        j + (out_width - 1) * strides[1] + 1, x.shape[3]),
-                       (1, strides[0], strides[1], 1))
+      seen = lax.slice(
+        x_padded,
+        (0, i, j, 0),
+        (
+          x.shape[0],
+          i + (out_height - 1) * strides[0] + 1,
+          j + (out_width - 1) * strides[1] + 1,
+          x.shape[3],
+        ),
+        (1, strides[0], strides[1], 1),
+      )
       offsets.append(lax.dot_general(seen, dy, (((0, 1, 2), (0, 1, 2)), ((), ()))))
   dkernel = jnp.stack(offsets).reshape(kernel.shape)
   return dx, dkernel.astype(kernel.dtype)
@@ -64,18 +72,41 @@ def _conv_backward(strides, pads, residuals, dy):
 _conv.defvjp(_conv_forward, _conv_backward)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kwargs,
+):
   """Drop-in for `lax.conv_general_dilated` (flax's `nnx.Conv(conv_general_dilated=...)`)."""
   plain = lambda: lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      precision=precision, **kwargs)
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    precision=precision,
+    **kwargs,
+  )
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
-  simple = (lhs.ndim == 4 and feature_group_count == 1 and precision is None
-            and kwargs.get('out_sharding') is None and kwargs.get('preferred_element_type') is None
-            and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
-            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
+  simple = (
+    lhs.ndim == 4
+    and feature_group_count == 1
+    and precision is None
+    and kwargs.get('out_sharding') is None
+    and kwargs.get('preferred_element_type') is None
+    and all(d == 1 for d in (lhs_dilation or (1, 1)) + (rhs_dilation or (1, 1)))
+    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+  )
   # Narrow inputs only: ResNet-18's layers (64 to 512 input channels) ran slower this way
   # (experiments/benchmarks/suite.py, 'dlearn plain layers' rows).
   if jax.default_backend() != 'cpu' or not simple or rhs.shape[2] > NARROW_INPUT_CHANNELS:
@@ -90,5 +121,5 @@ def max_pool_2x2(x):
   with VALID padding). Where a window holds equal maxima the gradient is shared among them (the
   reduce_window form gives it to one); after a ReLU that happens only where the gradient is 0."""
   batch, height, width, channels = x.shape
-  x = x[:, :height // 2 * 2, :width // 2 * 2]
+  x = x[:, : height // 2 * 2, : width // 2 * 2]
   return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))

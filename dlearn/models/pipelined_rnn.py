@@ -41,6 +41,7 @@ recurrent parameters is parts × its chunk's share, and the head's gradient is t
 device. `lax.pmean` of the gradients over both axes (data and time) is then exactly the
 unpartitioned gradient of the mean loss.
 """
+
 from __future__ import annotations
 
 import jax
@@ -50,27 +51,31 @@ from jax import lax
 from dlearn.models.rnn import RNNClassifier, _hidden_state, _zero_carry
 
 
-def check_time_parts(sequence_length: int, parts: int, micro_batches: int,
-                     per_device_batch: int) -> None:
+def check_time_parts(
+  sequence_length: int, parts: int, micro_batches: int, per_device_batch: int
+) -> None:
   """Raises ValueError, with what to do, for a partition `pipelined_logits` cannot run."""
   if parts < 1 or micro_batches < 1:
     raise ValueError(f'Time parts ({parts}) and micro-batches ({micro_batches}) must be ≥ 1.')
   if sequence_length % parts:
     below = sequence_length // parts * parts
     raise ValueError(
-        f'The sequence length {sequence_length} is not a multiple of the {parts} time parts: pad '
-        f'the sequences to a multiple (config.data.max_length, e.g. {below + parts}) or choose a '
-        f'number of parts that divides {sequence_length}.')
+      f'The sequence length {sequence_length} is not a multiple of the {parts} time parts: pad '
+      f'the sequences to a multiple (config.data.max_length, e.g. {below + parts}) or choose a '
+      f'number of parts that divides {sequence_length}.'
+    )
   if per_device_batch % micro_batches:
     raise ValueError(
-        f'The per-device batch {per_device_batch} is not a multiple of the {micro_batches} '
-        f'micro-batches: choose micro-batches that divide it, or a batch size that makes it a '
-        'multiple.')
+      f'The per-device batch {per_device_batch} is not a multiple of the {micro_batches} '
+      f'micro-batches: choose micro-batches that divide it, or a batch size that makes it a '
+      'multiple.'
+    )
 
 
 def _run_cell(cell, carry, xs, lengths, t0, reverse: bool, unroll: int):
   """One cell over one chunk: xs [b, C, F] at global times t0 .. t0 + C − 1 → (final carry,
   outputs [b, C, H]). A step past a sequence's length keeps the carry (and outputs it)."""
+
   def step(carry, inputs):
     x_t, t = inputs
     new, _ = cell(carry, x_t)
@@ -79,8 +84,7 @@ def _run_cell(cell, carry, xs, lengths, t0, reverse: bool, unroll: int):
     return carry, _hidden_state(carry)
 
   times = t0 + jnp.arange(xs.shape[1])
-  carry, ys = lax.scan(step, carry, (jnp.swapaxes(xs, 0, 1), times), reverse=reverse,
-                       unroll=unroll)
+  carry, ys = lax.scan(step, carry, (jnp.swapaxes(xs, 0, 1), times), reverse=reverse, unroll=unroll)
   return carry, jnp.swapaxes(ys, 0, 1)
 
 
@@ -120,12 +124,13 @@ def _wavefront(streams, xs, lengths, *, axis: str, parts: int):
   ticks = jnp.arange(micro_batches + parts - 1)
   _, outputs = lax.scan(tick, [zero for _, zero, _ in streams], ticks)
   # This device handled micro-batch m at tick m + position.
-  return [jax.tree.map(lambda o: lax.dynamic_slice_in_dim(o, position, micro_batches), output)
-          for output, position in zip(outputs, positions)]
+  return [
+    jax.tree.map(lambda o: lax.dynamic_slice_in_dim(o, position, micro_batches), output)
+    for output, position in zip(outputs, positions)
+  ]
 
 
-def pipelined_logits(model: RNNClassifier, x_chunk, lengths, *, time_axis: str,
-                     micro_batches: int):
+def pipelined_logits(model: RNNClassifier, x_chunk, lengths, *, time_axis: str, micro_batches: int):
   """The logits of `model(x, lengths)` from this device's time chunk, inside shard_map.
 
   x_chunk: [B, T / parts, F], this device's contiguous chunk of the sequences; lengths: [B], the
@@ -151,21 +156,28 @@ def pipelined_logits(model: RNNClassifier, x_chunk, lengths, *, time_axis: str,
         new.append(carry)
       return new, _hidden_state(new[-1])
 
-    (hidden,) = _wavefront([(chunk_fn, [zero] * len(cells), False)], xs, lengths_mb,
-                           axis=time_axis, parts=parts)
+    (hidden,) = _wavefront(
+      [(chunk_fn, [zero] * len(cells), False)], xs, lengths_mb, axis=time_axis, parts=parts
+    )
     last = k == parts - 1
     hidden = jnp.where(last, hidden, 0)
   else:
     for layer in model.layers:
+
       def stream(rnn, reverse):
         def chunk_fn(carry, x, lengths):
           carry, ys = _run_cell(rnn.cell, carry, x, lengths, t0, reverse, rnn.unroll)
           return carry, (ys, _hidden_state(carry))
+
         return chunk_fn, zero, reverse
 
       (ys_f, h_f), (ys_b, h_b) = _wavefront(
-          [stream(layer.forward_rnn, False), stream(layer.backward_rnn, True)], xs, lengths_mb,
-          axis=time_axis, parts=parts)
+        [stream(layer.forward_rnn, False), stream(layer.backward_rnn, True)],
+        xs,
+        lengths_mb,
+        axis=time_axis,
+        parts=parts,
+      )
       xs = jnp.concatenate([ys_f, ys_b], -1)
     # The forward direction ends on the last device, the backward one on the first.
     hidden = jnp.concatenate([jnp.where(k == parts - 1, h_f, 0), jnp.where(k == 0, h_b, 0)], -1)

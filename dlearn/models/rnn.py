@@ -5,6 +5,7 @@ Padding never changes the output: each layer's final state is taken at the seque
 (`seq_lengths`), a backward layer reverses only the valid part of each sequence, and a step past the
 end of a sequence never feeds a step before it.
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,18 +38,32 @@ class RNNClassifier(nnx.Module):
   """Stacked (bi)directional RNN; the classifier reads the last layer's final hidden state:
   y = W_hy h + b_y."""
 
-  def __init__(self, num_classes: int, num_features: int, *, rngs: nnx.Rngs, cell: str = 'lstm',
-               hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = False,
-               unroll: int = 1, implementation: str = 'scan', dtype=jnp.float32):
+  def __init__(
+    self,
+    num_classes: int,
+    num_features: int,
+    *,
+    rngs: nnx.Rngs,
+    cell: str = 'lstm',
+    hidden_size: int = 128,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    unroll: int = 1,
+    implementation: str = 'scan',
+    dtype=jnp.float32,
+  ):
     if cell not in CELLS:
       raise ValueError(f'Unknown RNN cell {cell!r}: choose one of {sorted(CELLS)}.')
     if implementation not in IMPLEMENTATIONS:
-      raise ValueError(f'Unknown config.rnn.implementation {implementation!r}: choose one of '
-                       f'{IMPLEMENTATIONS}.')
+      raise ValueError(
+        f'Unknown config.rnn.implementation {implementation!r}: choose one of {IMPLEMENTATIONS}.'
+      )
     if implementation == 'cudnn' and (cell != 'lstm' or jnp.dtype(dtype) != jnp.float32):
-      raise ValueError(f"config.rnn.implementation='cudnn' runs LSTMs in float32 only (JAX's cuDNN "
-                       f'kernel); got cell={cell!r}, dtype={jnp.dtype(dtype).name}. Use '
-                       "implementation='scan'.")
+      raise ValueError(
+        f"config.rnn.implementation='cudnn' runs LSTMs in float32 only (JAX's cuDNN "
+        f'kernel); got cell={cell!r}, dtype={jnp.dtype(dtype).name}. Use '
+        "implementation='scan'."
+      )
     make_cell = lambda size: CELLS[cell](size, hidden_size, dtype=dtype, rngs=rngs)
     directions = 2 if bidirectional else 1
     layers = []
@@ -57,14 +72,24 @@ class RNNClassifier(nnx.Module):
       # rngs=False: these layers draw no randomness, so they keep no RNG state.
       forward = nnx.RNN(make_cell(size), return_carry=True, unroll=unroll, rngs=False)
       if bidirectional:
-        backward = nnx.RNN(make_cell(size), return_carry=True, reverse=True, keep_order=True,
-                           unroll=unroll, rngs=False)
+        backward = nnx.RNN(
+          make_cell(size),
+          return_carry=True,
+          reverse=True,
+          keep_order=True,
+          unroll=unroll,
+          rngs=False,
+        )
         layers.append(nnx.Bidirectional(forward, backward, return_carry=True, rngs=False))
       else:
         layers.append(forward)
     self.layers = nnx.List(layers)
     self.cell, self.hidden_size, self.bidirectional, self.dtype = (
-        cell, hidden_size, bidirectional, dtype)
+      cell,
+      hidden_size,
+      bidirectional,
+      dtype,
+    )
     self.num_features, self.implementation = num_features, implementation
     self.head = nnx.Linear(hidden_size * directions, num_classes, dtype=dtype, rngs=rngs)
 
@@ -91,21 +116,31 @@ class RNNClassifier(nnx.Module):
     two, so its input bias is zero) on every call, so gradients reach the same parameters."""
     cells = []
     for layer in self.layers:
-      cells += ([layer.forward_rnn.cell, layer.backward_rnn.cell] if self.bidirectional
-                else [layer.cell])
+      cells += (
+        [layer.forward_rnn.cell, layer.backward_rnn.cell] if self.bidirectional else [layer.cell]
+      )
     hidden = self.hidden_size
-    kernels = [m for cell in cells for m in (cell.dense_i.kernel[...].T, cell.dense_h.kernel[...].T)]
-    biases = [b for cell in cells for b in (jnp.zeros((4 * hidden,), jnp.float32),
-                                            cell.dense_h.bias[...])]
+    kernels = [
+      m for cell in cells for m in (cell.dense_i.kernel[...].T, cell.dense_h.kernel[...].T)
+    ]
+    biases = [
+      b for cell in cells for b in (jnp.zeros((4 * hidden,), jnp.float32), cell.dense_h.bias[...])
+    ]
     weights = jnp.concatenate([w.reshape(-1) for w in kernels + biases])
     zeros = jnp.zeros((len(cells), x.shape[0], hidden), jnp.float32)
-    shape = dict(input_size=self.num_features, hidden_size=hidden,
-                 num_layers=len(self.layers), dropout=0.0, bidirectional=self.bidirectional)
+    shape = dict(
+      input_size=self.num_features,
+      hidden_size=hidden,
+      num_layers=len(self.layers),
+      dropout=0.0,
+      bidirectional=self.bidirectional,
+    )
     lengths = lengths.astype(jnp.int32)
     if jax.default_backend() == 'gpu':
       _, h_n, _ = jax_rnn.lstm(x, zeros, zeros, weights, lengths, **shape)
     else:
-      unpacked = jax_rnn.unpack_lstm_weights(weights, shape['input_size'], hidden,
-                                             shape['num_layers'], self.bidirectional)
+      unpacked = jax_rnn.unpack_lstm_weights(
+        weights, shape['input_size'], hidden, shape['num_layers'], self.bidirectional
+      )
       _, h_n, _ = jax_rnn.lstm_ref(x, zeros, zeros, *unpacked, lengths, *shape.values())
     return jnp.concatenate([h_n[-2], h_n[-1]], -1) if self.bidirectional else h_n[-1]

@@ -6,6 +6,7 @@ For each model: the size on disk, the time until an asynchronous save hands cont
 loop ("blocking"), until it is committed ("committed"), and the time to restore it onto the
 devices. Medians over the repeats.
 """
+
 import os
 import statistics
 import tempfile
@@ -49,16 +50,22 @@ def time_model(name, config, repeats):
     size = _size_mb(os.path.join(checkpoint.directory(workdir), str(repeats)))
     checkpointer.close()
   params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(f'{name:<12} {params:>11,} {size:>9.1f} {statistics.median(blocking):>10.3f} '
-        f'{statistics.median(committed):>11.3f} {statistics.median(restoring):>9.3f}')
+  print(
+    f'{name:<12} {params:>11,} {size:>9.1f} {statistics.median(blocking):>10.3f} '
+    f'{statistics.median(committed):>11.3f} {statistics.median(restoring):>9.3f}'
+  )
 
 
 def main(argv):
   del argv
-  print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, '
-        f'median of {FLAGS.repeats}')
-  print(f'{"model":<12} {"parameters":>11} {"size MB":>9} {"blocking s":>10} {"committed s":>11} '
-        f'{"restore s":>9}')
+  print(
+    f'{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, '
+    f'median of {FLAGS.repeats}'
+  )
+  print(
+    f'{"model":<12} {"parameters":>11} {"size MB":>9} {"blocking s":>10} {"committed s":>11} '
+    f'{"restore s":>9}'
+  )
   seed = configs.base()
   seed.model = 'seed_dcnn'
   time_model('seed_dcnn', seed, FLAGS.repeats)
@@ -69,5 +76,6 @@ def main(argv):
 
 if __name__ == '__main__':
   from dlearn import metrics
+
   metrics.quiet_library_logs()
   app.run(main)

@@ -2,6 +2,7 @@
 scan (the CPU tests can only check the parameter packing, through JAX's reference of that kernel),
 and bf16 mixed precision against float32. Prints one PASS/FAIL line per check; exit status 1 if
 any fails."""
+
 import sys
 
 import jax
@@ -19,13 +20,21 @@ def cudnn_matches_scan(num_layers, bidirectional):
   lengths = jnp.asarray(rng.integers(1, 33, 16), jnp.int32)
   results = []
   for implementation in ('scan', 'cudnn'):
-    model = rnn.RNNClassifier(5, 8, rngs=nnx.Rngs(0), cell='lstm', hidden_size=32,
-                              num_layers=num_layers, bidirectional=bidirectional,
-                              implementation=implementation)
+    model = rnn.RNNClassifier(
+      5,
+      8,
+      rngs=nnx.Rngs(0),
+      cell='lstm',
+      hidden_size=32,
+      num_layers=num_layers,
+      bidirectional=bidirectional,
+      implementation=implementation,
+    )
     graphdef, params = nnx.split(model)
     loss = jax.jit(lambda p: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x, lengths))))
-    results.append((jax.jit(lambda p: nnx.merge(graphdef, p)(x, lengths))(params),
-                    jax.grad(loss)(params)))
+    results.append(
+      (jax.jit(lambda p: nnx.merge(graphdef, p)(x, lengths))(params), jax.grad(loss)(params))
+    )
   (a, ga), (b, gb) = results
   # cuDNN may use TF32 matmuls by default on Ampere and later: a looser tolerance than on CPU.
   np.testing.assert_allclose(b, a, rtol=2e-2, atol=2e-3)
@@ -49,11 +58,13 @@ def bfloat16_close_to_float32(model):
 
 def main():
   print(f'{jax.devices()[0].device_kind}, jax {jax.__version__}', flush=True)
-  checks = [('cudnn LSTM == scan, 1 layer', lambda: cudnn_matches_scan(1, False)),
-            ('cudnn LSTM == scan, 2 bidirectional layers', lambda: cudnn_matches_scan(2, True)),
-            ('bf16 ~ float32, seed_dcnn', lambda: bfloat16_close_to_float32('seed_dcnn')),
-            ('bf16 ~ float32, resnet', lambda: bfloat16_close_to_float32('resnet')),
-            ('bf16 ~ float32, lstm', lambda: bfloat16_close_to_float32('rnn'))]
+  checks = [
+    ('cudnn LSTM == scan, 1 layer', lambda: cudnn_matches_scan(1, False)),
+    ('cudnn LSTM == scan, 2 bidirectional layers', lambda: cudnn_matches_scan(2, True)),
+    ('bf16 ~ float32, seed_dcnn', lambda: bfloat16_close_to_float32('seed_dcnn')),
+    ('bf16 ~ float32, resnet', lambda: bfloat16_close_to_float32('resnet')),
+    ('bf16 ~ float32, lstm', lambda: bfloat16_close_to_float32('rnn')),
+  ]
   failed = 0
   for name, check in checks:
     try:

@@ -30,12 +30,14 @@ per part; the memory columns are exact anywhere.
 
 Results go to experiments/benchmarks/results/pipelined_rnn-<machine kind>.json.
 """
+
 import os
 
 if 'XLA_FLAGS' not in os.environ and os.environ.get('JAX_PLATFORMS', 'cpu') == 'cpu':
   # Before jax is imported. Single-threaded devices: on a CPU a device is then about one core.
-  os.environ['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=8 '
-                             '--xla_cpu_multi_thread_eigen=false')
+  os.environ['XLA_FLAGS'] = (
+    '--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false'
+  )
 
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -44,11 +46,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import results_file  # noqa: E402  (beside this script)
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
-from jax.sharding import Mesh, PartitionSpec as P  # noqa: E402
-
-import results_file  # noqa: E402  (beside this script)
+from jax.sharding import Mesh  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 from dlearn.models import rnn  # noqa: E402
 from dlearn.models.pipelined_rnn import check_time_parts, pipelined_logits  # noqa: E402
@@ -64,7 +66,7 @@ flags.DEFINE_list('micro_batches', ['1', '2', '4', '8', '16'], 'Micro-batches M.
 flags.DEFINE_integer('repeats', 3, 'Timed steps (after one untimed).')
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 CLASSES = 10
-MiB = 2 ** 20
+MiB = 2**20
 
 
 def _loss(logits, labels):
@@ -84,8 +86,11 @@ def _time(fn, *args):
 
 def _memory(compiled):
   m = compiled.memory_analysis()
-  return {'argument_mib': m.argument_size_in_bytes / MiB, 'output_mib': m.output_size_in_bytes / MiB,
-          'temp_mib': m.temp_size_in_bytes / MiB}
+  return {
+    'argument_mib': m.argument_size_in_bytes / MiB,
+    'output_mib': m.output_size_in_bytes / MiB,
+    'temp_mib': m.temp_size_in_bytes / MiB,
+  }
 
 
 def _data(batch, seq_len, seed=0):
@@ -101,6 +106,7 @@ def unpartitioned_step(model):
 
   def step(params, x, lengths, labels):
     return jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p)(x, lengths), labels))(params)
+
   return jax.jit(step), params
 
 
@@ -110,13 +116,17 @@ def pipelined_step(model, parts, micro_batches):
 
   def body(params, x, lengths, labels):
     def loss_fn(params):
-      logits = pipelined_logits(nnx.merge(graphdef, params), x, lengths, time_axis='time',
-                                micro_batches=micro_batches)
+      logits = pipelined_logits(
+        nnx.merge(graphdef, params), x, lengths, time_axis='time', micro_batches=micro_batches
+      )
       return _loss(logits, labels)
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     return jax.lax.pmean((loss, grads), 'time')
-  step = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(None, 'time'), P(), P()),
-                       out_specs=P(), check_vma=False)
+
+  step = jax.shard_map(
+    body, mesh=mesh, in_specs=(P(), P(None, 'time'), P(), P()), out_specs=P(), check_vma=False
+  )
   return jax.jit(step), params
 
 
@@ -132,30 +142,44 @@ def main(argv):
   kind = results_file.machine_kind(FLAGS.machine_kind)
   cores = os.cpu_count() if cpu else None
   T, B = FLAGS.seq_len, FLAGS.batch
-  model = rnn.RNNClassifier(CLASSES, FLAGS.features, rngs=nnx.Rngs(0), cell=FLAGS.cell,
-                            hidden_size=FLAGS.hidden)
-  print(f'{device.platform} ({device.device_kind}) x{jax.device_count()}, jax {jax.__version__}; '
-        f'{FLAGS.cell} T={T} F={FLAGS.features} H={FLAGS.hidden} batch {B}; median of '
-        f'{FLAGS.repeats} steps')
-  header = (f'{"model":<14}{"P":>3}{"M":>4}{"arg MiB":>9}{"out MiB":>9}{"temp MiB":>10}'
-            f'{"temp/base":>10}{"step ms":>9}{"/base":>7}{"min ms":>8}{"tick min":>9}{"idle thy":>9}'
-            f'{"idle est":>9}')
+  model = rnn.RNNClassifier(
+    CLASSES, FLAGS.features, rngs=nnx.Rngs(0), cell=FLAGS.cell, hidden_size=FLAGS.hidden
+  )
+  print(
+    f'{device.platform} ({device.device_kind}) x{jax.device_count()}, jax {jax.__version__}; '
+    f'{FLAGS.cell} T={T} F={FLAGS.features} H={FLAGS.hidden} batch {B}; median of '
+    f'{FLAGS.repeats} steps'
+  )
+  header = (
+    f'{"model":<14}{"P":>3}{"M":>4}{"arg MiB":>9}{"out MiB":>9}{"temp MiB":>10}'
+    f'{"temp/base":>10}{"step ms":>9}{"/base":>7}{"min ms":>8}{"tick min":>9}{"idle thy":>9}'
+    f'{"idle est":>9}'
+  )
   print(header)
   print('-' * len(header))
 
   memory, (seconds, fastest) = measure(*unpartitioned_step(model), _data(B, T))
-  base = {'model': 'unpartitioned', 'parts': 1, 'micro_batches': 1, **memory, 'step_s': seconds,
-          'step_min_s': fastest}
+  base = {
+    'model': 'unpartitioned',
+    'parts': 1,
+    'micro_batches': 1,
+    **memory,
+    'step_s': seconds,
+    'step_min_s': fastest,
+  }
   rows = [base]
-  print(f'{"unpartitioned":<14}{1:>3}{1:>4}{memory["argument_mib"]:>9.2f}'
-        f'{memory["output_mib"]:>9.2f}{memory["temp_mib"]:>10.2f}{1:>10.2f}{seconds * 1e3:>9.0f}'
-        f'{1:>7.2f}{fastest * 1e3:>8.0f}')
+  print(
+    f'{"unpartitioned":<14}{1:>3}{1:>4}{memory["argument_mib"]:>9.2f}'
+    f'{memory["output_mib"]:>9.2f}{memory["temp_mib"]:>10.2f}{1:>10.2f}{seconds * 1e3:>9.0f}'
+    f'{1:>7.2f}{fastest * 1e3:>8.0f}'
+  )
   ticks = {}  # τ by (micro-batch, chunk length)
   for parts in map(int, FLAGS.parts):
     for micro_batches in map(int, FLAGS.micro_batches):
       check_time_parts(T, parts, micro_batches, B)
-      memory, (seconds, fastest) = measure(*pipelined_step(model, parts, micro_batches),
-                                           _data(B, T))
+      memory, (seconds, fastest) = measure(
+        *pipelined_step(model, parts, micro_batches), _data(B, T)
+      )
       shape = (B // micro_batches, T // parts)
       if shape not in ticks:  # one tick alone: one chunk of one micro-batch, on one device
         ticks[shape] = measure(*pipelined_step(model, 1, 1), _data(*shape))[1][1]
@@ -163,24 +187,48 @@ def main(argv):
       sharing = parts / min(parts, cores) if cpu else 1.0
       theory = (parts - 1) / (micro_batches + parts - 1)
       estimate = 1 - micro_batches * tick * sharing / fastest
-      row = {'model': 'pipelined', 'parts': parts, 'micro_batches': micro_batches, **memory,
-             'step_s': seconds, 'step_min_s': fastest, 'tick_min_s': tick, 'core_sharing': sharing, 'idle_theory': theory,
-             'idle_estimate': estimate}
+      row = {
+        'model': 'pipelined',
+        'parts': parts,
+        'micro_batches': micro_batches,
+        **memory,
+        'step_s': seconds,
+        'step_min_s': fastest,
+        'tick_min_s': tick,
+        'core_sharing': sharing,
+        'idle_theory': theory,
+        'idle_estimate': estimate,
+      }
       rows.append(row)
-      print(f'{"pipelined":<14}{parts:>3}{micro_batches:>4}{memory["argument_mib"]:>9.2f}'
-            f'{memory["output_mib"]:>9.2f}{memory["temp_mib"]:>10.2f}'
-            f'{memory["temp_mib"] / base["temp_mib"]:>10.2f}{seconds * 1e3:>9.0f}'
-            f'{seconds / base["step_s"]:>7.2f}{fastest * 1e3:>8.0f}{tick * 1e3:>9.1f}{theory:>9.2f}{estimate:>9.2f}',
-            flush=True)
+      print(
+        f'{"pipelined":<14}{parts:>3}{micro_batches:>4}{memory["argument_mib"]:>9.2f}'
+        f'{memory["output_mib"]:>9.2f}{memory["temp_mib"]:>10.2f}'
+        f'{memory["temp_mib"] / base["temp_mib"]:>10.2f}{seconds * 1e3:>9.0f}'
+        f'{seconds / base["step_s"]:>7.2f}{fastest * 1e3:>8.0f}{tick * 1e3:>9.1f}{theory:>9.2f}{estimate:>9.2f}',
+        flush=True,
+      )
 
-  path = results_file.write(f'pipelined_rnn-{kind}', kind, {
-      'workload': {'cell': FLAGS.cell, 'seq_len': T, 'features': FLAGS.features,
-                   'hidden': FLAGS.hidden, 'batch': B},
-      'repeats': FLAGS.repeats, 'rows': rows,
-      'note': ('memory: one device\'s compiled program; step: median forward+backward; '
-               'idle estimate = 1 - M*tick_min*core_sharing/step_min (see the script\'s '
-               'docstring; on a CPU with more devices than cores it rests on the assumed fair '
-               'share).')})
+  path = results_file.write(
+    f'pipelined_rnn-{kind}',
+    kind,
+    {
+      'workload': {
+        'cell': FLAGS.cell,
+        'seq_len': T,
+        'features': FLAGS.features,
+        'hidden': FLAGS.hidden,
+        'batch': B,
+      },
+      'repeats': FLAGS.repeats,
+      'rows': rows,
+      'note': (
+        "memory: one device's compiled program; step: median forward+backward; "
+        "idle estimate = 1 - M*tick_min*core_sharing/step_min (see the script's "
+        'docstring; on a CPU with more devices than cores it rests on the assumed fair '
+        'share).'
+      ),
+    },
+  )
   print(f'wrote {path}')
 
 

@@ -18,6 +18,7 @@ step with XLA's own max pooling and convolution gradient (what dlearn.models.lay
 the table shows whether that fast path pays on this machine.
 Results are also written as JSON to experiments/benchmarks/results/<machine kind>.json.
 """
+
 import functools
 import os
 import resource
@@ -42,25 +43,35 @@ flags.DEFINE_string('only', '', 'Run only the workloads whose name contains this
 flags.DEFINE_bool('compile', True, 'Also time torch.compile.')
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 flags.DEFINE_integer('rnn_unroll', 1, 'dlearn RNNs: time steps per scan iteration.')
-flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Precision of the computation, '
-                  'both frameworks.')
-flags.DEFINE_bool('plain_layers', True, 'CNNs: also time dlearn with XLA\'s own pooling and '
-                  'convolution gradient.')
-flags.DEFINE_integer('steps_per_dispatch', 8, 'The small workloads (seed_dcnn b32, the LSTM at '
-                     'batch 64): also time dlearn with this many steps per dispatch '
-                     '(config.steps_per_dispatch; 1 leaves the row out).')
-flags.DEFINE_float('peak_tflops', 0.0, 'The device\'s peak for the fraction-of-peak column (e.g. '
-                   '989 for H100 bf16 dense); 0 leaves it out.')
+flags.DEFINE_enum(
+  'dtype', 'float32', ['float32', 'bfloat16'], 'Precision of the computation, both frameworks.'
+)
+flags.DEFINE_bool(
+  'plain_layers', True, "CNNs: also time dlearn with XLA's own pooling and convolution gradient."
+)
+flags.DEFINE_integer(
+  'steps_per_dispatch',
+  8,
+  'The small workloads (seed_dcnn b32, the LSTM at '
+  'batch 64): also time dlearn with this many steps per dispatch '
+  '(config.steps_per_dispatch; 1 leaves the row out).',
+)
+flags.DEFINE_float(
+  'peak_tflops',
+  0.0,
+  "The device's peak for the fraction-of-peak column (e.g. "
+  '989 for H100 bf16 dense); 0 leaves it out.',
+)
 
 # name, model, batch, shape of one example, {config overrides}
 WORKLOADS = [
-    ('seed_dcnn b32', 'seed_dcnn', 32, (32, 32, 3), {}),
-    ('seed_dcnn b1024', 'seed_dcnn', 1024, (32, 32, 3), {}),
-    ('resnet18 b128', 'resnet', 128, (32, 32, 3), {}),
-    ('lstm T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'lstm', 'hidden_size': 256}),
-    ('lstm T29 F12 H128 b64', 'rnn', 64, (29, 12), {'cell': 'lstm', 'hidden_size': 128}),
-    ('lstm T1024 F3 H128 b256', 'rnn', 256, (1024, 3), {'cell': 'lstm', 'hidden_size': 128}),
-    ('elman T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'simple', 'hidden_size': 256}),
+  ('seed_dcnn b32', 'seed_dcnn', 32, (32, 32, 3), {}),
+  ('seed_dcnn b1024', 'seed_dcnn', 1024, (32, 32, 3), {}),
+  ('resnet18 b128', 'resnet', 128, (32, 32, 3), {}),
+  ('lstm T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'lstm', 'hidden_size': 256}),
+  ('lstm T29 F12 H128 b64', 'rnn', 64, (29, 12), {'cell': 'lstm', 'hidden_size': 128}),
+  ('lstm T1024 F3 H128 b256', 'rnn', 256, (1024, 3), {'cell': 'lstm', 'hidden_size': 128}),
+  ('elman T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'simple', 'hidden_size': 256}),
 ]
 NUM_CLASSES = 10
 SMALL = ('seed_dcnn b32', 'lstm T29 F12 H128 b64')  # where launch overhead can matter
@@ -105,14 +116,24 @@ def _plain_layers(use):
   """Swaps dlearn's CPU-friendly pooling and convolution for XLA's own (or back)."""
   import flax.nnx
   from jax import lax
+
   from dlearn.models import cnn, layers
-  cnn._max_pool = ((lambda x: flax.nnx.max_pool(x, (2, 2), (2, 2))) if use
-                   else layers.max_pool_2x2)
+
+  cnn._max_pool = (lambda x: flax.nnx.max_pool(x, (2, 2), (2, 2))) if use else layers.max_pool_2x2
   cnn.conv_general_dilated = lax.conv_general_dilated if use else layers.conv_general_dilated
 
 
-def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layers=False,
-                rnn_implementation='scan', steps_per_dispatch=1):
+def time_dlearn(
+  model,
+  batch_size,
+  shape,
+  overrides,
+  repeats,
+  steps,
+  plain_layers=False,
+  rnn_implementation='scan',
+  steps_per_dispatch=1,
+):
   """(first call seconds, [seconds per step of each repeat], FLOPs per step)."""
   _plain_layers(plain_layers)
   config = configs.base()
@@ -128,12 +149,17 @@ def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layer
   graphdef, state = train.create_train_state(config, info, tx)
   state = parallel.replicate(state, mesh)
   step_args = dict(graphdef=graphdef, tx=tx, config=config, info=info)
-  body = (functools.partial(train.train_step, **step_args) if steps_per_dispatch == 1 else
-          functools.partial(train.train_steps, num_steps=steps_per_dispatch, **step_args))
+  body = (
+    functools.partial(train.train_step, **step_args)
+    if steps_per_dispatch == 1
+    else functools.partial(train.train_steps, num_steps=steps_per_dispatch, **step_args)
+  )
   step = parallel.map_over_devices(body, mesh, donate_state=True)
   rng = np.random.default_rng(0)
-  batch = {'label': rng.integers(0, NUM_CLASSES, (1, batch_size)).astype(np.int32),
-           'mask': np.ones((1, batch_size), np.float32)}
+  batch = {
+    'label': rng.integers(0, NUM_CLASSES, (1, batch_size)).astype(np.int32),
+    'mask': np.ones((1, batch_size), np.float32),
+  }
   if kind == 'image':
     batch['image'] = rng.integers(0, 256, (1, batch_size, *shape), dtype=np.uint8)
   else:
@@ -166,13 +192,15 @@ def time_dlearn(model, batch_size, shape, overrides, repeats, steps, plain_layer
 def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
   import torch
   import torch_reference
+
   if model == 'seed_dcnn':
     network = torch_reference.SeedDCNN(NUM_CLASSES, shape)
   elif model == 'resnet':
     network = torch_reference.ResNet(NUM_CLASSES)
   else:
-    network = torch_reference.RNNClassifier(NUM_CLASSES, shape[-1], overrides['hidden_size'],
-                                            overrides['cell'])
+    network = torch_reference.RNNClassifier(
+      NUM_CLASSES, shape[-1], overrides['hidden_size'], overrides['cell']
+    )
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   network = network.to(device).train()
   optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
@@ -204,18 +232,28 @@ def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
     loss.item()  # waits for the device
 
   first, per_step = _timed(run, repeats, steps)
-  memory = (torch.cuda.max_memory_allocated() / 2**20 if device == 'cuda'
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  memory = (
+    torch.cuda.max_memory_allocated() / 2**20
+    if device == 'cuda'
+    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  )
   return first, per_step, memory
 
 
 def _row(workload, framework, batch_size, first, per_step, memory_mb, flops):
   median = statistics.median(per_step)
-  row = {'workload': workload, 'framework': framework, 'batch_size': batch_size,
-         'examples_per_second': batch_size / median, 'step_ms_median': 1e3 * median,
-         'step_ms_min': 1e3 * min(per_step), 'step_ms_max': 1e3 * max(per_step),
-         'first_call_s': first, 'peak_memory_mb': memory_mb,
-         'tflops_per_second': flops / median / 1e12 if flops else None}
+  row = {
+    'workload': workload,
+    'framework': framework,
+    'batch_size': batch_size,
+    'examples_per_second': batch_size / median,
+    'step_ms_median': 1e3 * median,
+    'step_ms_min': 1e3 * min(per_step),
+    'step_ms_max': 1e3 * max(per_step),
+    'first_call_s': first,
+    'peak_memory_mb': memory_mb,
+    'tflops_per_second': flops / median / 1e12 if flops else None,
+  }
   if FLAGS.peak_tflops and flops:
     row['fraction_of_peak'] = row['tflops_per_second'] / FLAGS.peak_tflops
   return row
@@ -226,39 +264,69 @@ def main(argv):
   device = jax.devices()[0]
   kind = results_file.machine_kind(FLAGS.machine_kind)
   rows = []
-  header = (f'{"workload":<26}{"framework":<20}{"examples/s":>11}{"step ms":>9}{"min-max":>14}'
-            f'{"first s":>9}{"peak MB":>9}{"TFLOP/s":>9}{"ratio":>7}')
-  print(f'{device.platform} ({device.device_kind}), jax {jax.__version__}; median of '
-        f'{FLAGS.repeats} x {FLAGS.steps} steps', flush=True)
+  header = (
+    f'{"workload":<26}{"framework":<20}{"examples/s":>11}{"step ms":>9}{"min-max":>14}'
+    f'{"first s":>9}{"peak MB":>9}{"TFLOP/s":>9}{"ratio":>7}'
+  )
+  print(
+    f'{device.platform} ({device.device_kind}), jax {jax.__version__}; median of '
+    f'{FLAGS.repeats} x {FLAGS.steps} steps',
+    flush=True,
+  )
   print(header, flush=True)
   for name, model, batch_size, shape, overrides in WORKLOADS:
     if FLAGS.only and FLAGS.only not in name:
       continue
-    first, per_step, flops = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
-                                         FLAGS.steps)
+    first, per_step, flops = time_dlearn(
+      model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps
+    )
     ours = _row(name, 'dlearn', batch_size, first, per_step, _peak_memory_mb(), flops)
     results = [ours]
     if FLAGS.plain_layers and model != 'rnn':
-      first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
-                                       FLAGS.steps, plain_layers=True)
-      results.append(_row(name, 'dlearn plain layers', batch_size, first, per_step,
-                          _peak_memory_mb(), flops))
+      first, per_step, _ = time_dlearn(
+        model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps, plain_layers=True
+      )
+      results.append(
+        _row(name, 'dlearn plain layers', batch_size, first, per_step, _peak_memory_mb(), flops)
+      )
     if name in SMALL and FLAGS.steps_per_dispatch > 1:
-      first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
-                                       FLAGS.steps, steps_per_dispatch=FLAGS.steps_per_dispatch)
-      results.append(_row(name, f'dlearn {FLAGS.steps_per_dispatch}/dispatch', batch_size, first,
-                          per_step, _peak_memory_mb(), flops))
-    if overrides.get('cell') == 'lstm' and jax.default_backend() == 'gpu' and (
-        FLAGS.dtype == 'float32'):  # JAX's cuDNN LSTM (on a CPU it would time a reference)
-      first, per_step, _ = time_dlearn(model, batch_size, shape, overrides, FLAGS.repeats,
-                                       FLAGS.steps, rnn_implementation='cudnn')
-      results.append(_row(name, 'dlearn cudnn', batch_size, first, per_step,
-                          _peak_memory_mb(), flops))
-    for compiled in ([False, True] if FLAGS.compile else [False]):
+      first, per_step, _ = time_dlearn(
+        model,
+        batch_size,
+        shape,
+        overrides,
+        FLAGS.repeats,
+        FLAGS.steps,
+        steps_per_dispatch=FLAGS.steps_per_dispatch,
+      )
+      results.append(
+        _row(
+          name,
+          f'dlearn {FLAGS.steps_per_dispatch}/dispatch',
+          batch_size,
+          first,
+          per_step,
+          _peak_memory_mb(),
+          flops,
+        )
+      )
+    if (
+      overrides.get('cell') == 'lstm'
+      and jax.default_backend() == 'gpu'
+      and (FLAGS.dtype == 'float32')
+    ):  # JAX's cuDNN LSTM (on a CPU it would time a reference)
+      first, per_step, _ = time_dlearn(
+        model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps, rnn_implementation='cudnn'
+      )
+      results.append(
+        _row(name, 'dlearn cudnn', batch_size, first, per_step, _peak_memory_mb(), flops)
+      )
+    for compiled in [False, True] if FLAGS.compile else [False]:
       framework = 'torch.compile' if compiled else 'torch eager'
       try:
-        first, per_step, memory = time_torch(model, batch_size, shape, overrides, FLAGS.repeats,
-                                             FLAGS.steps, compiled)
+        first, per_step, memory = time_torch(
+          model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps, compiled
+        )
       except Exception as e:  # torch.compile is not available everywhere
         print(f'{name:<26}{framework:<20} failed: {type(e).__name__}: {str(e)[:80]}', flush=True)
         continue
@@ -267,16 +335,19 @@ def main(argv):
         if row['framework'].startswith('dlearn') and not compiled:  # its ratio: vs eager
           row['ratio'] = row['examples_per_second'] / theirs['examples_per_second']
       ours[f'ratio_vs_{framework.replace(" ", "_").replace(".", "_")}'] = (
-          ours['examples_per_second'] / theirs['examples_per_second'])
+        ours['examples_per_second'] / theirs['examples_per_second']
+      )
       theirs['ratio'] = ours['examples_per_second'] / theirs['examples_per_second']
       results.append(theirs)
     for row in results:
       tflops = f'{row["tflops_per_second"]:.3f}' if row['tflops_per_second'] else '-'
       ratio = f'{row["ratio"]:.2f}' if 'ratio' in row else ''
-      print(f'{name:<26}{row["framework"]:<20}{row["examples_per_second"]:>11,.0f}'
-            f'{row["step_ms_median"]:>9.2f}{row["step_ms_min"]:>7.1f}-{row["step_ms_max"]:<6.1f}'
-            f'{row["first_call_s"]:>9.2f}{row["peak_memory_mb"]:>9.0f}{tflops:>9}{ratio:>7}',
-            flush=True)
+      print(
+        f'{name:<26}{row["framework"]:<20}{row["examples_per_second"]:>11,.0f}'
+        f'{row["step_ms_median"]:>9.2f}{row["step_ms_min"]:>7.1f}-{row["step_ms_max"]:<6.1f}'
+        f'{row["first_call_s"]:>9.2f}{row["peak_memory_mb"]:>9.0f}{tflops:>9}{ratio:>7}',
+        flush=True,
+      )
     rows.extend(results)
     path = _write(kind, rows)  # after every workload: a run cut short keeps its rows
   print(f'wrote {path}')
@@ -284,16 +355,25 @@ def main(argv):
 
 def _write(kind, rows):
   import torch
+
   suffix = '' if FLAGS.dtype == 'float32' else f'-{FLAGS.dtype}'
   return results_file.write(
-      f'{kind}{suffix}', kind,
-      {'dtype': FLAGS.dtype, 'repeats': FLAGS.repeats, 'steps': FLAGS.steps, 'rows': rows,
-       'note': 'ratio = dlearn examples/s / PyTorch examples/s; TFLOP/s from XLA\'s count '
-               'of the dlearn step, applied to both frameworks.'},
-      versions={'torch': torch.__version__})
+    f'{kind}{suffix}',
+    kind,
+    {
+      'dtype': FLAGS.dtype,
+      'repeats': FLAGS.repeats,
+      'steps': FLAGS.steps,
+      'rows': rows,
+      'note': "ratio = dlearn examples/s / PyTorch examples/s; TFLOP/s from XLA's count "
+      'of the dlearn step, applied to both frameworks.',
+    },
+    versions={'torch': torch.__version__},
+  )
 
 
 if __name__ == '__main__':
   from dlearn import metrics
+
   metrics.quiet_library_logs()
   app.run(main)

@@ -1,5 +1,6 @@
 """PyTorch versions of dlearn's benchmark models, layer for layer, for timing side by side.
 Benchmark-only: `pip install -e ".[benchmark]"`; nothing in dlearn imports this."""
+
 import torch
 from torch import nn
 
@@ -11,11 +12,19 @@ class SeedDCNN(nn.Module):
     super().__init__()
     height, width, channels = image_shape
     self.features = nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+      nn.Conv2d(channels, 32, 3, padding=1),
+      nn.ReLU(),
+      nn.MaxPool2d(2),
+      nn.Conv2d(32, 64, 3, padding=1),
+      nn.ReLU(),
+      nn.MaxPool2d(2),
+    )
     self.classifier = nn.Sequential(
-        nn.Flatten(), nn.Linear((height // 4) * (width // 4) * 64, 512), nn.ReLU(),
-        nn.Linear(512, num_classes))
+      nn.Flatten(),
+      nn.Linear((height // 4) * (width // 4) * 64, 512),
+      nn.ReLU(),
+      nn.Linear(512, num_classes),
+    )
 
   def forward(self, x):
     return self.classifier(self.features(x))
@@ -31,8 +40,10 @@ class _Block(nn.Module):
     nn.init.zeros_(self.norm2.weight)
     self.shortcut = None
     if stride != 1 or in_channels != channels:
-      self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride, bias=False),
-                                    nn.BatchNorm2d(channels, momentum=0.1))
+      self.shortcut = nn.Sequential(
+        nn.Conv2d(in_channels, channels, 1, stride, bias=False),
+        nn.BatchNorm2d(channels, momentum=0.1),
+      )
 
   def forward(self, x):
     y = torch.relu(self.norm1(self.conv1(x)))
@@ -45,8 +56,11 @@ class ResNet(nn.Module):
 
   def __init__(self, num_classes=10, stage_sizes=(2, 2, 2, 2), width=64, channels=3):
     super().__init__()
-    self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, 1, 1, bias=False),
-                              nn.BatchNorm2d(width, momentum=0.1), nn.ReLU())
+    self.stem = nn.Sequential(
+      nn.Conv2d(channels, width, 3, 1, 1, bias=False),
+      nn.BatchNorm2d(width, momentum=0.1),
+      nn.ReLU(),
+    )
     blocks, in_channels = [], width
     for stage, size in enumerate(stage_sizes):
       for index in range(size):

@@ -8,6 +8,7 @@ stacked and bidirectional: --config.rnn.num_layers=2 --config.rnn.bidirectional=
 Reaches 58.0% validation accuracy (5,000 images carved from train) in 7 minutes on the project's
 2-core CPU machine, one CPU device (2026-11-26).
 """
+
 from dlearn import configs
 
 

@@ -8,6 +8,7 @@ Narrower and shorter, for a CPU:
 reaches 78.6% validation accuracy (5,000 images carved from train) in 22 minutes on the project's
 2-core CPU machine, one CPU device (2026-11-26). The full width was not run on a CPU.
 """
+
 from dlearn import configs
 
 

@@ -13,14 +13,14 @@ Validation accuracy, 2026-11-26, the project's 2-core CPU machine, under a minut
 JapaneseVowels 96.3% (26/27), BasicMotions 75.0% (3/4), GunPoint 80.0% (4/5). The carved
 validation splits of the two small ones are 4 and 5 cases: one case is 20-25 points.
 """
-from dlearn import configs
 
+from dlearn import configs
 
 # The small ones need small batches to take enough steps: their train splits hold 36 and 45 cases.
 DATASETS = {
-    'japanese_vowels': dict(batch_size=32, num_epochs=60),
-    'basic_motions': dict(batch_size=8, num_epochs=150),
-    'gun_point': dict(batch_size=8, num_epochs=150),
+  'japanese_vowels': dict(batch_size=32, num_epochs=60),
+  'basic_motions': dict(batch_size=8, num_epochs=150),
+  'gun_point': dict(batch_size=8, num_epochs=150),
 }
 
 

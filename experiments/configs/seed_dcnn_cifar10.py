@@ -18,6 +18,7 @@ Reaches 68.4% validation accuracy (5,000 images carved from train) after 10 epoc
 after epoch 5 (70.3%). Measured 2026-11-26 on the project's 2-core CPU machine, one CPU device,
 18 minutes (19 steps/s).
 """
+
 from dlearn import configs
 
 

@@ -65,7 +65,9 @@ class Checkpointer:
     )
     self.directory = directory(workdir)
     self._manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=('state', 'data')
+      self.directory,
+      options=options,
+      item_handlers={'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()},
     )
 
   def latest_step(self) -> int | None:
@@ -103,6 +105,11 @@ class Checkpointer:
     )
     return restored['state'], restored['data']
 
+  def state_shapes(self, step: int) -> dict[str, tuple]:
+    """{path: (shape, dtype name)} of every array of checkpoint `step`'s train state, read from
+    its metadata (no array is loaded)."""
+    return tree_shapes(self._manager.item_metadata(step)['state'])
+
   def reached_preemption(self, step: int) -> bool:
     """Multi-process jobs: JAX's preemption sync point, the step at which every process saves."""
     return self._manager.reached_preemption(step)
@@ -117,6 +124,14 @@ class Checkpointer:
       ) from e
     finally:
       self._manager.close()
+
+
+def tree_shapes(tree) -> dict[str, tuple]:
+  """{path: (shape, dtype name)} of a tree of arrays, abstract arrays or checkpoint metadata."""
+  return {
+    jax.tree_util.keystr(path, simple=True, separator='.'): (tuple(x.shape), str(x.dtype))
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 class StopSignals:

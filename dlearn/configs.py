@@ -7,6 +7,10 @@ same experiment in a minute on a laptop CPU.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+
 import ml_collections
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -15,7 +19,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 def base() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.model = 'seed_dcnn'  # 'seed_dcnn' | 'resnet' | 'rnn'
+  config.model = 'seed_dcnn'  # a name in dlearn.models' registry: 'seed_dcnn' | 'resnet' | 'rnn'
   config.resnet = ml_collections.ConfigDict({'stage_sizes': (2, 2, 2, 2), 'width': 64})
   config.rnn = ml_collections.ConfigDict(
     {
@@ -50,6 +54,9 @@ def base() -> ml_collections.ConfigDict:
   # 'bfloat16': mixed precision, computing in bf16 with float32 parameters, optimizer state,
   # normalisation statistics and loss.
   config.dtype = 'float32'
+  # True: the CNNs use XLA's own max pooling and convolution gradient instead of the CPU-fast
+  # versions in dlearn/models/layers.py (same numbers; experiments/benchmarks/suite.py compares).
+  config.plain_layers = False
   config.mapping = 'pmap'  # 'pmap' | 'shard_map': how the per-device step runs on every device
   # K train steps per dispatch, in a lax.scan on the device: less launch and Python overhead for
   # small models. The steps before a log/eval/checkpoint boundary (or the end) that is not a
@@ -74,6 +81,9 @@ def base() -> ml_collections.ConfigDict:
   config.schedule = 'constant'  # 'constant' | 'cosine'
   config.warmup_steps = 0
   config.label_smoothing = 0.0
+  # 'mean': each step minimises the mean loss over the global batch; 'sum': the summed loss (the
+  # gradient is then the sum over devices of each device's summed loss).
+  config.loss_reduction = 'mean'
   config.num_epochs = 10.0
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.eval_every_steps = -1  # -1: once per epoch, and at the end
@@ -106,8 +116,40 @@ def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections
     config.eval_batch_size = 32
     config.num_train_steps = 20
     config.log_every_steps = 5
-    if config.model == 'resnet':
-      config.resnet.stage_sizes, config.resnet.width = (1, 1), 8
   elif arg:
     raise ValueError(f"Unknown config argument {arg!r}: use ':smoke' or nothing.")
   return config
+
+
+def _known(saved: dict, defaults: ml_collections.ConfigDict, prefix: str = '') -> dict:
+  """`saved` without the fields `defaults` does not have (written by an older dlearn)."""
+  known = {}
+  for key, value in saved.items():
+    if key not in defaults:
+      logging.warning(
+        'Ignoring config field %s%s, which this version of dlearn does not have.', prefix, key
+      )
+    elif isinstance(value, dict) and isinstance(defaults[key], ml_collections.ConfigDict):
+      known[key] = _known(value, defaults[key], f'{prefix}{key}.')
+    else:
+      known[key] = value
+  return known
+
+
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """A config as written to a work directory's config.json, read back on top of `base()`: every
+  field exists, with its default where the saved config predates it."""
+  config = base()
+  config.update(_known(saved, config))
+  return config
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config of the run in `workdir` (its config.json), on top of `base()`."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+      f'{path} not found: --workdir must be the work directory of a training run.'
+    )
+  with open(path) as f:
+    return from_dict(json.load(f))

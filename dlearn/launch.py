@@ -16,16 +16,23 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from dlearn import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('processes', 2, 'Number of processes.')
-flags.DEFINE_integer('devices_per_process', 4, 'CPU devices each process simulates.')
-flags.DEFINE_string(
-  'process_log_dir',
-  None,
-  'Where processes 1.. write their output (default: a new temporary folder).',
-)
+
+
+def define_flags():
+  flags.DEFINE_integer('processes', 2, 'Number of processes.', lower_bound=1)
+  flags.DEFINE_integer(
+    'devices_per_process', 4, 'CPU devices each process simulates.', lower_bound=1
+  )
+  flags.DEFINE_string(
+    'process_log_dir',
+    None,
+    'Where processes 1.. write their output (default: a new temporary folder).',
+  )
 
 
 def _free_port() -> int:
@@ -99,5 +106,9 @@ def main(argv):
   sys.exit(launch(FLAGS.processes, FLAGS.devices_per_process, argv[1:], FLAGS.process_log_dir))
 
 
+def run():
+  cli.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()

@@ -1,4 +1,4 @@
-"""Entry point: a config file plus command-line overrides → train and evaluate in a work directory.
+"""Command: a config file plus command-line overrides → train and evaluate in a work directory.
 
   python -m dlearn.main --config=experiments/configs/seed_dcnn_cifar10.py --workdir=/tmp/run \
       [--config.batch_size=64 ...]
@@ -7,38 +7,41 @@
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from dlearn import checkpoint, distributed, metrics, train
+from dlearn import checkpoint, cli, distributed, metrics, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string(
-  'workdir',
-  None,
-  'Directory for the resolved config, metrics and TensorBoard files.',
-  required=True,
-)
-config_flags.DEFINE_config_file(
-  'config',
-  None,
-  'Experiment config file; `file.py:smoke` for a '
-  'quick CPU run. Override fields with --config.FIELD=VALUE.',
-  lock_config=True,
-)
-flags.mark_flags_as_required(['config'])
-flags.DEFINE_string(
-  'coordinator_address',
-  None,
-  'Multi-process jobs: host:port of process 0 (see dlearn/distributed.py; usually detected).',
-)
-flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: number of processes.')
-flags.DEFINE_integer('process_id', None, "Multi-process jobs: this process's index.")
+
+
+def define_flags():
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    'Directory for the resolved config, metrics and TensorBoard files.',
+    required=True,
+  )
+  config_flags.DEFINE_config_file(
+    'config',
+    None,
+    'Experiment config file; `file.py:smoke` for a quick CPU run. Override fields with '
+    '--config.FIELD=VALUE.',
+    lock_config=True,
+  )
+  flags.mark_flags_as_required(['config'])
+  flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'Multi-process jobs: host:port of process 0 (see dlearn/distributed.py; usually detected).',
+  )
+  flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: number of processes.')
+  flags.DEFINE_integer('process_id', None, "Multi-process jobs: this process's index.")
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
   metrics.quiet_library_logs()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() != 0:
@@ -46,21 +49,15 @@ def main(argv):
   logging.info('Config:\n%s', FLAGS.config)
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (
-    train.NonFiniteError,
-    train.IncompatibleConfigError,
-    checkpoint.CheckpointWriteError,
-    FileNotFoundError,
-    ValueError,
-  ) as e:  # the messages say what is wrong and what to do
+  except cli.USER_ERRORS as e:  # the messages say what is wrong and what to do
     logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    cli.fail(e)
   if result['preempted']:
     sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)
 
 
 def run():
-  app.run(main)
+  cli.run(main, define_flags)
 
 
 if __name__ == '__main__':

@@ -9,52 +9,69 @@ Then train with --config.data.name=NAME --config.data.data_dir=DIR.
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from dlearn.data import image_folder, prepare, ts_format
+from dlearn import cli
+from dlearn.data import dataset_writer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('name', None, 'Dataset name (lower_case).', required=True)
-flags.DEFINE_string(
-  'train',
-  None,
-  'Train split: a .ts file, or a folder / .tar(.gz) archive laid out as <split>/<class>/<image>.',
-  required=True,
-)
-flags.DEFINE_string(
-  'validation',
-  None,
-  'Validation split, same format (default: carved from train, see --validation_fraction).',
-)
-flags.DEFINE_string('test', None, 'Test split, same format.')
-flags.DEFINE_string(
-  'data_dir',
-  os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'),
-  'Where to write the dataset.',
-)
-flags.DEFINE_float(
-  'validation_fraction',
-  0.1,
-  'Without --validation: the last fraction of each '
-  'class of train (in file order) becomes the validation split; 0 for none.',
-)
-flags.DEFINE_list(
-  'image_size',
-  None,
-  'Images: H,W to resize every image to (default: keep; all images must then have one size).',
-)
-flags.DEFINE_integer('channels', 3, 'Images: 3 (RGB) or 1 (grey).')
-flags.DEFINE_bool('overwrite', False, 'Replace an existing dataset of this name.')
+
+
+def define_flags():
+  flags.DEFINE_string('name', None, 'Dataset name (lower_case).', required=True)
+  flags.DEFINE_string(
+    'train',
+    None,
+    'Train split: a .ts file, or a folder / .tar(.gz) archive laid out as <split>/<class>/<image>.',
+    required=True,
+  )
+  flags.DEFINE_string(
+    'validation',
+    None,
+    'Validation split, same format (default: carved from train, see --validation_fraction).',
+  )
+  flags.DEFINE_string('test', None, 'Test split, same format.')
+  flags.DEFINE_string(
+    'data_dir',
+    os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'),
+    'Where to write the dataset.',
+  )
+  flags.DEFINE_float(
+    'validation_fraction',
+    0.1,
+    'Without --validation: the last fraction of each '
+    'class of train (in file order) becomes the validation split; 0 for none.',
+  )
+  flags.DEFINE_list(
+    'image_size',
+    None,
+    'Images: H,W to resize every image to (default: keep; all images must then have one size).',
+  )
+  flags.DEFINE_integer('channels', 3, 'Images: 3 (RGB) or 1 (grey).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing dataset of this name.')
 
 
 def main(argv):
-  del argv
-  paths = {split: getattr(FLAGS, split) for split in prepare.SPLIT_FLAGS if getattr(FLAGS, split)}
-  size = tuple(int(x) for x in FLAGS.image_size) if FLAGS.image_size else None
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
+  paths = {
+    split: getattr(FLAGS, split) for split in dataset_writer.SPLIT_FLAGS if getattr(FLAGS, split)
+  }
+  for split, path in paths.items():
+    if not os.path.exists(path):
+      cli.fail(
+        f'--{split}={path}: no such file or folder; give a .ts file, or an image folder or '
+        '.tar(.gz) archive laid out as <split>/<class>/<image>.'
+      )
   try:
-    target = prepare.prepare(
+    size = tuple(int(x) for x in FLAGS.image_size) if FLAGS.image_size else None
+    if size is not None and (len(size) != 2 or min(size) < 1):
+      raise ValueError
+  except ValueError:
+    cli.fail(f'--image_size={",".join(FLAGS.image_size)}: give two positive whole numbers H,W.')
+  try:
+    target = dataset_writer.write_dataset(
       FLAGS.name,
       paths,
       os.path.expanduser(FLAGS.data_dir),
@@ -63,10 +80,14 @@ def main(argv):
       image_size=size,
       overwrite=FLAGS.overwrite,
     )
-  except (ts_format.TsFormatError, image_folder.ImageFolderError, ValueError, FileExistsError) as e:
-    sys.exit(f'error: {e}')  # the message names the file and what to do; no traceback
+  except cli.USER_ERRORS as e:
+    cli.fail(e)  # the message names the file and what to do; no traceback
   print(f'Prepared {FLAGS.name} in {target}')
 
 
+def run():
+  cli.run(main, define_flags)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()

@@ -10,11 +10,10 @@ NUM_EXAMPLES = 300  # mock splits ignore slicing: train and eval both hold 300; 
 _PROGRAM = """
 import sys
 import tensorflow_datasets as tfds
-from absl import app
 from dlearn import {module} as entry
 with tfds.testing.mock_data(num_examples={num_examples}):
   sys.argv = ['dlearn'] + sys.argv[1:]
-  app.run(entry.main)
+  entry.run()
 """
 
 

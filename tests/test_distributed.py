@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tiny_data
 
-from dlearn import distributed, evaluate, parallel, train
+from dlearn import configs, distributed, parallel
+from dlearn import workdir as workdir_lib
 from dlearn.data import pipeline
 
 EVAL_EXAMPLES = 37  # no global eval batch of 16 divides it, nor does either process's share
@@ -83,10 +84,10 @@ def _final(workdir):
 
 
 def _params(workdir):
-  config = evaluate.load_config(workdir)
+  config = configs.load(workdir)
   source = pipeline.load_split(config.data.name, 'train', config.data.data_dir)
   info = pipeline.dataset_info(source, config.data.name, None)
-  _, state = train.restore_for_evaluation(workdir, config, info, parallel.make_mesh())
+  _, state = workdir_lib.restore_for_evaluation(workdir, config, info, parallel.make_mesh())
   return int(state.step), jax.tree.leaves(jax.device_get(state.params))
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tiny_data
 
-from dlearn import checkpoint, configs, parallel, train
+from dlearn import bookkeeping, checkpoint, configs, optimizers, parallel, train
+from dlearn import steps as steps_lib
 from dlearn.data import on_device
 from dlearn.data.pipeline import DatasetInfo
 
@@ -30,11 +31,11 @@ def _config(**overrides):
 
 
 def _dispatch(config, mesh, num_steps, layout=None, mapping='pmap', info=IMAGES):
-  tx = train.create_optimizer(config, 100)
-  graphdef, state = train.create_train_state(config, info, tx)
+  tx = optimizers.create(config, 100)
+  graphdef, state = steps_lib.create_train_state(config, info, tx)
   step = parallel.map_over_devices(
     functools.partial(
-      train.train_steps,
+      steps_lib.train_steps,
       num_steps=num_steps,
       layout=layout,
       unroll=config.unroll_dispatch,
@@ -104,7 +105,7 @@ def test_k_steps_in_one_dispatch_equal_k_single_dispatches(unroll):
 
 def test_dispatch_plan_ends_a_dispatch_at_every_boundary():
   # Resumed at step 5, K=4, boundaries at multiples of 10 and 12, and at the end (30).
-  plan = train.dispatch_plan(5, 30, 4, (10, 12))
+  plan = bookkeeping.dispatch_plan(5, 30, 4, (10, 12))
   assert plan == [
     (5, 4),
     (9, 1),
@@ -117,8 +118,8 @@ def test_dispatch_plan_ends_a_dispatch_at_every_boundary():
     (28, 1),
     (29, 1),
   ]
-  assert train.dispatch_plan(0, 16, 8, (8, 16)) == [(0, 8), (8, 8)]
-  assert train.dispatch_plan(16, 16, 8, (8,)) == []
+  assert bookkeeping.dispatch_plan(0, 16, 8, (8, 16)) == [(0, 8), (8, 8)]
+  assert bookkeeping.dispatch_plan(16, 16, 8, (8,)) == []
 
 
 # ---- data on the device --------------------------------------------------------------------------

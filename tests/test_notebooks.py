@@ -9,7 +9,7 @@ import tiny_data
 from nbclient import NotebookClient
 
 from dlearn import configs, train
-from dlearn.data import prepare
+from dlearn.data import dataset_writer
 
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), '..', 'notebooks')
 
@@ -25,7 +25,7 @@ def small_runs(tmp_path_factory):
   ]
   with open(root / 'toy.ts', 'w') as f:
     f.write('@problemName toy\n@dimensions 2\n@classLabel true a b c\n@data\n' + '\n'.join(lines))
-  prepare.prepare('tiny_sequences', {'train': str(root / 'toy.ts')}, data_dir)
+  dataset_writer.write_dataset('tiny_sequences', {'train': str(root / 'toy.ts')}, data_dir)
   workdirs = {}
   for name, model in (('tiny_images', 'seed_dcnn'), ('tiny_sequences', 'rnn')):
     config = configs.finish(configs.base(), 'smoke')
@@ -44,7 +44,7 @@ def _parameters(name, runs):
       image_dataset='tiny_images', sequence_dataset='tiny_sequences', data_dir=runs['data_dir']
     ),
     '02_train_multi_device': dict(
-      dataset='tiny_images', data_dir=runs['data_dir'], steps=20, batch_size=16
+      dataset='tiny_images', data_dir=runs['data_dir'], num_steps=20, batch_size=16
     ),
     '03_inspect_model': dict(
       workdir=runs['workdirs']['tiny_images'], sequence_workdir=runs['workdirs']['tiny_sequences']

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 import tiny_data
 
 from dlearn import configs, train
-from dlearn.data import image_folder, pipeline, prepare, ts_format
+from dlearn.data import dataset_writer, image_folder, pipeline, ts_format
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data')
 
@@ -30,7 +30,7 @@ def test_image_folder_becomes_a_dataset(tmp_path, as_archive):
   folder = tiny_data.image_folder(tmp_path / 'images')
   path = _tar(folder, tmp_path / 'images.tar.gz') if as_archive else folder
   data_dir = str(tmp_path / 'tfds')
-  prepare.prepare('pets', {'train': path}, data_dir, validation_fraction=0.2)
+  dataset_writer.write_dataset('pets', {'train': path}, data_dir, validation_fraction=0.2)
   source, train_records = _read_all('pets', 'train', data_dir)
   _, validation_records = _read_all('pets', 'validation', data_dir)
   assert len(train_records) == 8 and len(validation_records) == 2  # the last 1 of 5 per class
@@ -43,7 +43,7 @@ def test_image_folder_becomes_a_dataset(tmp_path, as_archive):
 
 def test_image_size_resizes_every_image(tmp_path):
   folder = tiny_data.image_folder(tmp_path / 'images')
-  prepare.prepare('pets', {'train': folder}, str(tmp_path / 'tfds'), image_size=(4, 4))
+  dataset_writer.write_dataset('pets', {'train': folder}, str(tmp_path / 'tfds'), image_size=(4, 4))
   _, records = _read_all('pets', 'train', str(tmp_path / 'tfds'))
   assert {r['image'].shape for r in records} == {(4, 4, 3)}
 
@@ -77,7 +77,9 @@ TS_LINES = [
 def test_ts_file_becomes_a_dataset_of_sequences(tmp_path):
   path = _write_ts(tmp_path / 'toy_TRAIN.ts', TS_LINES)
   data_dir = str(tmp_path / 'tfds')
-  prepare.prepare('toy', {'train': path, 'test': path}, data_dir, validation_fraction=0)
+  dataset_writer.write_dataset(
+    'toy', {'train': path, 'test': path}, data_dir, validation_fraction=0
+  )
   source, records = _read_all('toy', 'test', data_dir)
   assert source.dataset_info.features['label'].names == ['a', 'b', 'c']  # declared order
   by_length = sorted((int(r['length']), int(r['label'])) for r in records)
@@ -100,7 +102,7 @@ def test_missing_values_follow_the_documented_rule(tmp_path):
 def test_carved_validation_is_the_last_fraction_of_each_class(tmp_path):
   lines = [f'{i},{i}:{i},{i}:{"ab"[i % 2]}' for i in range(20)]
   data_dir = str(tmp_path / 'tfds')
-  prepare.prepare(
+  dataset_writer.write_dataset(
     'toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir, validation_fraction=0.2
   )
   _, validation = _read_all('toy', 'validation', data_dir)
@@ -113,7 +115,7 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
   data_dir = str(tmp_path / 'tfds')
   config = configs.base()
   if kind == 'image':
-    prepare.prepare(
+    dataset_writer.write_dataset(
       'pets', {'train': tiny_data.image_folder(tmp_path / 'images', per_class=10)}, data_dir
     )
     config.data.name, config.model = 'pets', 'seed_dcnn'
@@ -122,7 +124,7 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
       f'{",".join(["1"] * (2 + i % 3))}:{",".join(["2"] * (2 + i % 3))}:{"abc"[i % 3]}'
       for i in range(30)
     ]
-    prepare.prepare('toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir)
+    dataset_writer.write_dataset('toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir)
     config.data.name, config.model = 'toy', 'rnn'
     config.rnn.hidden_size = 8
   config.data.data_dir = data_dir
@@ -136,7 +138,7 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
 def _assert_fails_cleanly(tmp_path, paths, error, match):
   data_dir = tmp_path / 'tfds'
   with pytest.raises(error, match=match):
-    prepare.prepare('bad', paths, str(data_dir))
+    dataset_writer.write_dataset('bad', paths, str(data_dir))
   assert not (data_dir / 'bad').exists()
 
 
@@ -222,10 +224,12 @@ def test_empty_ts_split(tmp_path):
 def test_preparing_twice_needs_overwrite(tmp_path):
   path = _write_ts(tmp_path / 't.ts', TS_LINES)
   kwargs = dict(validation_fraction=0)
-  prepare.prepare('toy', {'train': path}, str(tmp_path / 'tfds'), **kwargs)
+  dataset_writer.write_dataset('toy', {'train': path}, str(tmp_path / 'tfds'), **kwargs)
   with pytest.raises(FileExistsError, match='--overwrite'):
-    prepare.prepare('toy', {'train': path}, str(tmp_path / 'tfds'), **kwargs)
-  prepare.prepare('toy', {'train': path}, str(tmp_path / 'tfds'), overwrite=True, **kwargs)
+    dataset_writer.write_dataset('toy', {'train': path}, str(tmp_path / 'tfds'), **kwargs)
+  dataset_writer.write_dataset(
+    'toy', {'train': path}, str(tmp_path / 'tfds'), overwrite=True, **kwargs
+  )
 
 
 def test_a_validation_split_too_small_to_carve(tmp_path):
@@ -252,7 +256,7 @@ def test_shared_data_prepares_and_trains(tmp_path, name):
   if not os.path.exists(path):
     pytest.skip(f'{path} is absent (../shared/data is only on the project machines)')
   data_dir = str(tmp_path / 'tfds')
-  prepare.prepare(name, {'train': path}, data_dir)
+  dataset_writer.write_dataset(name, {'train': path}, data_dir)
   config = configs.base()
   config.model = 'seed_dcnn' if name == 'cifar10_jpeg' else 'rnn'
   config.rnn.hidden_size = 16

@@ -147,7 +147,7 @@ def test_forward_gradients_and_statistics_equal_unpartitioned(name, parts):
 
 
 def sgd_step(model_graphdef, params, model_state, images, labels, axes):
-  """One SGD-with-momentum step, as in dlearn.train.train_step, with gradients, loss and
+  """One SGD-with-momentum step, as in dlearn.steps.train_step, with gradients, loss and
   BatchNorm statistics averaged over `axes` (none: one device, the whole batch)."""
   tx = optax.chain(optax.add_decayed_weights(1e-3), optax.sgd(0.1, momentum=0.9))
 
@@ -234,9 +234,10 @@ def test_heights_the_parts_cannot_split_are_a_clear_error(model, stages, height,
   config.model = model
   if stages:
     config.resnet.stage_sizes = stages
+  family = models.family_of(config)
   with pytest.raises(ValueError, match=message):
-    models.check_spatial_parts(config, (height, height, 3), parts)
-  models.check_spatial_parts(config, (height, height, 3), 1)  # unpartitioned: always fine
+    family.check_partition(config, (height, height, 3), parts, {})
+  family.check_partition(config, (height, height, 3), 1, {})  # unpartitioned: always fine
 
 
 def test_the_model_raises_the_same_error_while_tracing():
@@ -279,8 +280,20 @@ def test_create_model_option_keeps_the_parameter_tree():
     assert jax.tree.map(lambda x: x.shape, jax.tree.leaves(nnx.state(plain))) == (
       jax.tree.map(lambda x: x.shape, jax.tree.leaves(nnx.state(spatial)))
     )
+  # The RNN runs partitioned as a pipeline of its unpartitioned module (pipelined_rnn.py).
   config.model = 'rnn'
-  with pytest.raises(ValueError, match='Spatial partitioning is for the CNNs'):
-    models.create_model(
-      config, num_classes=10, input_shape=(32, 96), axis_name=DATA, seed=0, space_axis=SPACE
+  plain, partitioned = (
+    nnx.eval_shape(
+      functools.partial(
+        models.create_model,
+        config,
+        num_classes=10,
+        input_shape=(32, 96),
+        axis_name=DATA,
+        seed=0,
+        space_axis=space,
+      )
     )
+    for space in (None, SPACE)
+  )
+  assert jax.tree.structure(nnx.state(plain)) == jax.tree.structure(nnx.state(partitioned))

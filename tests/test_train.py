@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from dlearn import configs, parallel, train
+from dlearn import configs, optimizers, parallel, train
+from dlearn import steps as steps_lib
 from dlearn.data.pipeline import DatasetInfo
 
 IMAGES = DatasetInfo('synthetic', 'image', (16, 16, 3), 10, tuple('abcdefghij'))
@@ -39,10 +40,10 @@ def _batches(steps, num_devices, seed=0):
 def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
   config = config or _config(model)
   mesh = parallel.make_mesh(jax.devices()[:num_devices], parts)
-  tx = train.create_optimizer(config, steps)
-  graphdef, state = train.create_train_state(config, IMAGES, tx)
+  tx = optimizers.create(config, steps)
+  graphdef, state = steps_lib.create_train_state(config, IMAGES, tx)
   step = parallel.map_over_devices(
-    functools.partial(train.train_step, graphdef=graphdef, tx=tx, config=config, info=IMAGES),
+    functools.partial(steps_lib.train_step, graphdef=graphdef, tx=tx, config=config, info=IMAGES),
     mesh,
     mapping,
     donate_state=True,
@@ -71,7 +72,7 @@ def test_one_and_eight_devices_give_the_same_parameters(model):
 def test_training_changes_the_parameters():
   # Guards the tests above: equal parameters must not come from steps that do nothing.
   config = _config('seed_dcnn')
-  _, initial = train.create_train_state(config, IMAGES, train.create_optimizer(config, 1))
+  _, initial = steps_lib.create_train_state(config, IMAGES, optimizers.create(config, 1))
   trained, _ = _train('seed_dcnn', 8)
   assert not np.allclose(
     initial.params['dense2']['kernel'][...], trained.params['dense2']['kernel']
@@ -116,7 +117,7 @@ def test_randomness_differs_per_device_and_per_step():
 
   def keys(step):
     mapped = jax.pmap(
-      lambda _: jax.random.key_data(train.device_rng(base, step)), axis_name=parallel.AXIS
+      lambda _: jax.random.key_data(steps_lib.device_rng(base, step)), axis_name=parallel.AXIS
     )
     return {tuple(np.asarray(k).ravel()) for k in mapped(np.zeros(8))}
 

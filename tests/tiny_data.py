@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from dlearn.data import prepare
+from dlearn.data import dataset_writer
 
 
 def image_bytes(value, suffix, size=(6, 5)):
@@ -43,5 +43,5 @@ def prepared_images(tmp_path, name='toy_images', per_class=40, size=(8, 8)) -> s
     tmp_path / 'images', classes=('a', 'b', 'c'), per_class=per_class, size=size, noise=True
   )
   data_dir = str(tmp_path / 'tfds')
-  prepare.prepare(name, {'train': folder}, data_dir)
+  dataset_writer.write_dataset(name, {'train': folder}, data_dir)
   return data_dir

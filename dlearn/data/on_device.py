@@ -57,10 +57,10 @@ class Layout:
 
 
 def example_nbytes(info: pipeline.DatasetInfo) -> int:
-  """Bytes of one example as `pipeline._example` decodes it (images uint8, sequences float32)."""
+  """Bytes of one example as `pipeline.example` decodes it (images uint8, sequences float32)."""
   if info.kind == 'image':
-    return int(np.prod(info.example_shape)) + 4  # + the int32 label
-  return int(np.prod(info.example_shape)) * 4 + 8  # + length and label
+    return int(np.prod(info.example_shape)) + 8  # + the int32 label and index
+  return int(np.prod(info.example_shape)) * 4 + 12  # + length, label and index
 
 
 def _size(nbytes: float) -> str:
@@ -114,10 +114,10 @@ def _read(source, indices: np.ndarray, info: pipeline.DatasetInfo) -> dict[str, 
   """The examples at `indices`, decoded as the host pipeline decodes them, stacked."""
   dataset = (
     grain.MapDataset.range(len(indices))
-    .map(lambda i: pipeline._example(source[int(indices[i])], info))
+    .map(lambda i: pipeline.example(source[int(indices[i])], info))
     .batch(1024)
   )
-  chunks = list(dataset.to_iter_dataset(pipeline._READ_OPTIONS))
+  chunks = list(dataset.to_iter_dataset(pipeline.READ_OPTIONS))
   return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
 
@@ -131,6 +131,7 @@ def load(source, info: pipeline.DatasetInfo, layout: Layout, mesh, seed: int):
   positions = [i for i, group in enumerate(groups) if group[0].process_index == jax.process_index()]
   local = _read(source, indices[positions].ravel(), info)
   local = {k: v.reshape(len(positions), layout.shard_size, *v.shape[1:]) for k, v in local.items()}
+  local['index'] = indices[positions].astype(np.int32)  # each example's position in the split
   slot = {position: i for i, position in enumerate(positions)}
   sharding = NamedSharding(mesh, P(parallel.AXIS))
 

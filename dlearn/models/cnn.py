@@ -44,8 +44,21 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from dlearn.models.layers import conv_general_dilated
-from dlearn.models.layers import max_pool_2x2 as _max_pool
+from dlearn.models import layers
+from dlearn.models.family import ModelFamily, compute_dtype, own_part
+
+
+def xla_max_pool_2x2(x):
+  return nnx.max_pool(x, (2, 2), (2, 2))
+
+
+def layer_functions(plain_layers: bool):
+  """(2x2 max pool, convolution) for the CNNs: dlearn's CPU-fast versions
+  (dlearn/models/layers.py), or with `plain_layers` (config.plain_layers) XLA's own, which the
+  benchmark compares. Same numbers either way."""
+  if plain_layers:
+    return xla_max_pool_2x2, lax.conv_general_dilated
+  return layers.max_pool_2x2, layers.conv_general_dilated
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,9 +206,11 @@ class SeedDCNN(nnx.Module):
     rngs: nnx.Rngs,
     dtype=jnp.float32,
     space_axis: str | None = None,
+    plain_layers: bool = False,
   ):
     height, width, channels = image_shape
     self.space_axis = space_axis
+    self.pool, conv_general_dilated = layer_functions(plain_layers)
     self.conv1 = nnx.Conv(
       channels,
       32,
@@ -223,8 +238,8 @@ class SeedDCNN(nnx.Module):
     space = self.space_axis
     if space is not None:
       _check_band(x, space, self.downsampling, 'seed_dcnn')
-    x = _max_pool(nnx.relu(_conv(self.conv1, x, space)))
-    x = _max_pool(nnx.relu(_conv(self.conv2, x, space)))
+    x = self.pool(nnx.relu(_conv(self.conv1, x, space)))
+    x = self.pool(nnx.relu(_conv(self.conv2, x, space)))
     if space is None:
       x = self.dense1(x.reshape(x.shape[0], -1))
     else:
@@ -245,6 +260,7 @@ class ResidualBlock(nnx.Module):
     dtype,
     rngs: nnx.Rngs,
     space_axis: str | None = None,
+    conv_general_dilated=lax.conv_general_dilated,
   ):
     self.space_axis = space_axis
     conv = lambda i, o, k, s: nnx.Conv(
@@ -297,9 +313,11 @@ class ResNet(nnx.Module):
     axis_name: str | None = None,
     dtype=jnp.float32,
     space_axis: str | None = None,
+    plain_layers: bool = False,
   ):
     channels = image_shape[-1]
     self.space_axis = space_axis
+    _, conv_general_dilated = layer_functions(plain_layers)
     self.downsampling = spatial_downsampling('resnet', stage_sizes)
     if space_axis is not None:  # statistics of the whole images of the whole global batch
       axis_name = space_axis if axis_name is None else (axis_name, space_axis)
@@ -328,6 +346,7 @@ class ResNet(nnx.Module):
             dtype=dtype,
             rngs=rngs,
             space_axis=space_axis,
+            conv_general_dilated=conv_general_dilated,
           )
         )
         in_channels = out_channels
@@ -345,3 +364,57 @@ class ResNet(nnx.Module):
       return self.head(jnp.mean(x, axis=(1, 2)))
     size = x.shape[1] * lax.axis_size(space) * x.shape[2]  # the whole feature map's
     return self.head(lax.psum(jnp.sum(x, axis=(1, 2)), space) / size)
+
+
+# ------------------------------------------------------------------------------------------------
+# The families (dlearn/models/family.py): what the trainer asks of the CNNs
+# ------------------------------------------------------------------------------------------------
+class _ImageBandsFamily(ModelFamily):
+  """A CNN that can split each image into bands of rows over config.partition.parts devices."""
+
+  def downsampling(self, config) -> int:
+    raise NotImplementedError
+
+  def check_partition(self, config, input_shape, parts: int, per_device_batches: dict) -> None:
+    del per_device_batches
+    check_spatial_parts(input_shape[0], parts, self.downsampling(config), config.model)
+
+  def logits(self, model, inputs, config, *, train: bool):
+    (images,) = inputs
+    if config.partition.parts > 1:  # augmentation saw the whole image; the model takes a band
+      images = own_part(images, config.partition.parts)
+    return model(images, train=train)
+
+
+class SeedDCNNFamily(_ImageBandsFamily):
+  def downsampling(self, config) -> int:
+    return spatial_downsampling('seed_dcnn')
+
+  def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
+    del axis_name  # no BatchNorm
+    return SeedDCNN(
+      num_classes,
+      input_shape,
+      rngs=rngs,
+      dtype=compute_dtype(config),
+      space_axis=part_axis,
+      plain_layers=config.plain_layers,
+    )
+
+
+class ResNetFamily(_ImageBandsFamily):
+  def downsampling(self, config) -> int:
+    return spatial_downsampling('resnet', tuple(config.resnet.stage_sizes))
+
+  def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
+    return ResNet(
+      num_classes,
+      input_shape,
+      rngs=rngs,
+      stage_sizes=tuple(config.resnet.stage_sizes),
+      width=config.resnet.width,
+      axis_name=axis_name,
+      dtype=compute_dtype(config),
+      space_axis=part_axis,
+      plain_layers=config.plain_layers,
+    )

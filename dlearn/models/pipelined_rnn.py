@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dlearn.models.rnn import RNNClassifier, _hidden_state, _zero_carry
+from dlearn.models.rnn import RNNClassifier, hidden_state, zero_carry
 
 
 def check_time_parts(
@@ -81,7 +81,7 @@ def _run_cell(cell, carry, xs, lengths, t0, reverse: bool, unroll: int):
     new, _ = cell(carry, x_t)
     valid = (t < lengths)[:, None]
     carry = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, carry)
-    return carry, _hidden_state(carry)
+    return carry, hidden_state(carry)
 
   times = t0 + jnp.arange(xs.shape[1])
   carry, ys = lax.scan(step, carry, (jnp.swapaxes(xs, 0, 1), times), reverse=reverse, unroll=unroll)
@@ -144,7 +144,7 @@ def pipelined_logits(model: RNNClassifier, x_chunk, lengths, *, time_axis: str, 
   b = batch // micro_batches
   xs = x_chunk.reshape(micro_batches, b, chunk, -1)
   lengths_mb = lengths.reshape(micro_batches, b)
-  zero = _zero_carry(model.cell, xs[0, :, 0], model.hidden_size, model.dtype)
+  zero = zero_carry(model.cell, xs[0, :, 0], model.hidden_size, model.dtype)
 
   if not model.bidirectional:
     cells = [(layer.cell, layer.unroll) for layer in model.layers]
@@ -154,7 +154,7 @@ def pipelined_logits(model: RNNClassifier, x_chunk, lengths, *, time_axis: str, 
       for (cell, unroll), carry in zip(cells, carries):
         carry, x = _run_cell(cell, carry, x, lengths, t0, False, unroll)
         new.append(carry)
-      return new, _hidden_state(new[-1])
+      return new, hidden_state(new[-1])
 
     (hidden,) = _wavefront(
       [(chunk_fn, [zero] * len(cells), False)], xs, lengths_mb, axis=time_axis, parts=parts
@@ -167,7 +167,7 @@ def pipelined_logits(model: RNNClassifier, x_chunk, lengths, *, time_axis: str, 
       def stream(rnn, reverse):
         def chunk_fn(carry, x, lengths):
           carry, ys = _run_cell(rnn.cell, carry, x, lengths, t0, reverse, rnn.unroll)
-          return carry, (ys, _hidden_state(carry))
+          return carry, (ys, hidden_state(carry))
 
         return chunk_fn, zero, reverse
 

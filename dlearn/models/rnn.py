@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import rnn as jax_rnn
 
+from dlearn.models.family import ModelFamily, compute_dtype, image_inputs, own_part
+
 # 'simple' is the article's Elman cell: h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h).
 CELLS = {'simple': nnx.SimpleCell, 'lstm': nnx.OptimizedLSTMCell, 'gru': nnx.GRUCell}
 # 'scan': the cells stepped by lax.scan, on any device. 'cudnn': the whole LSTM stack in one call of
@@ -21,7 +23,7 @@ CELLS = {'simple': nnx.SimpleCell, 'lstm': nnx.OptimizedLSTMCell, 'gru': nnx.GRU
 IMPLEMENTATIONS = ('scan', 'cudnn')
 
 
-def _zero_carry(cell: str, inputs, hidden_size: int, dtype):
+def zero_carry(cell: str, inputs, hidden_size: int, dtype):
   # Given explicitly: the cells' own carry initialisers ask for an RNG stream, which would add RNG
   # state to a model that draws no randomness. Made `like` the inputs so that under shard_map the
   # carry varies over the device axis as the inputs do (scan needs matching carry types).
@@ -29,7 +31,7 @@ def _zero_carry(cell: str, inputs, hidden_size: int, dtype):
   return (h, h) if cell == 'lstm' else h
 
 
-def _hidden_state(carry):
+def hidden_state(carry):
   """The hidden state h of a cell's carry (an LSTM carries (c, h))."""
   return carry[1] if isinstance(carry, tuple) else carry
 
@@ -98,16 +100,16 @@ class RNNClassifier(nnx.Module):
     del train
     if self.implementation == 'cudnn':
       return self.head(self._cudnn_lstm(x, lengths))
-    initial_carry = _zero_carry(self.cell, x, self.hidden_size, self.dtype)
+    initial_carry = zero_carry(self.cell, x, self.hidden_size, self.dtype)
     if self.bidirectional:
       initial_carry = (initial_carry, initial_carry)
     for layer in self.layers:
       carry, x = layer(x, initial_carry=initial_carry, seq_lengths=lengths)
     if self.bidirectional:
       forward_carry, backward_carry = carry
-      hidden = jnp.concatenate([_hidden_state(forward_carry), _hidden_state(backward_carry)], -1)
+      hidden = jnp.concatenate([hidden_state(forward_carry), hidden_state(backward_carry)], -1)
     else:
-      hidden = _hidden_state(carry)
+      hidden = hidden_state(carry)
     return self.head(hidden)
 
   def _cudnn_lstm(self, x, lengths):
@@ -144,3 +146,72 @@ class RNNClassifier(nnx.Module):
       )
       _, h_n, _ = jax_rnn.lstm_ref(x, zeros, zeros, *unpacked, lengths, *shape.values())
     return jnp.concatenate([h_n[-2], h_n[-1]], -1) if self.bidirectional else h_n[-1]
+
+
+class RNNFamily(ModelFamily):
+  """`RNNClassifier` on sequences, or on images read as sequences of rows (32x32x3 → 32 steps of
+  96 features). Splits sequences into time chunks run as a pipeline (dlearn/models/
+  pipelined_rnn.py, imported where used: it builds on this module)."""
+
+  kinds = ('image', 'sequence')
+
+  def input_shape(self, config, info):
+    shape = super().input_shape(config, info)
+    if info.kind == 'image':
+      height, width, channels = shape
+      return (height, width * channels)
+    return shape
+
+  def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
+    del axis_name, part_axis  # no BatchNorm; the pipeline uses the unpartitioned module
+    return RNNClassifier(
+      num_classes,
+      input_shape[-1],
+      rngs=rngs,
+      cell=config.rnn.cell,
+      hidden_size=config.rnn.hidden_size,
+      num_layers=config.rnn.num_layers,
+      bidirectional=config.rnn.bidirectional,
+      unroll=config.rnn.unroll,
+      implementation=config.rnn.implementation,
+      dtype=compute_dtype(config),
+    )
+
+  def inputs(self, batch, config, info, *, rng, train: bool, epoch):
+    del epoch
+    if info.kind == 'sequence':
+      return batch['sequence'], batch['length']
+    images = image_inputs(batch['image'], config, rng, train)
+    batch_size, height = images.shape[:2]
+    return images.reshape(batch_size, height, -1), jnp.full((batch_size,), height, jnp.int32)
+
+  def check_partition(self, config, input_shape, parts: int, per_device_batches: dict) -> None:
+    if parts == 1:
+      return
+    from dlearn.models import pipelined_rnn
+
+    micro_batches = config.partition.micro_batches
+    for what, per_device_batch in per_device_batches.items():
+      try:
+        pipelined_rnn.check_time_parts(input_shape[0], parts, micro_batches, per_device_batch)
+      except ValueError as e:
+        raise ValueError(
+          f'config.partition (parts={parts}, micro_batches={micro_batches}), '
+          f'config.{what}={config[what]}: {e}'
+        ) from e
+
+  def logits(self, model, inputs, config, *, train: bool):
+    parts = config.partition.parts
+    if parts == 1:
+      return model(*inputs, train=train)
+    from dlearn.models import pipelined_rnn
+    from dlearn.parallel import PART_AXIS
+
+    x, lengths = inputs
+    return pipelined_rnn.pipelined_logits(
+      model,
+      own_part(x, parts),
+      lengths,
+      time_axis=PART_AXIS,
+      micro_batches=config.partition.micro_batches,
+    )

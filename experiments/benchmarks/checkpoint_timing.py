@@ -15,7 +15,8 @@ import time
 import jax
 from absl import app, flags
 
-from dlearn import checkpoint, configs, parallel, train
+from dlearn import checkpoint, configs, optimizers, parallel
+from dlearn import steps as steps_lib
 from dlearn.data.pipeline import DatasetInfo
 
 FLAGS = flags.FLAGS
@@ -30,10 +31,10 @@ def _size_mb(path):
 
 def time_model(name, config, repeats):
   mesh = parallel.make_mesh()
-  tx = train.create_optimizer(config, 1000)
-  _, state = train.create_train_state(config, CIFAR10, tx)
+  tx = optimizers.create(config, 1000)
+  _, state = steps_lib.create_train_state(config, CIFAR10, tx)
   state = parallel.replicate(state, mesh)
-  _, abstract_state = train.abstract_train_state(config, CIFAR10, tx)
+  _, abstract_state = steps_lib.abstract_train_state(config, CIFAR10, tx)
   blocking, committed, restoring = [], [], []
   with tempfile.TemporaryDirectory() as workdir:
     checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=2)

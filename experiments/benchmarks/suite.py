@@ -30,7 +30,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dlearn import configs, parallel, train
+from dlearn import configs, optimizers, parallel
+from dlearn import steps as steps_lib
 from dlearn.data.pipeline import DatasetInfo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its neighbours:
@@ -112,17 +113,6 @@ def _peak_memory_mb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the whole process (CPU)
 
 
-def _plain_layers(use):
-  """Swaps dlearn's CPU-friendly pooling and convolution for XLA's own (or back)."""
-  import flax.nnx
-  from jax import lax
-
-  from dlearn.models import cnn, layers
-
-  cnn._max_pool = (lambda x: flax.nnx.max_pool(x, (2, 2), (2, 2))) if use else layers.max_pool_2x2
-  cnn.conv_general_dilated = lax.conv_general_dilated if use else layers.conv_general_dilated
-
-
 def time_dlearn(
   model,
   batch_size,
@@ -135,9 +125,9 @@ def time_dlearn(
   steps_per_dispatch=1,
 ):
   """(first call seconds, [seconds per step of each repeat], FLOPs per step)."""
-  _plain_layers(plain_layers)
   config = configs.base()
   config.model, config.data.augment, config.learning_rate = model, False, 0.01
+  config.plain_layers = plain_layers
   config.dtype = FLAGS.dtype
   config.rnn.update(overrides)
   config.rnn.unroll = FLAGS.rnn_unroll
@@ -145,14 +135,14 @@ def time_dlearn(
   kind = 'image' if len(shape) == 3 else 'sequence'
   info = DatasetInfo('synthetic', kind, shape, NUM_CLASSES, tuple(map(str, range(NUM_CLASSES))))
   mesh = parallel.make_mesh(jax.devices()[:1])
-  tx = train.create_optimizer(config, 1000)
-  graphdef, state = train.create_train_state(config, info, tx)
+  tx = optimizers.create(config, 1000)
+  graphdef, state = steps_lib.create_train_state(config, info, tx)
   state = parallel.replicate(state, mesh)
   step_args = dict(graphdef=graphdef, tx=tx, config=config, info=info)
   body = (
-    functools.partial(train.train_step, **step_args)
+    functools.partial(steps_lib.train_step, **step_args)
     if steps_per_dispatch == 1
-    else functools.partial(train.train_steps, num_steps=steps_per_dispatch, **step_args)
+    else functools.partial(steps_lib.train_steps, num_steps=steps_per_dispatch, **step_args)
   )
   step = parallel.map_over_devices(body, mesh, donate_state=True)
   rng = np.random.default_rng(0)
@@ -185,7 +175,6 @@ def time_dlearn(
     jax.block_until_ready(sums)
 
   first, per_dispatch = _timed(run, repeats, max(1, steps // steps_per_dispatch))
-  _plain_layers(False)
   return compile_seconds + first, [t / steps_per_dispatch for t in per_dispatch], flops
 
 

@@ -26,4 +26,6 @@ def get_config(arg=None):
   config.warmup_steps = 200
   config.label_smoothing = 0.1
   config.num_epochs = 30
+  if arg == 'smoke':  # a ResNet small enough for a CPU minute
+    config.resnet.stage_sizes, config.resnet.width = (1, 1), 8
   return configs.finish(config, arg)

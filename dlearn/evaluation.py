@@ -1,0 +1,129 @@
+"""Evaluation: a train state over every example of a split, and a work directory's newest checkpoint
+on any prepared split (the library behind `python -m dlearn.evaluate` and the notebooks).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dlearn import configs, metrics, models, parallel, steps, workdir
+from dlearn.data import pipeline
+
+
+def evaluate_split(mapped_eval_step, state, source, info, config, mesh):
+  """({'loss', 'accuracy', 'count'}, confusion matrix [true, predicted]) over every example of
+  `source`, each counted once, on every device of every process."""
+  batches = pipeline.eval_iterator(
+    source,
+    info,
+    global_batch_size=config.eval_batch_size,
+    local_device_count=parallel.local_device_count(mesh),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  totals = previous_sums = None
+  for batch, _ in parallel.prefetch(((batch, None) for batch in batches), mesh):
+    sums = mapped_eval_step(state, batch)
+    previous_sums = parallel.wait_for_previous(previous_sums, sums)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  return metrics.summarize(totals), totals['confusion'].astype(int)
+
+
+def map_eval_step(graphdef, config, info, mesh):
+  """`steps.eval_step` on every device of `mesh`, compiled on its first call."""
+  return parallel.map_over_devices(
+    functools.partial(steps.eval_step, graphdef=graphdef, config=config, info=info),
+    mesh,
+    config.mapping,
+  )
+
+
+def _restore(run_dir, dataset, split, data_dir, mesh):
+  config = configs.load(run_dir)
+  # A run that split examples over devices has the same parameters as an unsplit one.
+  config.partition.parts = parallel.parts(mesh)
+  dataset = dataset or config.data.name
+  split = split or config.data.eval_split
+  source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
+  info = pipeline.dataset_info(source, dataset, config.data.max_length)
+  graphdef, state = workdir.restore_for_evaluation(run_dir, config, info, mesh)
+  return config, source, info, graphdef, state, dataset, split
+
+
+def evaluate_workdir(
+  run_dir: str,
+  dataset: str | None = None,
+  split: str | None = None,
+  data_dir: str | None = None,
+  png: bool = False,
+):
+  """(metrics, confusion matrix, class names, CSV path) of the newest checkpoint in `run_dir`
+  on every device; with `png`, the confusion matrix also as a picture beside the CSV."""
+  config = configs.load(run_dir)
+  mesh = parallel.make_mesh(parts=config.partition.parts)
+  parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  config, source, info, graphdef, state, dataset, split = _restore(
+    run_dir, dataset, split, data_dir, mesh
+  )
+  summary, confusion = evaluate_split(
+    map_eval_step(graphdef, config, info, mesh), state, source, info, config, mesh
+  )
+  name = f'confusion_{dataset}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}.csv'
+  path = os.path.join(run_dir, name)
+  if jax.process_index() == 0:
+    with open(path, 'w', newline='') as f:
+      writer = csv.writer(f)
+      writer.writerow(['true \\ predicted', *info.class_names])
+      for class_name, row in zip(info.class_names, confusion):
+        writer.writerow([class_name, *row.tolist()])
+    if png:
+      from dlearn import plots  # matplotlib only when asked for
+
+      plots.plot_confusion(
+        confusion,
+        info.class_names,
+        path.removesuffix('.csv') + '.png',
+        title=f'{dataset} {split}: accuracy {summary["accuracy"]:.4f}',
+      )
+  return summary, confusion, info.class_names, path
+
+
+def predict_workdir(
+  run_dir: str, dataset: str | None = None, split: str | None = None, data_dir: str | None = None
+) -> dict:
+  """Per-example results on one device, for looking at a model (notebooks): 'logits',
+  'labels', the model 'inputs' as stored ('image' uint8 or 'sequence'), 'lengths' for sequences,
+  and the dataset 'info'."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  config, source, info, graphdef, state, _, _ = _restore(run_dir, dataset, split, data_dir, mesh)
+  family = models.family_of(config)
+
+  @jax.jit
+  def forward(state, batch):
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    inputs = family.inputs(batch, config, info, rng=None, train=False, epoch=0)
+    return family.logits(model, inputs, config, train=False)
+
+  outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}
+  key = 'image' if info.kind == 'image' else 'sequence'
+  for batch in pipeline.eval_iterator(
+    source, info, global_batch_size=config.eval_batch_size, local_device_count=1
+  ):
+    batch = {k: v[0] for k, v in batch.items()}  # the one device's share
+    valid = batch['mask'] > 0
+    outputs['logits'].append(np.asarray(forward(state, batch))[valid])
+    outputs['labels'].append(batch['label'][valid])
+    outputs['inputs'].append(batch[key][valid])
+    if 'length' in batch:
+      outputs['lengths'].append(batch['length'][valid])
+  result = {k: np.concatenate(v) for k, v in outputs.items() if v}
+  return {**result, 'info': info}

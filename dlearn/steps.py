@@ -1,0 +1,218 @@
+"""The train state and the per-device step bodies: importable without the loop (dlearn/train.py).
+
+The bodies are pure functions written for one device; `parallel.map_over_devices` runs them on
+every device (pmap or jit of shard_map, by `config.mapping`). Everything specific to a model comes
+from its family (`dlearn.models.family_of(config)`): its inputs, its partitioned form, its
+evaluation.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax import lax
+
+from dlearn import models
+from dlearn.parallel import AXIS, PART_AXIS
+
+LOSS_REDUCTIONS = ('mean', 'sum')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  model_state: nnx.State  # everything of the model that is not a parameter: BatchNorm statistics
+  opt_state: optax.OptState
+  rng: jax.Array  # base key; a step folds in its number and the device index
+
+
+# ----------------------------------------------------------------------------------------------
+# State
+# ----------------------------------------------------------------------------------------------
+def create_train_state(config, info, tx, source=None):
+  """(graphdef, state): the model's static structure, and its arrays with the optimizer's. With
+  the train split `source`, the family's data-dependent initialisation runs (a fresh run; a
+  resumed one restores such values from its checkpoint)."""
+  family = models.family_of(config)
+  model = models.create_model(
+    config,
+    num_classes=info.num_classes,
+    input_shape=family.input_shape(config, info),
+    axis_name=AXIS,
+    seed=config.seed,
+    space_axis=PART_AXIS if config.partition.parts > 1 else None,
+  )
+  if source is not None:
+    family.init_from_data(model, config, source, info)
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=model_state,
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+  )
+  return graphdef, state
+
+
+def abstract_train_state(config, info, tx):
+  """(graphdef, state of shapes and dtypes only): the restore target of a checkpoint."""
+  graphdef = None
+
+  def create():
+    nonlocal graphdef
+    graphdef, state = create_train_state(config, info, tx)
+    return state
+
+  abstract_state = jax.eval_shape(create)
+  return graphdef, abstract_state
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-device step bodies
+# ----------------------------------------------------------------------------------------------
+def device_rng(base_key_data, step):
+  """This device's key for this step: the step and the device index folded into the base key, so
+  no two steps and no two devices draw the same augmentation or dropout. The devices that share
+  examples (config.partition) draw the same: they augment the same images."""
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(base_key_data), step)
+  return jax.random.fold_in(step_key, lax.axis_index(AXIS))
+
+
+def cross_entropy(logits, labels, label_smoothing: float):
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def metric_sums(logits, labels, per_example_loss, mask):
+  """Metric sums over this device's examples, summed over all devices."""
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return lax.psum(
+    {
+      'loss_sum': jnp.sum(per_example_loss * mask),
+      'correct': jnp.sum(correct * mask),
+      'count': jnp.sum(mask),
+    },
+    AXIS,
+  )
+
+
+def _combine_over_devices(loss, grads, model_state, config):
+  """The global batch's loss and gradient from every device's, and the BatchNorm statistics
+  averaged. With config.loss_reduction='mean' each device's loss is its examples' mean (the
+  devices hold equal shares), so the mean over devices is the global mean; with 'sum' the sum over
+  devices is the global sum. With partitioned examples each device's gradient is `parts` times
+  its part's share (the psum that combines the parts transposes to a psum), so the mean over
+  PART_AXIS is the whole gradient (tests/test_spatial.py, test_pipelined_rnn.py)."""
+  parts = config.partition.parts
+  model_state = lax.pmean(model_state, (AXIS, PART_AXIS) if parts > 1 else AXIS)
+  if config.loss_reduction == 'mean':
+    loss, grads = lax.pmean((loss, grads), (AXIS, PART_AXIS) if parts > 1 else AXIS)
+    return loss, grads, model_state
+  loss, grads = lax.psum((loss, grads), AXIS)
+  if parts > 1:
+    loss, grads = lax.pmean((loss, grads), PART_AXIS)
+  return loss, grads, model_state
+
+
+def _all_finite(tree):
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx, config, info, steps_per_epoch=1):
+  """One optimisation step on one device's batch; gradients, BatchNorm statistics and metrics are
+  combined over every device, so all devices leave with the same state."""
+  family = models.family_of(config)
+  inputs = family.inputs(
+    batch,
+    config,
+    info,
+    rng=device_rng(state.rng, state.step),
+    train=True,
+    epoch=state.step // steps_per_epoch,
+  )
+  labels, mask = batch['label'], batch['mask']
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state.model_state, copy=True)
+    # The loss in float32 also under bf16 (config.dtype).
+    logits = family.logits(model, inputs, config, train=True).astype(jnp.float32)
+    per_example = cross_entropy(logits, labels, config.label_smoothing)
+    loss = jnp.sum(per_example * mask)
+    if config.loss_reduction == 'mean':
+      loss = loss / jnp.maximum(jnp.sum(mask), 1.0)
+    return loss, (logits, per_example, nnx.split(model, nnx.Param, ...)[2])
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (logits, per_example, model_state)), grads = grad_fn(state.params)
+  loss, grads, model_state = _combine_over_devices(loss, grads, model_state, config)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  # A non-finite loss, gradient or update anywhere leaves the state as it was; the loop decides
+  # whether to stop or to go on (config.skip_nonfinite_steps). The step number advances anyway.
+  # After the reduction these values are the same on every device (a NaN anywhere is a NaN
+  # everywhere), so every device takes the same decision without another collective.
+  finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=keep(optax.apply_updates(state.params, updates), state.params),
+    model_state=keep(model_state, state.model_state),
+    opt_state=keep(opt_state, state.opt_state),
+  )
+  sums = keep(
+    metric_sums(logits, labels, per_example, mask), {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+  )
+  return new_state, {**sums, 'nonfinite': 1.0 - finite.astype(jnp.float32)}
+
+
+def train_steps(state: TrainState, inputs, *, num_steps: int, draw=None, unroll=True, **step_args):
+  """`num_steps` train steps in one dispatch, on one device: `train_step` in a `lax.scan` (written
+  once, so the steps are those of single dispatches), fully unrolled unless `unroll` is False
+  (config.unroll_dispatch).
+
+  Without `draw`, `inputs` is this device's batch ([per_device_batch, ...] for one step,
+  [num_steps, per_device_batch, ...] for several). With `draw` (on-device data), `inputs` is the
+  data resident on this device and each step takes its batch as `draw(inputs, state)`.
+  Returns the state and the metric sums over the steps, with `nonfinite` the number of
+  non-finite steps among them and, for several steps, `first_nonfinite_step` the number of the
+  first one (0 if none; step s takes state.step from s - 1 to s).
+  """
+
+  def one(state, batch):
+    if draw is not None:
+      batch = draw(inputs, state)
+    return train_step(state, batch, **step_args)
+
+  per_step_inputs = None if draw is not None else inputs
+  if num_steps == 1:
+    return one(state, per_step_inputs)
+  state, per_step = lax.scan(
+    one, state, per_step_inputs, length=num_steps, unroll=num_steps if unroll else 1
+  )
+  sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_step)
+  flags = per_step['nonfinite'] > 0
+  first = state.step - num_steps + 1 + jnp.argmax(flags).astype(state.step.dtype)
+  return state, {**sums, 'first_nonfinite_step': jnp.where(jnp.any(flags), first, 0)}
+
+
+def eval_step(state: TrainState, batch, *, graphdef, config, info):
+  """Metric sums and the confusion matrix of one device's batch, summed over every device; the
+  family's evaluation (e.g. test-time augmentation) gives the logits."""
+  family = models.family_of(config)
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  inputs = family.inputs(batch, config, info, rng=None, train=False, epoch=0)
+  logits = family.logits(model, inputs, config, train=False).astype(jnp.float32)
+  labels, mask = batch['label'], batch['mask']
+  sums = metric_sums(logits, labels, cross_entropy(logits, labels, 0.0), mask)
+  num_classes = logits.shape[-1]
+  # confusion[true, predicted]: counts of unmasked examples.
+  confusion = (jax.nn.one_hot(labels, num_classes) * mask[:, None]).T @ jax.nn.one_hot(
+    jnp.argmax(logits, -1), num_classes
+  )
+  return {**sums, 'confusion': lax.psum(confusion, AXIS)}

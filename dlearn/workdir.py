@@ -1,0 +1,145 @@
+"""Run management: the work directory, whether its checkpoints fit this config, and the train state
+to start from (the newest checkpoint, `config.init_from`, or a fresh one), with the data position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import jax
+
+from dlearn import checkpoint as checkpoint_lib
+from dlearn import configs, optimizers, parallel, steps
+
+
+class IncompatibleConfigError(ValueError):
+  """The config gives the train state other arrays or shapes than the checkpoint's."""
+
+
+def prepare(config, workdir: str):
+  """Checks the work directory can be written, before any work that could be lost; with
+  config.fresh, removes its checkpoints and metrics."""
+  try:
+    os.makedirs(os.path.join(workdir, 'checkpoints'), exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise checkpoint_lib.CheckpointWriteError(
+      f'The work directory {workdir!r} cannot be written ({e}); choose a writable --workdir.'
+    ) from e
+  if config.fresh:
+    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'final_metrics.json'):
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+    logging.warning('config.fresh: removed the checkpoints and metrics in %s.', workdir)
+
+
+def write_config(config, workdir: str):
+  """The resolved config as `workdir/config.json` (process 0), with an absolute data_dir so that
+  evaluation from another folder finds the data."""
+  if jax.process_index() != 0:
+    return
+  resolved = json.loads(config.to_json_best_effort())
+  if config.data.data_dir:
+    resolved['data']['data_dir'] = os.path.abspath(os.path.expanduser(config.data.data_dir))
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(resolved, f, indent=2)
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = list(value) if isinstance(value, (list, tuple)) else value
+  return flat
+
+
+def check_compatible(config, workdir: str, checkpointer, abstract_state):
+  """Refuses to resume when the newest checkpoint's train state has other arrays or shapes than
+  this config's (`abstract_state`), naming them and the config fields that differ from the run's
+  config.json. Nothing is read but metadata, and nothing is written."""
+  saved = checkpointer.state_shapes(checkpointer.latest_step())
+  now = checkpoint_lib.tree_shapes(abstract_state)
+  differences = [
+    f'  {path}: {saved.get(path, "absent")} in the checkpoint, {now.get(path, "absent")} now'
+    for path in sorted(set(saved) | set(now))
+    if saved.get(path) != now.get(path)
+  ]
+  if not differences:
+    return
+  shown = differences[:8] + (
+    [f'  ... and {len(differences) - 8} more'] if len(differences) > 8 else []
+  )
+  fields = []
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      before = _flatten(json.loads(configs.from_dict(json.load(f)).to_json_best_effort()))
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    fields = [
+      f"  {key}: {before[key]!r} in the checkpoint's config, {current.get(key)!r} now"
+      for key in before
+      if before[key] != current.get(key)
+    ]
+  raise IncompatibleConfigError(
+    f'{workdir} holds checkpoints of a differently shaped run; refusing to resume. Arrays of the '
+    'train state (shape, dtype):\n'
+    + '\n'.join(shown)
+    + ('\nConfig fields that differ:\n' + '\n'.join(fields) if fields else '')
+    + '\nUse another --workdir, or --config.fresh=True to discard its checkpoints.'
+  )
+
+
+def restore_or_create(config, info, tx, mesh, checkpointer, data, source):
+  """(graphdef, state) from the newest checkpoint in the work directory (with the data position
+  restored), else from `config.init_from` (parameters only), else freshly initialised (with the
+  family's data-dependent initialisation from the train split `source`)."""
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    graphdef, abstract_state = steps.abstract_train_state(config, info, tx)
+    state, position = checkpointer.restore(latest, abstract_state, mesh)
+    data.restore(position)
+    logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
+    return graphdef, state
+  graphdef, state = steps.create_train_state(config, info, tx, source)
+  state = parallel.replicate(state, mesh)
+  if config.init_from:
+    initial = checkpoint_lib.Checkpointer(config.init_from, read_only=True)
+    step = initial.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+        f'config.init_from={config.init_from!r} has no checkpoint: name the work directory of a '
+        'finished run.'
+      )
+    _, abstract_state = steps.abstract_train_state(config, info, tx)
+    restored, _ = initial.restore(step, abstract_state, mesh)
+    initial.close()
+    state = state.replace(params=restored.params, model_state=restored.model_state)
+    logging.info('Initialised parameters from step %d of %s.', step, config.init_from)
+  return graphdef, state
+
+
+def restore_for_evaluation(workdir: str, config, info, mesh):
+  """(graphdef, state) of the newest checkpoint in `workdir`, placed on `mesh`."""
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise FileNotFoundError(
+      f'No checkpoint in {checkpoint_lib.directory(workdir)}: train first, or name the work '
+      'directory of a finished run.'
+    )
+  tx = optimizers.create(config, 1)
+  graphdef, abstract_state = steps.abstract_train_state(config, info, tx)
+  state, _ = checkpointer.restore(step, abstract_state, mesh)
+  checkpointer.close()
+  return graphdef, state

@@ -63,8 +63,9 @@ def base() -> ml_collections.ConfigDict:
   # multiple of K run one per dispatch, so any interval works; multiples of K are fastest.
   config.steps_per_dispatch = 1
   # True: the K steps compiled as straight-line code (the scan unrolled; compile time grows with
-  # K). False: one loop over them, compiled once. XLA:CPU ran seed_dcnn's steps inside a loop
-  # about 15x slower than unrolled (jax 0.10.2); an LSTM (already a loop over time) ran as fast.
+  # K). False: one loop over them, compiled once. XLA:CPU runs convolution steps inside a loop
+  # much slower than unrolled; an LSTM (already a loop over time) runs as fast either way
+  # (experiments/benchmarks/epoch_time.py measures it; README, "Fast paths").
   config.unroll_dispatch = True
   # Examples split across devices (the article's distributed networks): with parts > 1 the
   # devices form groups of `parts`, each group sharing its examples — a CNN's images in bands of

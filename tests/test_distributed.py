@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 
+import helpers
 import jax
 import numpy as np
 import pytest
-import tiny_data
 
 from dlearn import configs, distributed, parallel
 from dlearn import workdir as workdir_lib
@@ -22,7 +22,7 @@ EVAL_EXAMPLES = 37  # no global eval batch of 16 divides it, nor does either pro
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  return tiny_data.prepared_images(tmp_path_factory.mktemp('data'))
+  return helpers.prepared_images(tmp_path_factory.mktemp('data'))
 
 
 def _args(workdir, data_dir, steps):

@@ -5,18 +5,17 @@ import functools
 import json
 import os
 
+import helpers
 import jax
 import numpy as np
 import pytest
-import tiny_data
 
 from dlearn import bookkeeping, checkpoint, configs, optimizers, parallel, train
 from dlearn import steps as steps_lib
 from dlearn.data import on_device
 from dlearn.data.pipeline import DatasetInfo
 
-IMAGES = DatasetInfo('synthetic', 'image', (16, 16, 3), 10, tuple('abcdefghij'))
-SEQUENCES = DatasetInfo('synthetic', 'sequence', (8, 2), 3, ('x', 'y', 'z'))
+IMAGES, SEQUENCES = helpers.IMAGES, helpers.SEQUENCES
 
 
 def _config(**overrides):
@@ -37,7 +36,7 @@ def _dispatch(config, mesh, num_steps, layout=None, mapping='pmap', info=IMAGES)
     functools.partial(
       steps_lib.train_steps,
       num_steps=num_steps,
-      layout=layout,
+      draw=helpers.draw(layout) if layout is not None else None,
       unroll=config.unroll_dispatch,
       graphdef=graphdef,
       tx=tx,
@@ -51,39 +50,11 @@ def _dispatch(config, mesh, num_steps, layout=None, mapping='pmap', info=IMAGES)
   return step, parallel.replicate(state, mesh)
 
 
-def _host_batches(steps, num_devices, seed=0):
-  rng = np.random.default_rng(seed)
-  return [
-    {
-      'image': rng.integers(0, 256, (num_devices, 16 // num_devices, 16, 16, 3), np.uint8),
-      'label': rng.integers(0, 10, (num_devices, 16 // num_devices)).astype(np.int32),
-      'mask': np.ones((num_devices, 16 // num_devices), np.float32),
-    }
-    for _ in range(steps)
-  ]
-
-
-def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
-  a, b = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
-
-
-def _records(n, shape=(4, 4, 3), num_classes=5):
-  """Records that carry their index: in the label's place (`index` field) and in the pixels."""
-  rng = np.random.default_rng(n)
-  return [
-    {'image': rng.integers(0, 256, shape, np.uint8), 'label': i % num_classes, 'index': i}
-    for i in range(n)
-  ]
-
-
 # ---- several steps per dispatch ----------------------------------------------------------------
 @pytest.mark.parametrize('unroll', [True, False])
 def test_k_steps_in_one_dispatch_equal_k_single_dispatches(unroll):
   config, mesh, k = _config(unroll_dispatch=unroll), parallel.make_mesh(), 3
-  batches = _host_batches(k, 8)
+  batches = helpers.image_batches(k, 8)
   single, state = _dispatch(config, mesh, 1)
   single_sums = []
   for batch in batches:
@@ -96,8 +67,8 @@ def test_k_steps_in_one_dispatch_equal_k_single_dispatches(unroll):
 
   assert int(scanned.step) == int(state.step) == k
   # XLA compiles the scan's body apart from the single step: float32 rounding may differ.
-  _assert_trees_close(state.params, scanned.params)
-  _assert_trees_close(state.opt_state, scanned.opt_state)
+  helpers.assert_trees_close(state.params, scanned.params)
+  helpers.assert_trees_close(state.opt_state, scanned.opt_state)
   assert sums['count'] == k * 16 and sums['nonfinite'] == 0 and sums['first_nonfinite_step'] == 0
   np.testing.assert_allclose(sums['loss_sum'], sum(s['loss_sum'] for s in single_sums), rtol=1e-5)
   assert sums['correct'] == sum(s['correct'] for s in single_sums)
@@ -127,7 +98,7 @@ def test_every_example_of_a_shard_is_drawn_once_per_epoch():
   mesh = parallel.make_mesh()
   layout = on_device.Layout(num_examples=101, num_devices=8, per_device_batch=4)
   assert (layout.shard_size, layout.dropped, layout.steps_per_epoch) == (12, 5, 3)
-  records = _records(101)
+  records = helpers.image_records(101)
   info = DatasetInfo('synthetic', 'image', (4, 4, 3), 5, tuple('abcde'))
   data = on_device.load(records, info, layout, mesh, seed=0)
   assert data['image'].shape == (8, 12, 4, 4, 3) and data['image'].dtype == np.uint8
@@ -164,14 +135,6 @@ def test_every_example_of_a_shard_is_drawn_once_per_epoch():
     assert epochs[0][device] != epochs[1][device]  # a new order each epoch
 
 
-def _sequence_records(n):
-  rng = np.random.default_rng(0)
-  return [
-    {'sequence': rng.normal(size=(int(rng.integers(3, 9)), 2)).astype(np.float32), 'label': i % 3}
-    for i in range(n)
-  ]
-
-
 def test_the_shuffle_is_a_permutation_of_any_size():
   permute = jax.jit(on_device.permuted, static_argnums=2)
   for size in (1, 2, 3, 13, 64, 100, 45000):
@@ -194,11 +157,16 @@ def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(mod
   layout = on_device.Layout(num_examples=200, num_devices=8, per_device_batch=2)
   if model == 'rnn':
     info = SEQUENCES
-    data = on_device.load(_sequence_records(200), info, layout, mesh, seed=0)
-    assert set(data) == {'sequence', 'length', 'label'} and data['sequence'].shape == (8, 25, 8, 2)
+    data = on_device.load(helpers.sequence_records(200), info, layout, mesh, seed=0)
+    assert set(data) == {'sequence', 'length', 'label', 'index'} and data['sequence'].shape == (
+      8,
+      25,
+      8,
+      2,
+    )
   else:
     info = IMAGES
-    data = on_device.load(_records(200, (16, 16, 3), 10), info, layout, mesh, seed=0)
+    data = on_device.load(helpers.image_records(200, (16, 16, 3), 10), info, layout, mesh, seed=0)
   results = {}
   for mapping, k in (('pmap', 2), ('shard_map', 2), ('pmap', 1)):
     step, state = _dispatch(config, mesh, k, layout, mapping, info)
@@ -208,10 +176,10 @@ def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(mod
         state, sums = step(state, data)
     assert int(state.step) == 4
     results[mapping, k] = state
-  _assert_trees_close(
+  helpers.assert_trees_close(
     results['pmap', 2].params, results['shard_map', 2].params, rtol=1e-6, atol=1e-7
   )
-  _assert_trees_close(results['pmap', 2].params, results['pmap', 1].params)
+  helpers.assert_trees_close(results['pmap', 2].params, results['pmap', 1].params)
 
 
 def test_on_device_data_with_examples_split_over_devices():
@@ -219,7 +187,7 @@ def test_on_device_data_with_examples_split_over_devices():
   # train what 4 devices with whole images do.
   config = _config(mapping='shard_map')
   layout = on_device.Layout(num_examples=120, num_devices=4, per_device_batch=4)
-  records = _records(120, (16, 16, 3), 10)
+  records = helpers.image_records(120, (16, 16, 3), 10)
   results = []
   for devices, parts in ((4, 1), (8, 2)):
     config.partition.parts = parts
@@ -230,13 +198,13 @@ def test_on_device_data_with_examples_split_over_devices():
     for _ in range(2):
       state, _ = step(state, data)
     results.append(state)
-  _assert_trees_close(results[0].params, results[1].params)
+  helpers.assert_trees_close(results[0].params, results[1].params)
 
 
 # ---- through train_and_evaluate ------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  return tiny_data.prepared_images(tmp_path_factory.mktemp('data'))  # 108 train, 12 validation
+  return helpers.prepared_images(tmp_path_factory.mktemp('data'))  # 108 train, 12 validation
 
 
 def _loop_config(data_dir, **overrides):

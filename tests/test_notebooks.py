@@ -3,9 +3,9 @@
 import glob
 import os
 
+import helpers
 import nbformat
 import pytest
-import tiny_data
 from nbclient import NotebookClient
 
 from dlearn import configs, train
@@ -18,7 +18,7 @@ NOTEBOOKS = os.path.join(os.path.dirname(__file__), '..', 'notebooks')
 def small_runs(tmp_path_factory):
   """A prepared image and sequence dataset, and a short training run on each."""
   root = tmp_path_factory.mktemp('notebooks')
-  data_dir = tiny_data.prepared_images(root, name='tiny_images', per_class=20)
+  data_dir = helpers.prepared_images(root, name='tiny_images', per_class=20)
   lines = [
     f'{",".join(["1"] * (2 + i % 4))}:{",".join([str(i % 3)] * (2 + i % 4))}:{"abc"[i % 3]}'
     for i in range(60)

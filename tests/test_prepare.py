@@ -3,10 +3,10 @@
 import os
 import tarfile
 
+import helpers
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-import tiny_data
 
 from dlearn import configs, train
 from dlearn.data import dataset_writer, image_folder, pipeline, ts_format
@@ -27,7 +27,7 @@ def _read_all(name, split, data_dir):
 
 @pytest.mark.parametrize('as_archive', [False, True])
 def test_image_folder_becomes_a_dataset(tmp_path, as_archive):
-  folder = tiny_data.image_folder(tmp_path / 'images')
+  folder = helpers.image_folder(tmp_path / 'images')
   path = _tar(folder, tmp_path / 'images.tar.gz') if as_archive else folder
   data_dir = str(tmp_path / 'tfds')
   dataset_writer.write_dataset('pets', {'train': path}, data_dir, validation_fraction=0.2)
@@ -42,7 +42,7 @@ def test_image_folder_becomes_a_dataset(tmp_path, as_archive):
 
 
 def test_image_size_resizes_every_image(tmp_path):
-  folder = tiny_data.image_folder(tmp_path / 'images')
+  folder = helpers.image_folder(tmp_path / 'images')
   dataset_writer.write_dataset('pets', {'train': folder}, str(tmp_path / 'tfds'), image_size=(4, 4))
   _, records = _read_all('pets', 'train', str(tmp_path / 'tfds'))
   assert {r['image'].shape for r in records} == {(4, 4, 3)}
@@ -116,7 +116,7 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
   config = configs.base()
   if kind == 'image':
     dataset_writer.write_dataset(
-      'pets', {'train': tiny_data.image_folder(tmp_path / 'images', per_class=10)}, data_dir
+      'pets', {'train': helpers.image_folder(tmp_path / 'images', per_class=10)}, data_dir
     )
     config.data.name, config.model = 'pets', 'seed_dcnn'
   else:
@@ -143,7 +143,7 @@ def _assert_fails_cleanly(tmp_path, paths, error, match):
 
 
 def test_corrupt_image_names_the_file(tmp_path):
-  folder = tiny_data.image_folder(tmp_path / 'images')
+  folder = helpers.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'dog', '002.jpg'), 'wb') as f:
     f.write(b'not a jpeg at all')
   _assert_fails_cleanly(
@@ -155,9 +155,9 @@ def test_corrupt_image_names_the_file(tmp_path):
 
 
 def test_archive_layout_must_be_split_class_image(tmp_path):
-  folder = tiny_data.image_folder(tmp_path / 'images')
+  folder = helpers.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'stray.jpg'), 'wb') as f:
-    f.write(tiny_data.image_bytes(0, '.jpg'))
+    f.write(helpers.image_bytes(0, '.jpg'))
   archive = _tar(folder, tmp_path / 'images.tar.gz')
   _assert_fails_cleanly(
     tmp_path,
@@ -168,9 +168,9 @@ def test_archive_layout_must_be_split_class_image(tmp_path):
 
 
 def test_images_of_different_sizes_ask_for_image_size(tmp_path):
-  folder = tiny_data.image_folder(tmp_path / 'images')
+  folder = helpers.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'dog', '004.jpg'), 'wb') as f:
-    f.write(tiny_data.image_bytes(0, '.jpg', size=(9, 9)))
+    f.write(helpers.image_bytes(0, '.jpg', size=(9, 9)))
   _assert_fails_cleanly(
     tmp_path, {'train': folder}, image_folder.ImageFolderError, r'004.jpg is 9x9.*--image_size'
   )

@@ -3,15 +3,15 @@ and under shard_map, and BatchNorm statistics end identical on every device."""
 
 import functools
 
+import helpers
 import jax
 import numpy as np
 import pytest
 
 from dlearn import configs, optimizers, parallel, train
 from dlearn import steps as steps_lib
-from dlearn.data.pipeline import DatasetInfo
 
-IMAGES = DatasetInfo('synthetic', 'image', (16, 16, 3), 10, tuple('abcdefghij'))
+IMAGES = helpers.IMAGES
 GLOBAL_BATCH = 16
 
 
@@ -26,17 +26,6 @@ def _config(model):
   return config
 
 
-def _batches(steps, num_devices, seed=0):
-  rng = np.random.default_rng(seed)
-  for _ in range(steps):
-    batch = {
-      'image': rng.integers(0, 256, (GLOBAL_BATCH, 16, 16, 3), dtype=np.uint8),
-      'label': rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32),
-      'mask': np.ones(GLOBAL_BATCH, np.float32),
-    }
-    yield {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
-
-
 def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
   config = config or _config(model)
   mesh = parallel.make_mesh(jax.devices()[:num_devices], parts)
@@ -49,22 +38,17 @@ def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
     donate_state=True,
   )
   state = parallel.replicate(state, mesh)
-  for batch in _batches(steps, num_devices // parts):
+  for batch in helpers.image_batches(steps, num_devices // parts, GLOBAL_BATCH):
     state, sums = step(state, parallel.to_global(batch, mesh))
   return state, jax.device_get(sums)
-
-
-def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
-  for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize('model', ['seed_dcnn', 'resnet', 'rnn'])
 def test_one_and_eight_devices_give_the_same_parameters(model):
   one, one_sums = _train(model, 1)
   eight, eight_sums = _train(model, 8)
-  _assert_trees_close(one.params, eight.params)
-  _assert_trees_close(one.model_state, eight.model_state)
+  helpers.assert_trees_close(one.params, eight.params)
+  helpers.assert_trees_close(one.model_state, eight.model_state)
   assert one_sums['count'] == eight_sums['count'] == GLOBAL_BATCH
   np.testing.assert_allclose(one_sums['loss_sum'], eight_sums['loss_sum'], rtol=1e-5)
 
@@ -83,8 +67,10 @@ def test_training_changes_the_parameters():
 def test_pmap_and_shard_map_give_the_same_parameters(model):
   with_pmap, _ = _train(model, 8, 'pmap')
   with_shard_map, _ = _train(model, 8, 'shard_map')
-  _assert_trees_close(with_pmap.params, with_shard_map.params, rtol=1e-6, atol=1e-7)
-  _assert_trees_close(with_pmap.model_state, with_shard_map.model_state, rtol=1e-6, atol=1e-7)
+  helpers.assert_trees_close(with_pmap.params, with_shard_map.params, rtol=1e-6, atol=1e-7)
+  helpers.assert_trees_close(
+    with_pmap.model_state, with_shard_map.model_state, rtol=1e-6, atol=1e-7
+  )
 
 
 @pytest.mark.parametrize('mapping', parallel.MAPPINGS)
@@ -99,7 +85,7 @@ def test_batchnorm_statistics_are_identical_on_every_device(mapping):
       np.testing.assert_array_equal(shard, shards[0])
   # ...and they are the statistics of the whole global batch, as on one device.
   one, _ = _train('resnet', 1, mapping, steps=2)
-  _assert_trees_close(one.model_state, state.model_state)
+  helpers.assert_trees_close(one.model_state, state.model_state)
 
 
 def test_a_batch_the_devices_do_not_divide_fails_before_any_work(tmp_path):
@@ -141,8 +127,8 @@ def test_examples_split_over_devices_train_as_data_parallel_groups(model, parts,
   config.partition.parts, config.partition.micro_batches = parts, micro_batches
   train.check_partition(config, IMAGES, parallel.make_mesh(jax.devices(), parts))
   split, split_sums = _train(model, 8, 'shard_map', config=config, parts=parts)
-  _assert_trees_close(split.params, plain.params, rtol=1e-4, atol=1e-5)
-  _assert_trees_close(split.model_state, plain.model_state, rtol=1e-4, atol=1e-5)
+  helpers.assert_trees_close(split.params, plain.params, rtol=1e-4, atol=1e-5)
+  helpers.assert_trees_close(split.model_state, plain.model_state, rtol=1e-4, atol=1e-5)
   assert split_sums['count'] == plain_sums['count'] == GLOBAL_BATCH
   np.testing.assert_allclose(split_sums['loss_sum'], plain_sums['loss_sum'], rtol=1e-5)
 

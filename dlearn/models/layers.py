@@ -1,7 +1,7 @@
 """Layers that XLA's CPU backend runs faster when written differently; the same numbers either way.
 
-Measured with experiments/benchmarks/suite.py (README, 'plain layers' rows): together they make
-seed_dcnn's CPU step 1.2x faster at batch 32 and 1.9x at batch 1024.
+experiments/benchmarks/suite.py measures both against XLA's own (`config.plain_layers`; the
+README's 'plain layers' column).
 
 Max pooling: XLA differentiates `reduce_window` max with `select_and_scatter`, which is slow on a
 CPU; a non-overlapping 2x2 window is a reshape and a max, whose gradient is a cheap comparison.
@@ -9,10 +9,10 @@ CPU; a non-overlapping 2x2 window is a reshape and a max, whose gradient is a ch
 Convolution:
 
 On a CPU, XLA computes a convolution's kernel gradient with a generic convolution that runs at a
-small fraction of the machine's matmul speed (seed_dcnn at batch 256: 200 ms of a 370 ms step in the
-second layer's kernel gradient alone). Written as one matmul per kernel offset, over the input
-shifted by that offset, the same gradient takes half the time, for inputs of up to 32 channels
-(wider ones, ResNet-18's, ran slower that way, so they keep XLA's). Other backends (cuDNN on a GPU) and
+small fraction of the machine's matmul speed (in seed_dcnn, the second layer's kernel gradient
+dominates the step). Written as one matmul per kernel offset, over the input shifted by that
+offset, the same gradient is faster for inputs of up to NARROW_INPUT_CHANNELS channels (wider
+ones, ResNet-18's, ran slower that way, so they keep XLA's). Other backends (cuDNN on a GPU) and
 other convolution kinds (dilated, grouped) keep XLA's own gradient.
 """
 

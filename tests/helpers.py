@@ -1,0 +1,97 @@
+"""What many tests share: tiny dataset descriptions, synthetic batches and records, tree
+comparison, and small real datasets (image folders, prepared tfds datasets)."""
+
+import io
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+
+from dlearn.data import dataset_writer, on_device
+from dlearn.data.pipeline import DatasetInfo
+
+IMAGES = DatasetInfo('synthetic', 'image', (16, 16, 3), 10, tuple('abcdefghij'))
+SEQUENCES = DatasetInfo('synthetic', 'sequence', (8, 2), 3, ('x', 'y', 'z'))
+
+
+def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+  a, b = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def image_batches(steps, num_devices, global_batch=16, seed=0):
+  """`steps` random global batches of IMAGES, each [num_devices, global_batch / num_devices, ...];
+  the same examples for any `num_devices`."""
+  rng = np.random.default_rng(seed)
+  per_device = (num_devices, global_batch // num_devices)
+  return [
+    {
+      'image': rng.integers(0, 256, (*per_device, *IMAGES.example_shape), np.uint8),
+      'label': rng.integers(0, IMAGES.num_classes, per_device).astype(np.int32),
+      'mask': np.ones(per_device, np.float32),
+    }
+    for _ in range(steps)
+  ]
+
+
+def image_records(n, shape=(4, 4, 3), num_classes=5):
+  """Records that carry their index: in the label's place (`index` field) and in the pixels."""
+  rng = np.random.default_rng(n)
+  return [
+    {'image': rng.integers(0, 256, shape, np.uint8), 'label': i % num_classes, 'index': i}
+    for i in range(n)
+  ]
+
+
+def sequence_records(n):
+  rng = np.random.default_rng(0)
+  return [
+    {'sequence': rng.normal(size=(int(rng.integers(3, 9)), 2)).astype(np.float32), 'label': i % 3}
+    for i in range(n)
+  ]
+
+
+def draw(layout):
+  """The per-step batch function of on-device data with `layout` (as the trainer passes it)."""
+  return lambda shard, state: on_device.draw(shard, state.rng, state.step, layout)
+
+
+def image_bytes(value, suffix, size=(6, 5)):
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((*size, 3), value, np.uint8)).save(
+    buffer, format='PNG' if suffix == '.png' else 'JPEG', quality=100
+  )
+  return buffer.getvalue()
+
+
+def image_folder(
+  root, classes=('dog', 'cat'), per_class=5, split='train', size=(6, 5), noise=False
+):
+  """<root>/<split>/<class>/<i>.png|.jpg; every image's pixels hold its class's sorted index
+  (plus, with `noise`, random pixels so that a model has something to learn from)."""
+  rng = np.random.default_rng(0)
+  for index, name in enumerate(sorted(classes)):
+    os.makedirs(os.path.join(root, split, name))
+    for i in range(per_class):
+      suffix = '.png' if i % 2 else '.jpg'
+      path = os.path.join(root, split, name, f'{i:03d}{suffix}')
+      if noise:
+        pixels = np.clip(rng.normal(40 + 100 * index, 40, (*size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path, format='PNG' if suffix == '.png' else 'JPEG')
+      else:
+        with open(path, 'wb') as f:
+          f.write(image_bytes(40 + 100 * index, suffix, size))
+  return str(root)
+
+
+def prepared_images(tmp_path, name='toy_images', per_class=40, size=(8, 8)) -> str:
+  """A prepared image dataset (train + validation) in tmp_path/tfds; returns that data_dir."""
+  folder = image_folder(
+    tmp_path / 'images', classes=('a', 'b', 'c'), per_class=per_class, size=size, noise=True
+  )
+  data_dir = str(tmp_path / 'tfds')
+  dataset_writer.write_dataset(name, {'train': folder}, data_dir)
+  return data_dir

@@ -268,3 +268,32 @@ def test_forward_shape_dirac_init_and_batch_norm():
   np.testing.assert_allclose(norm.mean[...], 0.4 * batch.mean(axis=(0, 1, 2)), rtol=1e-5)
   np.testing.assert_allclose(norm.var[...], 0.6 + 0.4 * batch.var(axis=(0, 1, 2)), rtol=1e-5)
   assert norm.epsilon == 1e-12
+
+
+def test_batch_norm_statistics_synchronised_over_the_axis():
+  """With `axis_name`, two halves of a batch mapped over the axis train like the whole batch."""
+  x = jnp.asarray(np.random.default_rng(12).normal(size=(8, 32, 32, 3)), jnp.float32)
+  whole = FastCNN(10, (32, 32, 3), rngs=nnx.Rngs(0), widths=SMALL)
+  synced = FastCNN(10, (32, 32, 3), rngs=nnx.Rngs(0), widths=SMALL, axis_name='batch')
+  graphdef, state = nnx.split(synced)
+
+  def halves(state, x):
+    model = nnx.merge(graphdef, state)
+    logits = model(x, train=True)
+    return logits, nnx.state(model, nnx.BatchStat)
+
+  logits, stats = jax.vmap(halves, in_axes=(None, 0), out_axes=(0, None), axis_name='batch')(
+    state, x.reshape(2, 4, 32, 32, 3)
+  )
+  np.testing.assert_allclose(logits.reshape(8, 10), whole(x, train=True), atol=1e-5)
+  np.testing.assert_allclose(
+    stats['groups'][2]['norm2']['var'][...], whole.groups[2].norm2.var[...], rtol=1e-4
+  )
+
+
+def test_bfloat16_computation():
+  model = FastCNN(10, (32, 32, 3), rngs=nnx.Rngs(0), widths=SMALL, dtype=jnp.bfloat16)
+  x = jnp.asarray(np.random.default_rng(13).normal(size=(2, 32, 32, 3)), jnp.float32)
+  logits = model(x, train=True)
+  assert logits.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(logits)))
+  assert model.head.kernel[...].dtype == jnp.float32  # parameters stay float32

@@ -47,11 +47,12 @@ def dispatch_plan(
 
 
 class Timing:
-  """Wall-clock seconds of a run's phases: the first dispatch (compilation included), the steps
-  after it, evaluations, and loading data onto the devices."""
+  """Wall-clock seconds of a run's phases: the first dispatch (its compilation included), the
+  steps after it, compilation, evaluations, and loading data onto the devices."""
 
   def __init__(self):
     self.first_dispatch_seconds = self.eval_seconds = self.data_load_seconds = 0.0
+    self.compile_seconds = 0.0
     self.first_dispatch_steps = 0
     self._start = time.perf_counter()
 
@@ -62,6 +63,10 @@ class Timing:
     yield
     name = f'{phase}_seconds'
     setattr(self, name, getattr(self, name) + time.perf_counter() - start)
+
+  def start(self):
+    """Starts the clock of the first dispatch (its compilation included)."""
+    self._start = time.perf_counter()
 
   def first_dispatch_done(self, state, num_steps: int):
     """Waits for the first dispatch and starts the clock of the steps after it."""
@@ -82,6 +87,7 @@ class Timing:
       'first_dispatch_steps': self.first_dispatch_steps,
       'steps_after_first_dispatch': max(steps_run - self.first_dispatch_steps, 0),
       'first_dispatch_seconds': self.first_dispatch_seconds,
+      'compile_seconds': self.compile_seconds,
       'eval_seconds': self.eval_seconds,
       'data_load_seconds': self.data_load_seconds,
     }

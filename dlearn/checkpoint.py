@@ -159,6 +159,16 @@ class StopSignals:
       '%s received: saving a checkpoint at the next step boundary, then stopping.', self.received
     )
 
+  def stop_reason(self, checkpointer: Checkpointer, dispatch: int) -> str | None:
+    """Why the loop should stop after this dispatch: the signal received, or 'preemption' at
+    JAX's sync point in a multi-process job (it counts calls, which every process makes once per
+    dispatch); None to go on."""
+    if self.received:
+      return self.received
+    if jax.process_count() > 1 and checkpointer.reached_preemption(dispatch):
+      return 'preemption'
+    return None
+
   def restore(self):
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)

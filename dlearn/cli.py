@@ -4,6 +4,7 @@ that names the flag, file or config field and what to do, with no traceback."""
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from collections.abc import Callable
@@ -37,20 +38,54 @@ def fail(message) -> None:
   sys.exit(f'error: {str(message).strip()}')
 
 
+def _last_line(text: str) -> str:
+  """The last non-empty line: the error itself where a message embeds a traceback."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else str(text)
+
+
 def _flag_error(error: Exception, argv: list[str]) -> str:
   """A flag parsing failure in the user's words: config overrides name their field."""
-  text = str(error).strip().strip('\'"').replace('\\n', ' ').replace("\\'", "'")
-  text = re.sub(r'\s+', ' ', text)
-  if isinstance(error, (AttributeError, KeyError)):
+  if isinstance(error, (AttributeError, KeyError)):  # ml_collections: no such config field
+    text = re.sub(r'\s+', ' ', str(error).replace('\\n', ' ').replace("\\'", "'"))
     field = text.split("'")[1] if text.count("'") >= 2 else text
     overrides = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
     where = overrides[0].split('=')[0] if overrides else f'--config.{field}'
-    hint = text[text.find('Did you mean') :] if 'Did you mean' in text else ''
+    hint = text[text.find('Did you mean') :].rstrip('\'"') if 'Did you mean' in text else ''
     return (
       f'{where}: the config has no field {field!r}. {hint} The fields are those of the config '
       'file and dlearn/configs.py:base().'
     ).replace('  ', ' ')
-  return f'{text} (--help lists the flags).'
+  message = str(error)
+  if 'Traceback' in message:  # a config file that raised: its own error, without the traceback
+    flag = message.split(':', 1)[0]
+    return f'{flag}: {_last_line(message)}'
+  return f'{message.strip()} (--help lists the flags)'
+
+
+def config_or_fail(config_flag_value, argv: list[str]):
+  """The --config flag's config, or one error line when its file could not be loaded (which
+  ml_collections reports only when the config is first used)."""
+  try:
+    config_flag_value.model  # noqa: B018  (a config that failed to load raises on any access)
+  except OSError as e:
+    given = next((a for a in argv if a.startswith('--config=')), '--config')
+    fail(f'{given}: the config file could not be loaded: {_last_line(e)}')
+  return config_flag_value
+
+
+def field_values(items: list[str], flag: str) -> dict:
+  """['a.b=1', 'c=x'] → {'a.b': 1, 'c': 'x'} (Python literals where they parse, else text)."""
+  values = {}
+  for item in items:
+    field, equals, text = item.partition('=')
+    if not equals or not field:
+      raise ValueError(f'{flag}={item}: write FIELD=VALUE, e.g. {flag}=fast_cnn.tta_level=0.')
+    try:
+      values[field] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      values[field] = text
+  return values
 
 
 def run(main: Callable, define_flags: Callable[[], None]) -> None:

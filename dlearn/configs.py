@@ -31,6 +31,26 @@ def base() -> ml_collections.ConfigDict:
       'implementation': 'scan',
     }
   )
+  # The fast CIFAR-10 recipe (airbench94; experiments/configs/fast_cifar10.py, dlearn/models/
+  # fast_cnn.py and its optimizer 'fast_cnn' in dlearn/optimizers.py).
+  config.fast_cnn = ml_collections.ConfigDict(
+    {
+      'widths': (64, 256, 256),
+      'sync_batch_norm': True,  # False: each device's own statistics (250 images at 2000 on 8)
+      'translate': 2,  # pixels, with reflected edges
+      'whitening_images': 5000,  # the first training images, for the whitening layer
+      'whitening_eps': 5e-4,
+      'tta_level': 2,  # evaluation: 0 none, 1 flip, 2 flip and 1-pixel translations
+      'whitening_bias_epochs': 3,  # the whitening bias trains for these first epochs only
+      'filter_lr': 0.24,  # Muon, for the convolution filters
+      'filter_momentum': 0.6,
+      'bias_lr': 0.053,  # Nesterov SGD for the BatchNorm and whitening biases
+      'head_lr': 0.67,  # ... and for the head
+      'sgd_momentum': 0.85,
+      'weight_decay': 2e-6,  # per example of the batch (the reference's 2e-6 x batch size)
+      'muon_dtype': 'float32',  # of the Newton-Schulz iteration; the reference uses bfloat16
+    }
+  )
   # unroll: time steps per loop iteration of the scan (speed only). implementation: 'scan', or
   # 'cudnn' for float32 LSTMs on a GPU (JAX's cuDNN kernel; same parameters, same results).
 
@@ -154,3 +174,21 @@ def load(workdir: str) -> ml_collections.ConfigDict:
     )
   with open(path) as f:
     return from_dict(json.load(f))
+
+
+def override(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Sets {'section.field': value} in `config`; a field it does not have is a ValueError."""
+  for path, value in values.items():
+    *sections, name = path.split('.')
+    parent = config
+    for section in sections:
+      parent = parent.get(section) if isinstance(parent, ml_collections.ConfigDict) else None
+    if not isinstance(parent, ml_collections.ConfigDict) or name not in parent:
+      raise ValueError(
+        f'The config has no field {path!r}: the fields are those of dlearn/configs.py:base().'
+      )
+    try:
+      parent[name] = value
+    except TypeError as e:
+      raise ValueError(f'Config field {path!r} cannot take {value!r}: {e}') from e
+  return config

@@ -24,6 +24,12 @@ def define_flags():
   )
   flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: the one trained with).')
   flags.DEFINE_bool('png', True, 'Also write the confusion matrix as a PNG.')
+  flags.DEFINE_multi_string(
+    'set',
+    [],
+    "FIELD=VALUE: change a field of the run's config for this evaluation, e.g. "
+    '--set=fast_cnn.tta_level=0 (no test-time augmentation) or --set=eval_batch_size=256.',
+  )
 
 
 def main(argv):
@@ -31,8 +37,9 @@ def main(argv):
     cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
   metrics.quiet_library_logs()
   try:
+    overrides = cli.field_values(FLAGS.set, '--set')
     summary, _, _, path = evaluation.evaluate_workdir(
-      FLAGS.workdir, FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.png
+      FLAGS.workdir, FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.png, overrides
     )
   except cli.USER_ERRORS as e:
     cli.fail(e)

@@ -47,8 +47,8 @@ def map_eval_step(graphdef, config, info, mesh):
   )
 
 
-def _restore(run_dir, dataset, split, data_dir, mesh):
-  config = configs.load(run_dir)
+def _restore(run_dir, dataset, split, data_dir, mesh, overrides=None):
+  config = configs.override(configs.load(run_dir), overrides or {})
   # A run that split examples over devices has the same parameters as an unsplit one.
   config.partition.parts = parallel.parts(mesh)
   dataset = dataset or config.data.name
@@ -65,14 +65,17 @@ def evaluate_workdir(
   split: str | None = None,
   data_dir: str | None = None,
   png: bool = False,
+  overrides: dict | None = None,
 ):
   """(metrics, confusion matrix, class names, CSV path) of the newest checkpoint in `run_dir`
-  on every device; with `png`, the confusion matrix also as a picture beside the CSV."""
-  config = configs.load(run_dir)
+  on every device; with `png`, the confusion matrix also as a picture beside the CSV.
+  `overrides` {'field.name': value} change the run's config for this evaluation (e.g.
+  {'fast_cnn.tta_level': 0}); a field that changes the state's shapes cannot be restored."""
+  config = configs.override(configs.load(run_dir), overrides or {})
   mesh = parallel.make_mesh(parts=config.partition.parts)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   config, source, info, graphdef, state, dataset, split = _restore(
-    run_dir, dataset, split, data_dir, mesh
+    run_dir, dataset, split, data_dir, mesh, overrides
   )
   summary, confusion = evaluate_split(
     map_eval_step(graphdef, config, info, mesh), state, source, info, config, mesh

@@ -42,13 +42,14 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
+  config = cli.config_or_fail(FLAGS.config, sys.argv)
   metrics.quiet_library_logs()
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
-  logging.info('Config:\n%s', FLAGS.config)
+  logging.info('Config:\n%s', config)
   try:
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = train.train_and_evaluate(config, FLAGS.workdir)
   except cli.USER_ERRORS as e:  # the messages say what is wrong and what to do
     logging.error('%s', e)
     cli.fail(e)

@@ -42,13 +42,15 @@ def define_flags():
     0.1,
     'Without --validation: the last fraction of each '
     'class of train (in file order) becomes the validation split; 0 for none.',
+    lower_bound=0.0,
+    upper_bound=0.9,
   )
   flags.DEFINE_list(
     'image_size',
     None,
     'Images: H,W to resize every image to (default: keep; all images must then have one size).',
   )
-  flags.DEFINE_integer('channels', 3, 'Images: 3 (RGB) or 1 (grey).')
+  flags.DEFINE_enum('channels', '3', ['1', '3'], 'Images: 3 (RGB) or 1 (grey).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing dataset of this name.')
 
 
@@ -70,13 +72,18 @@ def main(argv):
       raise ValueError
   except ValueError:
     cli.fail(f'--image_size={",".join(FLAGS.image_size)}: give two positive whole numbers H,W.')
+  data_dir = os.path.expanduser(FLAGS.data_dir)
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+  except OSError as e:
+    cli.fail(f'--data_dir={FLAGS.data_dir}: cannot be created ({e}); choose a writable folder.')
   try:
     target = dataset_writer.write_dataset(
       FLAGS.name,
       paths,
-      os.path.expanduser(FLAGS.data_dir),
+      data_dir,
       validation_fraction=FLAGS.validation_fraction,
-      channels=FLAGS.channels,
+      channels=int(FLAGS.channels),
       image_size=size,
       overwrite=FLAGS.overwrite,
     )

@@ -54,19 +54,28 @@ def _check_run_settings(config):
       f'Unknown config.loss_reduction {config.loss_reduction!r}: one of '
       f'{steps_lib.LOSS_REDUCTIONS}.'
     )
+  if config.best_checkpoint_metric not in ('', 'eval/accuracy', 'eval/loss'):
+    raise ValueError(
+      f'Unknown config.best_checkpoint_metric {config.best_checkpoint_metric!r}: '
+      "'eval/accuracy' (the highest is kept), 'eval/loss' (the lowest), or '' for none."
+    )
   models.family_of(config)  # an unknown model, before anything is read
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` on every device, evaluating every epoch and at the end; writes the resolved
-  config, metrics.jsonl, TensorBoard files and checkpoints to `workdir`, and resumes from the
-  newest checkpoint there. Returns the final metrics and state; `preempted` is set when a signal
-  stopped the run after a checkpoint."""
-  # ---------------------------------------------------------------------------------------------
-  # Devices: the mesh, and the batch sizes checked before any data is read or anything compiled.
-  # ---------------------------------------------------------------------------------------------
-  _check_run_settings(config)
-  mesh = parallel.make_mesh(parts=config.partition.parts)
+def check_data(config, info):
+  """Refuses, before anything is compiled, settings that do not fit the dataset."""
+  if info.kind == 'image':
+    channels = info.example_shape[-1]
+    for field in ('mean', 'std'):
+      if len(config.data[field]) != channels:
+        raise ValueError(
+          f'config.data.{field} has {len(config.data[field])} values for images of {channels} '
+          f'channels ({info.name!r}): give one per channel.'
+        )
+
+
+def _check_batches(config, mesh):
+  """Both global batch sizes divide over the devices (else a clear error, before any work)."""
   parallel.per_device_batch_size(config.batch_size, mesh)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   logging.info(
@@ -81,6 +90,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else '',
   )
 
+
+def _dispatch_functions(config, mesh, data, tx, graphdef, info, timing):
+  """(num_steps, state, inputs) → the compiled function of one dispatch of that many train steps
+  (K, and 1 for the steps before a boundary K does not reach). Each is compiled ahead of its first
+  call (timed as 'compile'), so that no dispatch's time includes compilation."""
+  compiled = {}
+
+  def dispatch_function(num_steps, state, inputs):
+    if num_steps not in compiled:
+      body = functools.partial(
+        steps_lib.train_steps,
+        num_steps=num_steps,
+        draw=data.draw,
+        unroll=config.unroll_dispatch,
+        tx=tx,
+        graphdef=graphdef,
+        config=config,
+        info=info,
+        steps_per_epoch=data.steps_per_epoch,
+      )
+      mapped = parallel.map_over_devices(body, mesh, config.mapping, donate_state=True)
+      with timing.timed('compile'):
+        compiled[num_steps] = mapped.lower(state, inputs).compile()
+    return compiled[num_steps]
+
+  return dispatch_function
+
+
+def _evaluate(eval_step, state, step, source, info, config, mesh, timing):
+  with timing.timed('eval'):
+    summary, _ = evaluation.evaluate_split(eval_step, state, source, info, config, mesh)
+  logging.info(
+    'eval at step %d: loss %.4f  accuracy %.4f  (%d examples)',
+    step,
+    summary['loss'],
+    summary['accuracy'],
+    summary['count'],
+  )
+  return summary
+
+
+def _write_final(result, config, workdir):
+  """final_metrics.json and (config.write_plots) curves.png, by process 0."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+    json.dump(result, f, indent=2)
+  if config.write_plots:
+    from dlearn import plots  # matplotlib only when asked for
+
+    plots.plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` on every device, evaluating every epoch and at the end; writes the resolved
+  config, metrics.jsonl, TensorBoard files and checkpoints to `workdir`, and resumes from the
+  newest checkpoint there. Returns the final metrics and state; `preempted` is set when a signal
+  stopped the run after a checkpoint."""
+  # ---------------------------------------------------------------------------------------------
+  # Devices: the mesh, and the batch sizes checked before any data is read or anything compiled.
+  # ---------------------------------------------------------------------------------------------
+  _check_run_settings(config)
+  mesh = parallel.make_mesh(parts=config.partition.parts)
+  _check_batches(config, mesh)
+
   # ---------------------------------------------------------------------------------------------
   # Input: the splits, the model's checks against them, the training data's steps per epoch.
   # ---------------------------------------------------------------------------------------------
@@ -90,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   eval_source = pipeline.load_split(config.data.name, config.data.eval_split, config.data.data_dir)
   info = pipeline.dataset_info(train_source, config.data.name, config.data.max_length)
+  check_data(config, info)
   check_partition(config, info, mesh)
   data = train_data.create(config, train_source, info, mesh)
   total_steps = bookkeeping.total_steps(config, data.steps_per_epoch)
@@ -100,70 +175,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Model and state: the newest checkpoint in workdir (if it fits this config), or a fresh start.
   # ---------------------------------------------------------------------------------------------
   tx = optimizers.create(config, total_steps, data.steps_per_epoch)
-  checkpointer = checkpoint.Checkpointer(
-    workdir,
-    max_to_keep=config.max_checkpoints_to_keep,
-    best_metric=config.best_checkpoint_metric or None,
-  )
-  if checkpointer.latest_step() is not None:
-    _, abstract_state = steps_lib.abstract_train_state(config, info, tx)
-    workdir_lib.check_compatible(config, workdir, checkpointer, abstract_state)
+  checkpointer = workdir_lib.checkpointer(config, workdir, info, tx)
   graphdef, state = workdir_lib.restore_or_create(
     config, info, tx, mesh, checkpointer, data, train_source
   )
   first_step = int(jax.device_get(state.step))
   logging.info(
     '%s: %s parameters; %d train / %d eval examples; %d steps (%d per epoch).',
-    config.model,
-    f'{sum(x.size for x in jax.tree.leaves(state.params)):,}',
-    len(train_source),
-    len(eval_source),
-    total_steps,
-    data.steps_per_epoch,
+    *(config.model, f'{sum(x.size for x in jax.tree.leaves(state.params)):,}'),
+    *(len(train_source), len(eval_source), total_steps, data.steps_per_epoch),
   )
   timing = bookkeeping.Timing()
   with timing.timed('data_load'):
     data.load()
 
   # ---------------------------------------------------------------------------------------------
-  # Steps: one compiled function per dispatch length (K, and 1 for the steps before a boundary K
-  # does not reach), and the evaluation step.
+  # Steps and outputs
   # ---------------------------------------------------------------------------------------------
-  @functools.cache
-  def dispatch_function(num_steps):
-    body = functools.partial(
-      steps_lib.train_steps,
-      num_steps=num_steps,
-      draw=data.draw,
-      unroll=config.unroll_dispatch,
-      tx=tx,
-      graphdef=graphdef,
-      config=config,
-      info=info,
-      steps_per_epoch=data.steps_per_epoch,
-    )
-    return parallel.map_over_devices(body, mesh, config.mapping, donate_state=True)
-
+  dispatch_function = _dispatch_functions(config, mesh, data, tx, graphdef, info, timing)
   eval_step = evaluation.map_eval_step(graphdef, config, info, mesh)
-  plan = bookkeeping.dispatch_plan(
-    first_step,
-    total_steps,
-    config.steps_per_dispatch,
-    (config.log_every_steps, eval_every, checkpoint_every),
-  )
-  if config.steps_per_dispatch > 1:
-    logging.info(
-      '%d steps per dispatch: %d dispatches, %d of them single steps before a log, evaluation or '
-      'checkpoint boundary that is not a multiple of %d.',
-      config.steps_per_dispatch,
-      len(plan),
-      sum(1 for _, length in plan if length == 1),
-      config.steps_per_dispatch,
-    )
-
-  # ---------------------------------------------------------------------------------------------
-  # Outputs
-  # ---------------------------------------------------------------------------------------------
+  intervals = (config.log_every_steps, eval_every, checkpoint_every)
+  plan = bookkeeping.dispatch_plan(first_step, total_steps, config.steps_per_dispatch, intervals)
   workdir_lib.write_config(config, workdir)
   writer = metrics.MetricWriter(workdir, resume_step=first_step)
   progress = metrics.Progress(total_steps, first_step)
@@ -172,36 +204,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   signals = checkpoint.StopSignals()
 
-  def evaluate(state, step):
-    with timing.timed('eval'):
-      summary, _ = evaluation.evaluate_split(eval_step, state, eval_source, info, config, mesh)
-    logging.info(
-      'eval at step %d: loss %.4f  accuracy %.4f  (%d examples)',
-      step,
-      summary['loss'],
-      summary['accuracy'],
-      summary['count'],
-    )
-    return summary
-
   # ---------------------------------------------------------------------------------------------
   # Loop
   # ---------------------------------------------------------------------------------------------
-  totals, stopped_by, step = None, None, first_step
-  train_summary, eval_summary = {}, {}
+  totals, stopped_by, step, train_summary, eval_summary = None, None, first_step, {}, {}
+  timing.start()
   try:
     for dispatch, ((before, length), (inputs, position)) in enumerate(
       zip(plan, data.dispatches(plan))
     ):
       step = before + length
-      state, sums = dispatch_function(length)(state, inputs)
+      run = dispatch_function(length, state, inputs)
+      if dispatch == 0:
+        progress.restart(before)  # steps/s from the first dispatch on, compilation excluded
+      state, sums = run(state, inputs)
       # At most two dispatches in flight (parallel.wait_for_previous): the one before is checked.
       nonfinite.push(before + 1, step, sums)
       sums = {k: v for k, v in sums.items() if k != 'first_nonfinite_step'}
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
       if dispatch == 0:
         timing.first_dispatch_done(state, length)
-        progress.restart(step)
 
       if bookkeeping.itstime(step, config.log_every_steps, total_steps):
         train_summary = metrics.summarize(jax.device_get(totals))
@@ -211,35 +233,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       eval_metrics = None
       if bookkeeping.itstime(step, eval_every, total_steps):
-        eval_summary = evaluate(state, step)
+        eval_summary = _evaluate(eval_step, state, step, eval_source, info, config, mesh, timing)
         writer.write(step, 'eval', eval_summary)
         eval_metrics = {f'eval/{k}': v for k, v in eval_summary.items()}
         progress.restart(step)
 
-      # JAX's preemption sync point counts calls, which every process makes once per dispatch.
-      stopped_by = signals.received or (
-        jax.process_count() > 1 and checkpointer.reached_preemption(dispatch) and 'preemption'
-      )
+      stopped_by = signals.stop_reason(checkpointer, dispatch)
       if bookkeeping.itstime(step, checkpoint_every, total_steps) or stopped_by:
         nonfinite.flush()  # never save a state that followed a non-finite step
         checkpointer.save(
           step, parallel.as_global(state, mesh), position, eval_metrics, wait=bool(stopped_by)
         )
       if stopped_by:
-        logging.warning(
-          'Stopped by %s at step %d after saving a checkpoint; run the same command again to '
-          'resume.',
-          stopped_by,
-          step,
-        )
+        logging.warning('Stopped by %s at step %d after a checkpoint; rerun to resume.', stopped_by, step)  # fmt: skip
         break
     nonfinite.flush()
     if first_step >= total_steps:  # a finished run started again: report, change nothing
       logging.info('Already trained for %d steps; evaluating only.', first_step)
-      eval_summary = evaluate(state, first_step)
+      eval_summary = _evaluate(eval_step, state, step, eval_source, info, config, mesh, timing)
     train_seconds, timing_record = timing.summary(step - first_step)
     checkpointer.close()
-  except NonFiniteError:
+  except bookkeeping.NonFiniteError:
     checkpointer.close()  # the saves before the bad step complete
     raise
   finally:
@@ -247,24 +261,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
 
   # ---------------------------------------------------------------------------------------------
-  # Final metrics
+  # Final metrics. seconds_after_first_step: the steps after the first dispatch (whose
+  # compilation it includes), evaluations (timing.eval_seconds) included.
   # ---------------------------------------------------------------------------------------------
-  # seconds_after_first_step: the steps after the first dispatch (whose compilation it includes),
-  # evaluations (timing.eval_seconds) included.
-  result = {
-    'train': train_summary,
-    'eval': eval_summary,
-    'steps': total_steps,
-    'seconds_after_first_step': train_seconds,
-    'skipped_nonfinite_steps': nonfinite.skipped,
-    'preempted': bool(stopped_by),
-    'timing': timing_record,
-  }
-  if jax.process_index() == 0 and not stopped_by and first_step < total_steps:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(result, f, indent=2)
-    if config.write_plots:
-      from dlearn import plots  # matplotlib only when asked for
-
-      plots.plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))
+  result = dict(
+    train=train_summary, eval=eval_summary, steps=total_steps, timing=timing_record,
+    seconds_after_first_step=train_seconds, skipped_nonfinite_steps=nonfinite.skipped,
+    preempted=bool(stopped_by),
+  )  # fmt: skip
+  if not stopped_by and first_step < total_steps:
+    _write_final(result, config, workdir)
   return {**result, 'state': state}

@@ -100,6 +100,21 @@ def check_compatible(config, workdir: str, checkpointer, abstract_state):
   )
 
 
+def checkpointer(config, workdir: str, info, tx):
+  """The work directory's Checkpointer, after checking that its newest checkpoint (if any) has
+  the train state this config makes."""
+  manager = checkpoint_lib.Checkpointer(
+    workdir,
+    max_to_keep=config.max_checkpoints_to_keep,
+    best_metric=config.best_checkpoint_metric or None,
+    best_mode='min' if config.best_checkpoint_metric == 'eval/loss' else 'max',
+  )
+  if manager.latest_step() is not None:
+    _, abstract_state = steps.abstract_train_state(config, info, tx)
+    check_compatible(config, workdir, manager, abstract_state)
+  return manager
+
+
 def restore_or_create(config, info, tx, mesh, checkpointer, data, source):
   """(graphdef, state) from the newest checkpoint in the work directory (with the data position
   restored), else from `config.init_from` (parameters only), else freshly initialised (with the

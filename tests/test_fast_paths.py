@@ -135,6 +135,7 @@ def test_every_example_of_a_shard_is_drawn_once_per_epoch():
     assert epochs[0][device] != epochs[1][device]  # a new order each epoch
 
 
+@pytest.mark.slow
 def test_the_shuffle_is_a_permutation_of_any_size():
   permute = jax.jit(on_device.permuted, static_argnums=2)
   for size in (1, 2, 3, 13, 64, 100, 45000):
@@ -239,6 +240,7 @@ def _train_losses(workdir):
   return [(r['step'], r['train/loss']) for r in records if 'train/loss' in r]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('on_device,k', [(True, 2), (False, 4)])
 def test_stopped_and_resumed_run_equals_a_straight_one(tmp_path, data_dir, on_device, k):
   # Host pipeline, K=4: the steps before the boundaries at 6 and 12 run one per dispatch.
@@ -260,6 +262,7 @@ def test_stopped_and_resumed_run_equals_a_straight_one(tmp_path, data_dir, on_de
       assert json.load(f) == {'on_device': True, 'shards': 8, 'seed': 0}
 
 
+@pytest.mark.slow
 def test_non_finite_step_in_a_dispatch_is_named_and_stops(tmp_path, data_dir):
   workdir = str(tmp_path / 'workdir')
   config = functools.partial(
@@ -276,6 +279,7 @@ def test_non_finite_step_in_a_dispatch_is_named_and_stops(tmp_path, data_dir):
     train.train_and_evaluate(config(num_train_steps=6, learning_rate=float('inf')), workdir)
 
 
+@pytest.mark.slow
 def test_clear_errors_before_anything_is_read_or_compiled(tmp_path, data_dir, monkeypatch):
   def no_loading(*args, **kwargs):
     raise AssertionError('the data should not be read')
@@ -296,7 +300,7 @@ def test_clear_errors_before_anything_is_read_or_compiled(tmp_path, data_dir, mo
   with pytest.raises(
     ValueError,
     match=r"split 'train' needs 2.5 KiB on each device \(13 examples "
-    r'of 196 bytes\), more than 50% of the 2.0 KiB of .*set '
+    r'of 200 bytes\), more than 50% of the 2.0 KiB of .*set '
     r'config.data.on_device=False',
   ):
     train.train_and_evaluate(_loop_config(data_dir, **{'data.on_device': True}), workdir)

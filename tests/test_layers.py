@@ -45,6 +45,7 @@ def test_max_pool_and_its_gradient_equal_flaxs():
   np.testing.assert_allclose(grad(layers.max_pool_2x2), grad(flax_pool), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', ['seed_dcnn', 'resnet', 'rnn'])
 def test_bfloat16_computes_close_to_float32_with_float32_parameters(model):
   config = configs.base()

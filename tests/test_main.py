@@ -7,6 +7,8 @@ import entry_point
 import pytest
 from entry_point import NUM_EXAMPLES
 
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
+
 
 @pytest.fixture
 def run_main(tmp_path):

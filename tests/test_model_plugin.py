@@ -72,6 +72,7 @@ def _config(data_dir, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_a_registered_model_trains_resumes_and_evaluates(tmp_path, data_dir, tiny):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(_config(data_dir, num_train_steps=6), workdir)

@@ -71,6 +71,7 @@ def test_unrolling_the_scan_changes_nothing_but_speed():
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('num_layers, bidirectional', [(1, False), (2, True)])
 def test_cudnn_lstm_gives_the_scans_outputs_and_gradients(num_layers, bidirectional):
   # On a CPU the 'cudnn' path runs JAX's reference of the cuDNN kernel: this checks that the

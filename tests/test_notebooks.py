@@ -11,6 +11,8 @@ from nbclient import NotebookClient
 from dlearn import configs, train
 from dlearn.data import dataset_writer
 
+pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
+
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), '..', 'notebooks')
 
 

@@ -110,6 +110,7 @@ def test_carved_validation_is_the_last_fraction_of_each_class(tmp_path):
   assert firsts == [16, 17, 18, 19]  # class a: 16, 18; class b: 17, 19
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['image', 'sequence'])
 def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
   data_dir = str(tmp_path / 'tfds')
@@ -250,6 +251,7 @@ SHARED_FILES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(SHARED_FILES))
 def test_shared_data_prepares_and_trains(tmp_path, name):
   path = os.path.join(SHARED, SHARED_FILES[name])

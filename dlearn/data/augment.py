@@ -30,3 +30,35 @@ def random_crop_and_flip(rng, images, padding: int):
   images = jax.vmap(crop)(padded, offsets)
   flip = jax.random.bernoulli(flip_rng, 0.5, (batch, 1, 1, 1))
   return jnp.where(flip, images[:, :, ::-1], images)
+
+
+def random_translate(rng, images, padding: int):
+  """Per-image random translation by up to `padding` pixels up or down and left or right
+  (independently, uniform over the 2·padding + 1 shifts of each), the image's edges reflected
+  into the space it leaves: a random crop of the reflect-padded image back to its size (the fast
+  CIFAR-10 recipe's translation). images: [B, H, W, C], uint8 or float."""
+  batch, height, width, channels = images.shape
+  padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode='reflect')
+  offsets = jax.random.randint(rng, (batch, 2), 0, 2 * padding + 1)
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+
+  return jax.vmap(crop)(padded, offsets)
+
+
+def flip_start(example_index, key):
+  """Each example's fixed random bit (bool, like `example_index`): a function of its index and
+  `key` only, so the same example gets the same bit in any batch, on any device, on resume."""
+  bit = lambda index: jax.random.bernoulli(jax.random.fold_in(key, index))
+  return jax.vmap(bit)(jnp.ravel(example_index)).reshape(jnp.shape(example_index))
+
+
+def alternating_flip(images, example_index, epoch, key):
+  """Horizontal flips that alternate by epoch (the fast CIFAR-10 recipe): image i is flipped iff
+  its start bit (`flip_start`, random, fixed per example) XOR the epoch is odd, so every image is
+  seen flipped on every other epoch, half of them flipped in epoch 0. images: [B, H, W, C];
+  example_index: [B] integers (each example's index in the dataset); epoch: an integer (traced or
+  not); key: a jax random key."""
+  flip = flip_start(example_index, key) ^ (jnp.asarray(epoch) % 2 == 1)
+  return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from flax import nnx
 
-from dlearn.models import cnn, rnn
+from dlearn.models import cnn, fast_cnn, rnn
 from dlearn.models.family import ModelFamily
 
 _FAMILIES: dict[str, ModelFamily] = {
   'seed_dcnn': cnn.SeedDCNNFamily(),
   'resnet': cnn.ResNetFamily(),
   'rnn': rnn.RNNFamily(),
+  'fast_cnn': fast_cnn.FastCNNFamily(),
 }
 
 

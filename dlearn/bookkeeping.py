@@ -1,5 +1,5 @@
 """The loop's bookkeeping, one object or call each (after big_vision's `utils.itstime`, `Chrono`,
-`steps`): durations resolved to steps, the dispatch plan, the periodic-action test, timing, and
+`steps`): intervals and durations resolved to steps, the dispatch plan, the periodic-action test, timing, and
 the check of each dispatch for non-finite values.
 """
 
@@ -12,8 +12,8 @@ import time
 import jax
 
 
-def steps(value: int, steps_per_epoch: int) -> int:
-  """A duration in steps: `value` if positive, else (-1) one epoch."""
+def interval(value: int, steps_per_epoch: int) -> int:
+  """An interval in steps (evaluation, checkpoints): `value` if positive, else (-1) one epoch."""
   return value if value > 0 else steps_per_epoch
 
 

@@ -15,7 +15,7 @@ from dlearn import checkpoint
 from dlearn.bookkeeping import NonFiniteError
 from dlearn.data.image_folder import ImageFolderError
 from dlearn.data.ts_format import TsFormatError
-from dlearn.workdir import IncompatibleConfigError
+from dlearn.runs import IncompatibleConfigError
 
 # Failures whose messages already say what is wrong and what to do.
 USER_ERRORS = (
@@ -47,11 +47,16 @@ def _last_line(text: str) -> str:
 def _flag_error(error: Exception, argv: list[str]) -> str:
   """A flag parsing failure in the user's words: config overrides name their field."""
   if isinstance(error, (AttributeError, KeyError)):  # ml_collections: no such config field
-    text = re.sub(r'\s+', ' ', str(error).replace('\\n', ' ').replace("\\'", "'"))
-    field = text.split("'")[1] if text.count("'") >= 2 else text
-    overrides = [a for a in argv if a.startswith('--config.') and field in a.split('=')[0]]
-    where = overrides[0].split('=')[0] if overrides else f'--config.{field}'
-    hint = text[text.find('Did you mean') :].rstrip('\'"') if 'Did you mean' in text else ''
+    text = re.sub(r'\s+', ' ', str(error).replace('\\n', ' ').replace('\\', ''))
+    field = re.search(r'[A-Za-z_][A-Za-z0-9_]*', text)
+    field = field.group(0) if field else text
+    overrides = [
+      a.split('=')[0]
+      for a in argv
+      if a.startswith('--config.') and field in a.split('=')[0].removeprefix('--').split('.')
+    ]
+    where = overrides[0] if overrides else f'--config.{field}'
+    hint = text[text.find('Did you mean') :].rstrip('\'" ') if 'Did you mean' in text else ''
     return (
       f'{where}: the config has no field {field!r}. {hint} The fields are those of the config '
       'file and dlearn/configs.py:base().'

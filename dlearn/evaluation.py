@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dlearn import configs, metrics, models, parallel, steps, workdir
+from dlearn import configs, metrics, models, parallel, runs, steps
 from dlearn.data import pipeline
 
 
@@ -55,7 +55,7 @@ def _restore(run_dir, dataset, split, data_dir, mesh, overrides=None):
   split = split or config.data.eval_split
   source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
   info = pipeline.dataset_info(source, dataset, config.data.max_length)
-  graphdef, state = workdir.restore_for_evaluation(run_dir, config, info, mesh)
+  graphdef, state = runs.restore_for_evaluation(run_dir, config, info, mesh)
   return config, source, info, graphdef, state, dataset, split
 
 

@@ -2,7 +2,7 @@
 
 What a step computes is in dlearn/steps.py, what is specific to a model in its family
 (dlearn/models/), how training data reaches the devices in dlearn/data/train_data.py, the work
-directory and what to start from in dlearn/workdir.py, and the bookkeeping (durations, the
+directory and what to start from in dlearn/runs.py, and the bookkeeping (durations, the
 dispatch plan, timing, non-finite checks) in dlearn/bookkeeping.py.
 """
 
@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dlearn import bookkeeping, checkpoint, evaluation, metrics, models, optimizers, parallel
+from dlearn import bookkeeping, checkpoint, evaluation, metrics, models, optimizers, parallel, runs
 from dlearn import steps as steps_lib
-from dlearn import workdir as workdir_lib
 from dlearn.bookkeeping import NonFiniteError  # noqa: F401  (raised by the loop; callers catch it)
 from dlearn.data import pipeline, train_data
-from dlearn.workdir import IncompatibleConfigError  # noqa: F401  (likewise)
+from dlearn.models.family import compute_dtype
+from dlearn.runs import IncompatibleConfigError  # noqa: F401  (likewise)
 
 
 def check_partition(config, info, mesh):
@@ -60,6 +60,7 @@ def _check_run_settings(config):
       "'eval/accuracy' (the highest is kept), 'eval/loss' (the lowest), or '' for none."
     )
   models.family_of(config)  # an unknown model, before anything is read
+  compute_dtype(config)  # an unknown dtype, likewise
 
 
 def check_data(config, info):
@@ -158,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   # Input: the splits, the model's checks against them, the training data's steps per epoch.
   # ---------------------------------------------------------------------------------------------
-  workdir_lib.prepare(config, workdir)
+  runs.prepare(config, workdir)
   train_source = pipeline.load_split(
     config.data.name, config.data.train_split, config.data.data_dir
   )
@@ -168,17 +169,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_partition(config, info, mesh)
   data = train_data.create(config, train_source, info, mesh)
   total_steps = bookkeeping.total_steps(config, data.steps_per_epoch)
-  eval_every = bookkeeping.steps(config.eval_every_steps, data.steps_per_epoch)
-  checkpoint_every = bookkeeping.steps(config.checkpoint_every_steps, data.steps_per_epoch)
+  eval_every = bookkeeping.interval(config.eval_every_steps, data.steps_per_epoch)
+  checkpoint_every = bookkeeping.interval(config.checkpoint_every_steps, data.steps_per_epoch)
 
   # ---------------------------------------------------------------------------------------------
   # Model and state: the newest checkpoint in workdir (if it fits this config), or a fresh start.
   # ---------------------------------------------------------------------------------------------
   tx = optimizers.create(config, total_steps, data.steps_per_epoch)
-  checkpointer = workdir_lib.checkpointer(config, workdir, info, tx)
-  graphdef, state = workdir_lib.restore_or_create(
-    config, info, tx, mesh, checkpointer, data, train_source
-  )
+  checkpointer = runs.checkpointer(config, workdir, info, tx)
+  graphdef, state = runs.restore_or_create(config, info, tx, mesh, checkpointer, data, train_source)
   first_step = int(jax.device_get(state.step))
   logging.info(
     '%s: %s parameters; %d train / %d eval examples; %d steps (%d per epoch).',
@@ -196,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_step = evaluation.map_eval_step(graphdef, config, info, mesh)
   intervals = (config.log_every_steps, eval_every, checkpoint_every)
   plan = bookkeeping.dispatch_plan(first_step, total_steps, config.steps_per_dispatch, intervals)
-  workdir_lib.write_config(config, workdir)
+  runs.write_config(config, workdir)
   writer = metrics.MetricWriter(workdir, resume_step=first_step)
   progress = metrics.Progress(total_steps, first_step)
   nonfinite = bookkeeping.NonFiniteCheck(

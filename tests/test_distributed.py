@@ -13,8 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from dlearn import configs, distributed, parallel
-from dlearn import workdir as workdir_lib
+from dlearn import configs, distributed, parallel, runs
 from dlearn.data import pipeline
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
@@ -89,7 +88,7 @@ def _params(workdir):
   config = configs.load(workdir)
   source = pipeline.load_split(config.data.name, 'train', config.data.data_dir)
   info = pipeline.dataset_info(source, config.data.name, None)
-  _, state = workdir_lib.restore_for_evaluation(workdir, config, info, parallel.make_mesh())
+  _, state = runs.restore_for_evaluation(workdir, config, info, parallel.make_mesh())
   return int(state.step), jax.tree.leaves(jax.device_get(state.params))
 
 

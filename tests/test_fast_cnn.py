@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from dlearn import configs, optimizers, parallel, train, workdir
+from dlearn import configs, optimizers, parallel, runs, train
 from dlearn import steps as steps_lib
 from dlearn.data import augment
 from dlearn.data.pipeline import DatasetInfo
@@ -418,7 +418,7 @@ def test_the_recipe_resumes_exactly_with_its_whitening_in_the_checkpoint(
   ):
     np.testing.assert_array_equal(a, b)  # bitwise, whitening and BatchNorm statistics included
   whitening = np.asarray(jax.device_get(resumed['state'].model_state['whitening'][...]))
-  restored = workdir.restore_for_evaluation(
+  restored = runs.restore_for_evaluation(
     resumed_dir,
     configs.load(resumed_dir),
     dataclasses.replace(CIFAR_SHAPED, num_classes=3),

@@ -1,6 +1,9 @@
 """A model plugs in without touching the trainer: a tiny family defined here, registered, trains,
 resumes and evaluates through the ordinary entry points."""
 
+import json
+import os
+
 import helpers
 import jax
 import numpy as np
@@ -85,6 +88,20 @@ def test_a_registered_model_trains_resumes_and_evaluates(tmp_path, data_dir, tin
   assert np.abs(mean).sum() > 0
   summary, _, _, _ = evaluation.evaluate_workdir(workdir)
   assert summary == pytest.approx(result['eval'])
+
+
+def test_the_first_progress_line_after_a_resume_has_a_real_rate(tmp_path, data_dir, tiny):
+  # Resumed at 3 with a log every step: the first dispatch is itself a log step, which the loop
+  # times without its compilation (compiled ahead), so the rate is real, not 0.
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(_config(data_dir, num_train_steps=3, log_every_steps=1), workdir)
+  train.train_and_evaluate(_config(data_dir, num_train_steps=5, log_every_steps=1), workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rates = {
+      r['step']: r['train/steps_per_second'] for r in map(json.loads, f) if 'train/loss' in r
+    }
+  assert sorted(rates) == [1, 2, 3, 4, 5]
+  assert rates[1] > 0 and rates[4] > 0
 
 
 def test_a_model_that_cannot_split_examples_says_so(data_dir, tiny):

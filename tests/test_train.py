@@ -145,3 +145,11 @@ def test_a_partition_the_model_cannot_run_is_refused_before_compiling():
   config.mapping = 'pmap'
   with pytest.raises(ValueError, match='add --config.mapping=shard_map'):
     train.check_partition(config, IMAGES, parallel.make_mesh(jax.devices(), 4))
+
+
+def test_image_statistics_must_match_the_channels():
+  config = configs.base()
+  config.data.mean = (0.5, 0.5)
+  with pytest.raises(ValueError, match=r'config.data.mean has 2 values for images of 3 channels'):
+    train.check_data(config, IMAGES)
+  train.check_data(configs.base(), IMAGES)

@@ -37,7 +37,7 @@ def test_simple_cell_is_the_elman_cell():
 
 
 @pytest.mark.parametrize('cell', sorted(rnn.CELLS))
-@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('bidirectional', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_padding_never_changes_the_output(cell, bidirectional):
   model = rnn.RNNClassifier(
     5, 3, rngs=nnx.Rngs(0), cell=cell, hidden_size=8, num_layers=2, bidirectional=bidirectional

@@ -103,7 +103,7 @@ IMAGE_SPEC = P(DATA, None, SPACE)  # the images' H split over the space axis
 STACKED = P(DATA, SPACE)  # a per-device result, kept per device to check they agree
 
 
-@pytest.mark.parametrize('parts', [2, 4, 8])
+@pytest.mark.parametrize('parts', [2, 4, pytest.param(8, marks=pytest.mark.slow)])
 @pytest.mark.parametrize('name', ['seed_dcnn', 'resnet'])
 def test_forward_gradients_and_statistics_equal_unpartitioned(name, parts):
   # H a multiple of 8 parts x the downsampling (4 for SeedDCNN, 2 here for the ResNet: 8 bands of
@@ -168,7 +168,7 @@ def sgd_step(model_graphdef, params, model_state, images, labels, axes):
   'name, data, parts, height',
   [
     ('seed_dcnn', 4, 2, 24),  # 24 rows: 2 parts divide it pool-aligned (24 = 2 x 4 x 3)
-    ('resnet', 2, 4, 24),
+    pytest.param('resnet', 2, 4, 24, marks=pytest.mark.slow),
   ],
 )
 def test_one_training_step_on_a_data_by_space_mesh(name, data, parts, height):

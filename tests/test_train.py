@@ -43,7 +43,9 @@ def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
   return state, jax.device_get(sums)
 
 
-@pytest.mark.parametrize('model', ['seed_dcnn', 'resnet', 'rnn'])
+@pytest.mark.parametrize(
+  'model', ['seed_dcnn', pytest.param('resnet', marks=pytest.mark.slow), 'rnn']
+)
 def test_one_and_eight_devices_give_the_same_parameters(model):
   one, one_sums = _train(model, 1)
   eight, eight_sums = _train(model, 8)
@@ -63,7 +65,7 @@ def test_training_changes_the_parameters():
   )
 
 
-@pytest.mark.parametrize('model', ['resnet', 'rnn'])
+@pytest.mark.parametrize('model', [pytest.param('resnet', marks=pytest.mark.slow), 'rnn'])
 def test_pmap_and_shard_map_give_the_same_parameters(model):
   with_pmap, _ = _train(model, 8, 'pmap')
   with_shard_map, _ = _train(model, 8, 'shard_map')
@@ -73,7 +75,7 @@ def test_pmap_and_shard_map_give_the_same_parameters(model):
   )
 
 
-@pytest.mark.parametrize('mapping', parallel.MAPPINGS)
+@pytest.mark.parametrize('mapping', ['pmap', pytest.param('shard_map', marks=pytest.mark.slow)])
 def test_batchnorm_statistics_are_identical_on_every_device(mapping):
   state, _ = _train('resnet', 8, mapping, steps=2)
   leaves = jax.tree.leaves(state.model_state)
@@ -114,7 +116,8 @@ def test_randomness_differs_per_device_and_per_step():
 
 
 @pytest.mark.parametrize(
-  'model, parts, micro_batches', [('seed_dcnn', 4, 1), ('resnet', 2, 1), ('rnn', 4, 2)]
+  'model, parts, micro_batches',
+  [('seed_dcnn', 4, 1), pytest.param('resnet', 2, 1, marks=pytest.mark.slow), ('rnn', 4, 2)],
 )
 def test_examples_split_over_devices_train_as_data_parallel_groups(model, parts, micro_batches):
   # 8 devices in groups of `parts` (images in bands of rows, or sequences in time chunks) end where

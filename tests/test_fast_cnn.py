@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from dlearn import configs, optimizers, parallel, runs, train
+from dlearn import checkpoint, configs, optimizers, parallel, runs, train
 from dlearn import steps as steps_lib
 from dlearn.data import augment
 from dlearn.data.pipeline import DatasetInfo
@@ -397,20 +397,26 @@ def cifar_shaped_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_recipe_resumes_exactly_with_its_whitening_in_the_checkpoint(
-  tmp_path, cifar_shaped_dir
+  tmp_path, cifar_shaped_dir, monkeypatch
 ):
-  def config(steps):
-    c = _recipe_config(num_train_steps=steps, steps_per_dispatch=2, write_plots=False)
+  def config():
+    c = _recipe_config(num_train_steps=6, steps_per_dispatch=2, write_plots=False)
     c.data.name, c.data.data_dir = 'toy_images', cifar_shaped_dir
     c.data.train_split, c.data.eval_split = 'train', 'validation'
     c.data.on_device, c.eval_batch_size, c.log_every_steps = True, 16, 2
     c.fast_cnn.whitening_images = 50
     return c
 
-  straight = train.train_and_evaluate(config(6), str(tmp_path / 'straight'))
+  straight = train.train_and_evaluate(config(), str(tmp_path / 'straight'))
   resumed_dir = str(tmp_path / 'resumed')
-  train.train_and_evaluate(config(2), resumed_dir)
-  resumed = train.train_and_evaluate(config(6), resumed_dir)
+  # The same run stopped after its first dispatch (as by SIGTERM: a checkpoint at step 2, then
+  # exit), then rerun: the schedules depend on the run's total steps, which stay 6.
+  stop_after_first = lambda signals, checkpointer, dispatch: 'SIGTERM' if dispatch == 0 else None
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpoint.StopSignals, 'stop_reason', stop_after_first)
+    stopped = train.train_and_evaluate(config(), resumed_dir)
+  assert stopped['preempted'] and int(stopped['state'].step) == 2
+  resumed = train.train_and_evaluate(config(), resumed_dir)
   for a, b in zip(
     jax.tree.leaves(jax.device_get(straight['state'])),
     jax.tree.leaves(jax.device_get(resumed['state'])),

@@ -276,6 +276,7 @@ def test_forward_shape_dirac_init_and_batch_norm():
   assert norm.epsilon == 1e-12
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_synchronised_over_the_axis():
   """With `axis_name`, two halves of a batch mapped over the axis train like the whole batch."""
   x = jnp.asarray(np.random.default_rng(12).normal(size=(8, 32, 32, 3)), jnp.float32)
@@ -297,6 +298,7 @@ def test_batch_norm_statistics_synchronised_over_the_axis():
   )
 
 
+@pytest.mark.slow
 def test_bfloat16_computation():
   model = FastCNN(10, (32, 32, 3), rngs=nnx.Rngs(0), widths=SMALL, dtype=jnp.bfloat16)
   x = jnp.asarray(np.random.default_rng(13).normal(size=(2, 32, 32, 3)), jnp.float32)

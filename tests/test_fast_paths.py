@@ -51,7 +51,7 @@ def _dispatch(config, mesh, num_steps, layout=None, mapping='pmap', info=IMAGES)
 
 
 # ---- several steps per dispatch ----------------------------------------------------------------
-@pytest.mark.parametrize('unroll', [True, False])
+@pytest.mark.parametrize('unroll', [pytest.param(True, marks=pytest.mark.slow), False])
 def test_k_steps_in_one_dispatch_equal_k_single_dispatches(unroll):
   config, mesh, k = _config(unroll_dispatch=unroll), parallel.make_mesh(), 3
   batches = helpers.image_batches(k, 8)
@@ -149,6 +149,7 @@ def test_the_shuffle_is_a_permutation_of_any_size():
   assert np.mean(np.diff(order) == 1) < 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', ['seed_dcnn', 'rnn'])
 def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(model):
   # seed_dcnn on images (augmented in the step); an RNN on padded sequences of several lengths.
@@ -183,6 +184,7 @@ def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(mod
   helpers.assert_trees_close(results['pmap', 2].params, results['pmap', 1].params)
 
 
+@pytest.mark.slow
 def test_on_device_data_with_examples_split_over_devices():
   # 8 devices in 4 groups of 2 (each image in 2 bands of rows) hold 4 shards, one per group, and
   # train what 4 devices with whole images do.

@@ -90,6 +90,7 @@ def test_a_registered_model_trains_resumes_and_evaluates(tmp_path, data_dir, tin
   assert summary == pytest.approx(result['eval'])
 
 
+@pytest.mark.slow
 def test_the_first_progress_line_after_a_resume_has_a_real_rate(tmp_path, data_dir, tiny):
   # Resumed at 3 with a log every step: the first dispatch is itself a log step, which the loop
   # times without its compilation (compiled ahead), so the rate is real, not 0.

@@ -16,6 +16,7 @@ def test_seed_dcnn_is_the_articles_network():
   assert model(jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_resnet_shapes():
   model = cnn.ResNet(7, (32, 32, 3), rngs=nnx.Rngs(0), stage_sizes=(1, 1), width=8)
   assert model(jnp.zeros((2, 32, 32, 3)), train=True).shape == (2, 7)
@@ -36,7 +37,7 @@ def test_simple_cell_is_the_elman_cell():
   )
 
 
-@pytest.mark.parametrize('cell', sorted(rnn.CELLS))
+@pytest.mark.parametrize('cell', ['simple', 'lstm', pytest.param('gru', marks=pytest.mark.slow)])
 @pytest.mark.parametrize('bidirectional', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_padding_never_changes_the_output(cell, bidirectional):
   model = rnn.RNNClassifier(
@@ -59,6 +60,7 @@ def test_unknown_cell_is_a_clear_error():
     rnn.RNNClassifier(2, 3, rngs=nnx.Rngs(0), cell='elman')
 
 
+@pytest.mark.slow
 def test_unrolling_the_scan_changes_nothing_but_speed():
   x = jnp.asarray(np.random.default_rng(2).normal(size=(3, 9, 4)), jnp.float32)
   lengths = jnp.array([9, 4, 1])

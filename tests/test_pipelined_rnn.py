@@ -88,11 +88,13 @@ def _assert_grads_close(grads, expected):
   [
     ('simple', 2, 1, 1, 1, False),
     ('lstm', 4, 2, 1, 1, False),
-    ('gru', 8, 4, 1, 1, False),
-    ('lstm', 4, 3, 1, 1, False),
+    pytest.param('gru', 8, 4, 1, 1, False, marks=pytest.mark.slow),
+    pytest.param('lstm', 4, 3, 1, 1, False, marks=pytest.mark.slow),
     ('simple', 1, 2, 1, 1, False),  # one part: no pipeline, micro-batches in turn
-    ('gru', 4, 2, 2, 2, False),  # data × time mesh, stacked layers
-    ('lstm', 4, 2, 2, 2, True),  # bidirectional, stacked
+    pytest.param(
+      'gru', 4, 2, 2, 2, False, marks=pytest.mark.slow
+    ),  # data × time mesh, stacked layers
+    pytest.param('lstm', 4, 2, 2, 2, True, marks=pytest.mark.slow),  # bidirectional, stacked
     ('simple', 8, 3, 1, 1, True),
   ],
 )

@@ -104,7 +104,7 @@ STACKED = P(DATA, SPACE)  # a per-device result, kept per device to check they a
 
 
 @pytest.mark.parametrize('parts', [2, 4, pytest.param(8, marks=pytest.mark.slow)])
-@pytest.mark.parametrize('name', ['seed_dcnn', 'resnet'])
+@pytest.mark.parametrize('name', ['seed_dcnn', pytest.param('resnet', marks=pytest.mark.slow)])
 def test_forward_gradients_and_statistics_equal_unpartitioned(name, parts):
   # H a multiple of 8 parts x the downsampling (4 for SeedDCNN, 2 here for the ResNet: 8 bands of
   # 2 rows, 1 row after the stride-2 stage); W is never split.

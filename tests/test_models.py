@@ -37,7 +37,14 @@ def test_simple_cell_is_the_elman_cell():
   )
 
 
-@pytest.mark.parametrize('cell', ['simple', 'lstm', pytest.param('gru', marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  'cell',
+  [
+    'simple',
+    pytest.param('lstm', marks=pytest.mark.slow),
+    pytest.param('gru', marks=pytest.mark.slow),
+  ],
+)
 @pytest.mark.parametrize('bidirectional', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_padding_never_changes_the_output(cell, bidirectional):
   model = rnn.RNNClassifier(

@@ -44,7 +44,12 @@ def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
 
 
 @pytest.mark.parametrize(
-  'model', ['seed_dcnn', pytest.param('resnet', marks=pytest.mark.slow), 'rnn']
+  'model',
+  [
+    'seed_dcnn',
+    pytest.param('resnet', marks=pytest.mark.slow),
+    pytest.param('rnn', marks=pytest.mark.slow),
+  ],
 )
 def test_one_and_eight_devices_give_the_same_parameters(model):
   one, one_sums = _train(model, 1)
@@ -117,7 +122,11 @@ def test_randomness_differs_per_device_and_per_step():
 
 @pytest.mark.parametrize(
   'model, parts, micro_batches',
-  [('seed_dcnn', 4, 1), pytest.param('resnet', 2, 1, marks=pytest.mark.slow), ('rnn', 4, 2)],
+  [
+    ('seed_dcnn', 4, 1),
+    pytest.param('resnet', 2, 1, marks=pytest.mark.slow),
+    pytest.param('rnn', 4, 2, marks=pytest.mark.slow),
+  ],
 )
 def test_examples_split_over_devices_train_as_data_parallel_groups(model, parts, micro_batches):
   # 8 devices in groups of `parts` (images in bands of rows, or sequences in time chunks) end where

@@ -47,8 +47,7 @@ def map_eval_step(graphdef, config, info, mesh):
   )
 
 
-def _restore(run_dir, dataset, split, data_dir, mesh, overrides=None):
-  config = configs.override(configs.load(run_dir), overrides or {})
+def _restore(run_dir, config, dataset, split, data_dir, mesh):
   # A run that split examples over devices has the same parameters as an unsplit one.
   config.partition.parts = parallel.parts(mesh)
   dataset = dataset or config.data.name
@@ -75,7 +74,7 @@ def evaluate_workdir(
   mesh = parallel.make_mesh(parts=config.partition.parts)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   config, source, info, graphdef, state, dataset, split = _restore(
-    run_dir, dataset, split, data_dir, mesh, overrides
+    run_dir, config, dataset, split, data_dir, mesh
   )
   summary, confusion = evaluate_split(
     map_eval_step(graphdef, config, info, mesh), state, source, info, config, mesh
@@ -107,7 +106,9 @@ def predict_workdir(
   'labels', the model 'inputs' as stored ('image' uint8 or 'sequence'), 'lengths' for sequences,
   and the dataset 'info'."""
   mesh = parallel.make_mesh(jax.devices()[:1])
-  config, source, info, graphdef, state, _, _ = _restore(run_dir, dataset, split, data_dir, mesh)
+  config, source, info, graphdef, state, _, _ = _restore(
+    run_dir, configs.load(run_dir), dataset, split, data_dir, mesh
+  )
   family = models.family_of(config)
 
   @jax.jit

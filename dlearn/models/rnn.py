@@ -178,9 +178,8 @@ class RNNFamily(ModelFamily):
     )
 
   def inputs(self, batch, config, info, *, rng, train: bool, epoch):
-    del epoch
     if info.kind == 'sequence':
-      return batch['sequence'], batch['length']
+      return super().inputs(batch, config, info, rng=rng, train=train, epoch=epoch)
     images = image_inputs(batch['image'], config, rng, train)
     batch_size, height = images.shape[:2]
     return images.reshape(batch_size, height, -1), jnp.full((batch_size,), height, jnp.int32)

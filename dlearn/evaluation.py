@@ -114,7 +114,7 @@ def predict_workdir(
   @jax.jit
   def forward(state, batch):
     model = nnx.merge(graphdef, state.params, state.model_state)
-    inputs = family.inputs(batch, config, info, rng=None, train=False, epoch=0)
+    inputs = family.inputs(batch, config, info, rng=None, run_rng=None, train=False, epoch=0)
     return family.logits(model, inputs, config, train=False)
 
   outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}

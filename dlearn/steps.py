@@ -134,6 +134,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info, steps_pe
     config,
     info,
     rng=device_rng(state.rng, state.step),
+    run_rng=jax.random.wrap_key_data(state.rng),
     train=True,
     epoch=state.step // steps_per_epoch,
   )
@@ -206,7 +207,7 @@ def eval_step(state: TrainState, batch, *, graphdef, config, info):
   family's evaluation (e.g. test-time augmentation) gives the logits."""
   family = models.family_of(config)
   model = nnx.merge(graphdef, state.params, state.model_state)
-  inputs = family.inputs(batch, config, info, rng=None, train=False, epoch=0)
+  inputs = family.inputs(batch, config, info, rng=None, run_rng=None, train=False, epoch=0)
   logits = family.logits(model, inputs, config, train=False).astype(jnp.float32)
   labels, mask = batch['label'], batch['mask']
   sums = metric_sums(logits, labels, cross_entropy(logits, labels, 0.0), mask)

@@ -35,7 +35,7 @@ class TinyFamily(ModelFamily):
   def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
     return TinyLinear(num_classes, input_shape, rngs=rngs)
 
-  def inputs(self, batch, config, info, *, rng, train, epoch):
+  def inputs(self, batch, config, info, *, rng, run_rng, train, epoch):
     self.inputs_calls.append(train)
     return (image_inputs(batch['image'], config, rng, train=False),)
 

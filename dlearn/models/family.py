@@ -70,12 +70,13 @@ class ModelFamily:
     supports it (`check_partition`)."""
     raise NotImplementedError
 
-  def inputs(self, batch, config, info, *, rng, train: bool, epoch):
+  def inputs(self, batch, config, info, *, rng, run_rng, train: bool, epoch):
     """The model's positional inputs from one device's batch ({'image' uint8 [B, H, W, C] or
     'sequence' [B, T, F] and 'length', 'label', 'mask', 'index': the example's position in its
-    split}). `rng` is this device's key for this step, `epoch` the training epoch (a traced
-    integer; 0 at evaluation)."""
-    del epoch
+    split}). `rng` is this device's key for this step; `run_rng` the run's key, the same at every
+    step and on every device (both traced, so runs with other seeds share compiled programs; None
+    at evaluation); `epoch` the training epoch (a traced integer; 0 at evaluation)."""
+    del run_rng, epoch
     if info.kind == 'sequence':
       return batch['sequence'], batch['length']
     return (image_inputs(batch['image'], config, rng, train),)

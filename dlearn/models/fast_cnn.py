@@ -271,10 +271,10 @@ class FastCNNFamily(ModelFamily):
       dtype=compute_dtype(config),
     )
 
-  def inputs(self, batch, config, info, *, rng, train: bool, epoch):
+  def inputs(self, batch, config, info, *, rng, run_rng, train: bool, epoch):
     images = augment.normalize(batch['image'], config.data.mean, config.data.std)
     if train and config.data.augment:
-      flip_key = jax.random.fold_in(jax.random.key(config.seed), _FLIP_STREAM)
+      flip_key = jax.random.fold_in(run_rng, _FLIP_STREAM)
       images = augment.alternating_flip(images, batch['index'], epoch, flip_key)
       images = augment.random_translate(rng, images, config.fast_cnn.translate)
     return (images,)
@@ -294,4 +294,4 @@ class FastCNNFamily(ModelFamily):
     )
 
 
-_FLIP_STREAM = 0x0F11  # the key of each example's first flip: its own stream of config.seed
+_FLIP_STREAM = 0x0F11  # the key of each example's first flip: its own stream of the run's key

@@ -1,45 +1,136 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark, in one call on a lent GPU machine (the `device` tool; its image has
-# jax, flax, optax, orbax and torch, not tensorflow-datasets or grain). Not yet run on a GPU.
+# Every GPU check and benchmark in one call on a lent GPU machine (the `device` tool; its image has
+# jax, flax, optax, orbax and torch, but not tensorflow-datasets, grain or ml_collections).
 #
 # Here, once (all git-ignored; a call carries 64 MiB at most, so the 16 MB JPEG archive travels,
-# not the 161 MB prepared dataset, which is prepared there):
-#   ../shared/tools/device-wheels .whl tensorflow-datasets grain
+# not the 161 MB prepared dataset, which is prepared there while the GPU runs the checks and suite):
+#   ../shared/tools/device-wheels .whl tensorflow-datasets grain ml_collections
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 --platform any -d .whl/pinned \
+#     flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8     # the versions CI tests, a fallback
 #   mkdir -p data/raw && cp ../shared/data/cifar10_jpeg_train.tar.gz data/raw/
 #   mkdir -p peers && cp -r ../shared/peers/airbench peers/
-# Then a device call: command `bash experiments/benchmarks/gpu_run.sh PART`, carry [".whl",
-# "data/raw", "peers"], timeout_s 580. PART `recipe` (the steps' limits add up to about 520 s):
-# checks, then the fast CIFAR-10 recipe against its reference (airbench, PyTorch) on the same card
-# and data; PART `suite`: the suite against PyTorch (float32, bfloat16) and the epoch time. One
-# call runs at most 600 s: with 15 minutes of device time in all, run `recipe` first.
-# Everything lands in $OUT (log.txt and the results JSON); copy the JSON files into
-# experiments/benchmarks/results/ and the numbers into the README and the issue notes.
+# Then one device call: command `bash experiments/benchmarks/gpu_run.sh`, carry [".whl",
+# "data/raw", "peers"], timeout_s 590. Steps, in this order (name some to run only those, e.g.
+# `gpu_run.sh epoch bf16` to finish a call that ran out of time on a warm machine):
+#   checks     experiments/benchmarks/gpu_checks.py: cuDNN LSTM == scan, bf16 ~ float32
+#   suite      suite.py, float32: dlearn (scan and cuDNN LSTMs) against torch eager and compile
+#   recipe     fast_cifar10.py: the fast CIFAR-10 recipe, 5 timed runs after a warm-up
+#   reference  peers/airbench (PyTorch, torch.compile max-autotune) on the same split, 5 runs
+#   epoch      epoch_time.py: training through the real input pipeline, host and on-device data
+#   bf16       suite.py, bfloat16 (autocast in PyTorch), eager and compile
+# BUDGET (default 570 s) bounds the whole script: each step gets at most its own limit and what is
+# left of the budget, so a slow step costs the later ones, never the call's output. Everything
+# lands in $OUT: log.txt, prepare.log, probe.log and the results JSON files, which go into
+# experiments/benchmarks/results/ (and the numbers into the README and the issue notes).
+# SMOKE=1 runs every step in miniature on this CPU machine, to test this script before a call.
 set -uo pipefail
 OUT=${OUT:-/tmp/dlearn-gpu}
+BUDGET=${BUDGET:-570}
+SMOKE=${SMOKE:-0}
+STEPS=" ${*:-checks suite recipe reference bf16 epoch} "
 mkdir -p "$OUT"
-pip install -q --no-index --find-links .whl tensorflow-datasets grain \
-  && pip install -q --no-deps -e . || { echo "install failed" | tee "$OUT/log.txt"; exit 1; }
-step() { echo "== $*"; timeout "$@"; echo "(exit $?)"; }
-PART=${1:-recipe}
+export PYTHONUNBUFFERED=1
+began_at=$(mktemp)  # results files newer than this one are this call's
+start=$SECONDS
+wants() { [[ "$STEPS" == *" $1 "* ]]; }
+# step LIMIT NAME COMMAND...: COMMAND for at most LIMIT seconds and what is left of the budget.
+step() {
+  local limit=$1 name=$2 left=$((BUDGET - (SECONDS - start))) began=$SECONDS
+  shift 2
+  ((limit > left)) && limit=$left
+  if ((limit < 15)); then echo "== $name: skipped, the budget is spent"; return 1; fi
+  echo "== $name: limit ${limit}s, at $((SECONDS - start))s: $*"
+  timeout -k 10 "$limit" "$@"  # dlearn checkpoints and stops on SIGTERM; -k: a hard stop after
+  local status=$?
+  echo "== $name: exit $status after $((SECONDS - began))s"
+  return $status
+}
+
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  step 120 python -m dlearn.prepare --name=cifar10_jpeg --data_dir=data/tfds \
-    --train=data/raw/cifar10_jpeg_train.tar.gz
-  if [ "$PART" = recipe ]; then
-    step 45 python experiments/benchmarks/gpu_checks.py
-    # dlearn's recipe: 5 timed runs after a warm-up; then the reference on the same split.
-    step 180 python experiments/benchmarks/fast_cifar10.py --data_dir=data/tfds --runs=5
-    step 170 bash peers/airbench/run.sh data/raw/cifar10_jpeg_train.tar.gz 5
+  if [ "$SMOKE" = 1 ]; then
+    PY=python
+    kind=(--machine_kind=smoke)  # results/smoke*.json, removed at the end
+    suite_args=("${kind[@]}" --repeats=1 --steps=2 --only='seed_dcnn b32,lstm T29' --nocompile)
+    recipe_args=("${kind[@]}" --smoke --runs=1)
+    epoch_args=("${kind[@]}" --steps=8 --variants=host:1,device:1)
+    reference=(echo "reference: needs a GPU and torch.compile; not run in SMOKE mode")
   else
-    # H100 SXM dense bf16 peak: 989 TFLOP/s (the fraction-of-peak column). The suite writes its
-    # JSON after every workload, so a timeout keeps the rows measured so far.
-    step 200 python experiments/benchmarks/suite.py --peak_tflops=989 --steps=20
-    step 90 python experiments/benchmarks/suite.py --dtype=bfloat16 --peak_tflops=989 --steps=20 \
-      --nocompile --noplain_layers
-    step 120 python experiments/benchmarks/epoch_time.py --data_dir=data/tfds --repeats=1 \
-      --workloads=seed_dcnn
+    PY=python3
+    # Wheels into a folder of their own (the image's site-packages stay as they are); this
+    # checkout by path, as a `pip install -e .` would need the package index for its build.
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+      .whl/*.whl || { echo "error: installing .whl failed"; exit 1; }
+    suite_args=(--repeats=3 --steps=10 --noplain_layers)
+    recipe_args=(--runs=5)
+    epoch_args=(--repeats=1)
+    reference=(python3 airbench94_muon.py)
   fi
-} 2>&1 | tee "$OUT/log.txt"
-cp experiments/benchmarks/results/*h100*.json experiments/benchmarks/results/*h200*.json \
-  "$OUT"/ 2>/dev/null
+  export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+    --format=csv 2>/dev/null || echo "no nvidia-smi"
+  $PY -c 'import jax, flax, optax, orbax.checkpoint as o, grain, tensorflow_datasets as t
+print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__,
+      "orbax", o.__version__, "grain", grain.__version__, "tfds", t.__version__, jax.devices())'
+
+  # CPU work in the background while the GPU runs the checks and the suite: the prepared dataset
+  # (JAX kept off the GPU), and airbench's data files with the same validation carve.
+  data_pid=''
+  if { wants recipe || wants reference || wants epoch; } && [ ! -d data/tfds/cifar10_jpeg ]; then
+    JAX_PLATFORMS=cpu $PY -m dlearn.prepare --name=cifar10_jpeg --data_dir=data/tfds \
+      --train=data/raw/cifar10_jpeg_train.tar.gz >"$OUT/prepare.log" 2>&1 &
+    data_pid=$!
+  fi
+  airbench=/tmp/airbench
+  ref_pid=''
+  if wants reference && [ "$SMOKE" != 1 ] && [ ! -f $airbench/cifar10/test.pt ]; then
+    mkdir -p $airbench
+    sed "s/range(200)/range(5)/" peers/airbench/airbench94_muon.py >$airbench/airbench94_muon.py
+    $PY peers/airbench/jpeg_to_pt.py data/raw/cifar10_jpeg_train.tar.gz $airbench/cifar10 \
+      >>"$OUT/prepare.log" 2>&1 &
+    ref_pid=$!
+  fi
+
+  # Whether dlearn runs on the image's flax, optax and orbax (newer than CI's, with JAX 0.11): one
+  # end-to-end test (data, training, checkpoint, resume) on the CPU while the GPU runs the checks.
+  # If it fails, the versions CI tests (.whl/pinned) go first on the path, if they pass it.
+  probe=(env JAX_PLATFORMS=cpu $PY -m pytest -q -x -p no:cacheprovider tests/test_fast_cnn.py
+    -k resumes_exactly)
+  timeout -k 5 120 "${probe[@]}" >"$OUT/probe.log" 2>&1 &
+  probe_pid=$!
+  wants checks && step 60 checks $PY experiments/benchmarks/gpu_checks.py
+  if wait $probe_pid; then
+    echo "== probe: dlearn's end-to-end test passes with the image's packages"
+  else
+    echo "== probe failed with the image's packages ($OUT/probe.log); trying .whl/pinned"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/pinned \
+      .whl/pinned/*.whl
+    if PYTHONPATH="/tmp/pinned:$PYTHONPATH" step 120 probe-pinned "${probe[@]}"; then
+      export PYTHONPATH="/tmp/pinned:$PYTHONPATH"
+      wants checks && step 60 checks $PY experiments/benchmarks/gpu_checks.py
+    fi
+  fi
+  # JAX and PyTorch share the GPU in one process: JAX allocates as it goes.
+  wants suite && XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    step 170 suite $PY experiments/benchmarks/suite.py --peak_tflops=989 "${suite_args[@]}"
+
+  if [ -n "$data_pid" ]; then
+    echo "== waiting for the dataset ($((SECONDS - start))s)"
+    wait $data_pid || echo "error: preparing the dataset failed (prepare.log)"
+  fi
+  wants recipe && step 180 recipe $PY experiments/benchmarks/fast_cifar10.py \
+    --data_dir=data/tfds "${recipe_args[@]}"
+  if wants reference; then
+    [ -n "$ref_pid" ] && { wait $ref_pid || echo "error: airbench's data files failed"; }
+    mkdir -p $airbench && (cd $airbench && step 150 reference "${reference[@]}")
+  fi
+  wants epoch && step 90 epoch $PY experiments/benchmarks/epoch_time.py --data_dir=data/tfds \
+    "${epoch_args[@]}"
+  wants bf16 && XLA_PYTHON_CLIENT_PREALLOCATE=false step 120 bf16 \
+    $PY experiments/benchmarks/suite.py --dtype=bfloat16 --peak_tflops=989 "${suite_args[@]}"
+  echo "== done at $((SECONDS - start))s"
+} 2>&1 | tee -a "$OUT/log.txt"
+# The results files this call wrote (each script names its file after the device).
+find experiments/benchmarks/results -name '*.json' -newer "$began_at" | xargs -r cp -t "$OUT"/
+[ "$SMOKE" = 1 ] && rm -f experiments/benchmarks/results/*smoke*.json
 ls "$OUT"

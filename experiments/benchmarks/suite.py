@@ -1,7 +1,7 @@
 """dlearn against PyTorch, in one run on one machine: training-step throughput per workload.
 
   pip install -e ".[benchmark]"      # PyTorch; here: pip install torch==2.13.0 (CPU build on disk)
-  python experiments/benchmarks/suite.py [--repeats=5] [--steps=5] [--only=lstm] [--nocompile]
+  python experiments/benchmarks/suite.py [--repeats=5] [--steps=5] [--only=lstm,elman] [--nocompile]
       [--dtype=bfloat16] [--noplain_layers]
 
 Per workload and framework: examples/s and step time (median, and min-max over repeats of
@@ -40,7 +40,7 @@ import results_file  # noqa: E402  (and torch_reference, imported where PyTorch 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('repeats', 5, 'Timed repeats per workload and framework.')
 flags.DEFINE_integer('steps', 5, 'Steps per timed repeat.')
-flags.DEFINE_string('only', '', 'Run only the workloads whose name contains this.')
+flags.DEFINE_list('only', [], 'Run only the workloads whose name contains one of these.')
 flags.DEFINE_bool('compile', True, 'Also time torch.compile.')
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 flags.DEFINE_integer('rnn_unroll', 1, 'dlearn RNNs: time steps per scan iteration.')
@@ -264,7 +264,7 @@ def main(argv):
   )
   print(header, flush=True)
   for name, model, batch_size, shape, overrides in WORKLOADS:
-    if FLAGS.only and FLAGS.only not in name:
+    if FLAGS.only and not any(part in name for part in FLAGS.only):
       continue
     first, per_step, flops = time_dlearn(
       model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps

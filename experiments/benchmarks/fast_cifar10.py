@@ -89,7 +89,9 @@ def main(argv):
 
   metrics.quiet_library_logs()
   root = tempfile.mkdtemp(prefix='fast_cifar10_')
-  jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'jax_cache'))
+  # JAX_COMPILATION_CACHE_DIR, if set, keeps the cache (gpu_run.sh carries it to the next call).
+  cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(root, 'jax_cache')
+  jax.config.update('jax_compilation_cache_dir', cache)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   warmup = one_run(0, root)

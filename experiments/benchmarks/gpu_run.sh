@@ -10,9 +10,14 @@
 #     flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8     # the versions CI tests, a fallback
 #   mkdir -p data/raw && cp ../shared/data/cifar10_jpeg_train.tar.gz data/raw/
 #   mkdir -p peers && cp -r ../shared/peers/airbench peers/
+# and, if an earlier call brought back compile-cache.tgz, `tar xzf compile-cache.tgz` here (it
+# fills .cache/: torch.compile's and JAX's compilation caches; compilation is never timed, but
+# airbench's max-autotune compilation alone took over 370 s of device time on a cold H200).
 # Then one device call: command `bash experiments/benchmarks/gpu_run.sh`, carry [".whl",
-# "data/raw", "peers"], timeout_s 590. Steps, in this order (name some to run only those, e.g.
-# `gpu_run.sh epoch bf16` to finish a call that ran out of time on a warm machine):
+# "data/raw", "peers", ".cache"], timeout_s 590. Steps, in this order (name some to run only those,
+# e.g. `gpu_run.sh epoch bf16` to finish a call that ran out of time on a warm machine). Their
+# device time on an H200 (2026-11-27, cold caches): checks 48 s, suite 144 s, recipe 160 s (61 s
+# of it the first compilation), reference over 370 s (all but ~15 s compilation), epoch ~100 s:
 #   checks     experiments/benchmarks/gpu_checks.py: cuDNN LSTM == scan, bf16 ~ float32
 #   suite      suite.py, float32: dlearn (scan and cuDNN LSTMs) against torch eager and compile
 #   recipe     fast_cifar10.py: the fast CIFAR-10 recipe, 5 timed runs after a warm-up
@@ -59,14 +64,17 @@ step() {
     PY=python3
     # Wheels into a folder of their own (the image's site-packages stay as they are); this
     # checkout by path, as a `pip install -e .` would need the package index for its build.
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-      .whl/*.whl || { echo "error: installing .whl failed"; exit 1; }
+    [ -d /tmp/site/grain ] || $PY -m pip install -q --no-index --no-deps --no-compile \
+      --no-cache-dir --target /tmp/site .whl/*.whl || { echo "error: installing .whl failed"; exit 1; }
     suite_args=(--repeats=3 --steps=10 --noplain_layers)
     recipe_args=(--runs=5)
     epoch_args=(--repeats=1)
     reference=(python3 airbench94_muon.py)
   fi
   export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  # Compilation caches of the recipe and its reference that travel between calls (carry .cache;
+  # compile-cache.tgz comes back). Only theirs: the suite's first-call column includes compilation.
+  caches=$PWD/.cache
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv 2>/dev/null || echo "no nvidia-smi"
   $PY -c 'import jax, flax, optax, orbax.checkpoint as o, grain, tensorflow_datasets as t
@@ -94,12 +102,14 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
   # Whether dlearn runs on the image's flax, optax and orbax (newer than CI's, with JAX 0.11): one
   # end-to-end test (data, training, checkpoint, resume) on the CPU while the GPU runs the checks.
   # If it fails, the versions CI tests (.whl/pinned) go first on the path, if they pass it.
-  probe=(env JAX_PLATFORMS=cpu $PY -m pytest -q -x -p no:cacheprovider tests/test_fast_cnn.py
-    -k resumes_exactly)
+  probe=(env JAX_PLATFORMS=cpu $PY -m pytest -q -x -p no:cacheprovider
+    tests/test_fast_cnn.py -k resumes_exactly)
   timeout -k 5 120 "${probe[@]}" >"$OUT/probe.log" 2>&1 &
   probe_pid=$!
   wants checks && step 60 checks $PY experiments/benchmarks/gpu_checks.py
-  if wait $probe_pid; then
+  if [ "$STEPS" = " reference " ]; then
+    kill $probe_pid 2>/dev/null  # only PyTorch runs
+  elif wait $probe_pid; then
     echo "== probe: dlearn's end-to-end test passes with the image's packages"
   else
     echo "== probe failed with the image's packages ($OUT/probe.log); trying .whl/pinned"
@@ -118,13 +128,13 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
     echo "== waiting for the dataset ($((SECONDS - start))s)"
     wait $data_pid || echo "error: preparing the dataset failed (prepare.log)"
   fi
-  wants recipe && step 180 recipe $PY experiments/benchmarks/fast_cifar10.py \
+  wants recipe && JAX_COMPILATION_CACHE_DIR=$caches/jax step 180 recipe $PY experiments/benchmarks/fast_cifar10.py \
     --data_dir=data/tfds "${recipe_args[@]}"
   if wants reference; then
     [ -n "$ref_pid" ] && { wait $ref_pid || echo "error: airbench's data files failed"; }
-    mkdir -p $airbench && (cd $airbench && step 150 reference "${reference[@]}")
+    mkdir -p $airbench && (cd $airbench && TORCHINDUCTOR_CACHE_DIR=$caches/torchinductor step 420 reference "${reference[@]}")
   fi
-  wants epoch && step 90 epoch $PY experiments/benchmarks/epoch_time.py --data_dir=data/tfds \
+  wants epoch && step 150 epoch $PY experiments/benchmarks/epoch_time.py --data_dir=data/tfds \
     "${epoch_args[@]}"
   wants bf16 && XLA_PYTHON_CLIENT_PREALLOCATE=false step 120 bf16 \
     $PY experiments/benchmarks/suite.py --dtype=bfloat16 --peak_tflops=989 "${suite_args[@]}"
@@ -132,5 +142,9 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
 } 2>&1 | tee -a "$OUT/log.txt"
 # The results files this call wrote (each script names its file after the device).
 find experiments/benchmarks/results -name '*.json' -newer "$began_at" | xargs -r cp -t "$OUT"/
+if [ -d .cache ] && [ "$(du -sm .cache | cut -f1)" -lt 60 ]; then
+  tar czf "$OUT/compile-cache.tgz" .cache  # 16 MiB at most come back: else it stays behind
+  [ "$(du -m "$OUT/compile-cache.tgz" | cut -f1)" -lt 16 ] || rm "$OUT/compile-cache.tgz"
+fi
 [ "$SMOKE" = 1 ] && rm -f experiments/benchmarks/results/*smoke*.json
 ls "$OUT"

@@ -191,6 +191,11 @@ def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
       NUM_CLASSES, shape[-1], overrides['hidden_size'], overrides['cell']
     )
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  # float32 matmuls in TF32, as JAX does by default on this GPU (cuDNN convolutions already are).
+  torch.backends.cuda.matmul.allow_tf32 = True
+  # A fresh torch.compile per workload: dynamo otherwise counts every earlier workload's optimizer
+  # against its recompile limit (8) and runs the optimizer step eagerly after that.
+  torch._dynamo.reset()
   network = network.to(device).train()
   optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9)
   generator = torch.Generator().manual_seed(0)

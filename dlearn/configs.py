@@ -29,6 +29,10 @@ def base() -> ml_collections.ConfigDict:
       'bidirectional': False,
       'unroll': 1,
       'implementation': 'scan',
+      # The convolutional branch over time beside the recurrent layers (LSTM-FCN; num_layers=0:
+      # the convolutions alone, FCN): filters and kernel size of each (conv, BatchNorm, ReLU).
+      'conv_filters': (),
+      'conv_kernels': (8, 5, 3),
     }
   )
   # The fast CIFAR-10 recipe (airbench94; experiments/configs/fast_cifar10.py, dlearn/models/
@@ -64,6 +68,12 @@ def base() -> ml_collections.ConfigDict:
   config.data.mean = CIFAR10_MEAN
   config.data.std = CIFAR10_STD
   config.data.augment = True  # random crop with zero padding, and horizontal flip
+  # Sequences, in training (with data.augment; Um et al. 2017): Gaussian jitter of this std (in
+  # standardised units), each channel of each example scaled by a factor of mean 1 and this std,
+  # and a random window of this fraction of each sequence's length (1: the whole sequence).
+  config.data.jitter = 0.0
+  config.data.scaling = 0.0
+  config.data.window_slice = 1.0
   config.data.crop_padding = 4
   # True: the whole train split resident on the devices (each holds a shard; the remainder that the
   # devices do not divide is dropped), batches drawn and augmented inside the compiled step, no

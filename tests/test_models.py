@@ -113,3 +113,72 @@ def test_cudnn_lstm_gives_the_scans_outputs_and_gradients(num_layers, bidirectio
 def test_cudnn_implementation_is_for_float32_lstms_only():
   with pytest.raises(ValueError, match="runs LSTMs in float32 only.*cell='gru'"):
     rnn.RNNClassifier(2, 3, rngs=nnx.Rngs(0), cell='gru', implementation='cudnn')
+
+
+def _loud_padding(lengths, steps, features, seed=1):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(len(lengths), steps, features)).astype(np.float32)
+  for i, length in enumerate(lengths):
+    x[i, length:] = 1e3 * rng.normal(size=x[i, length:].shape)
+  return x
+
+
+@pytest.mark.parametrize('num_layers', [0, 1])
+def test_the_convolutional_branch_ignores_padding(num_layers):
+  # LSTM-FCN (num_layers=1) and FCN (0): in evaluation each sequence alone, unpadded, gives what
+  # the padded batch gives; in training (BatchNorm on the batch's statistics) more padding
+  # changes nothing either, as the statistics count valid steps only.
+  model = rnn.RNNClassifier(
+    4, 3, rngs=nnx.Rngs(0), hidden_size=6, num_layers=num_layers, conv_filters=(5, 7),
+    conv_kernels=(4, 3),
+  )  # fmt: skip
+  lengths = np.array([10, 3, 7, 1])
+  x = _loud_padding(lengths, 10, 3)
+  padded = model(jnp.asarray(x), jnp.asarray(lengths), train=False)
+  unpadded = [
+    model(jnp.asarray(x[i : i + 1, :n]), jnp.array([n]), train=False)[0]
+    for i, n in enumerate(lengths)
+  ]
+  np.testing.assert_allclose(padded, np.stack(unpadded), rtol=1e-5, atol=1e-5)
+  longer = np.concatenate([x, 1e3 * np.ones((4, 6, 3), np.float32)], axis=1)
+  train_a = model(jnp.asarray(x), jnp.asarray(lengths), train=True)
+  train_b = model(jnp.asarray(longer), jnp.asarray(lengths), train=True)
+  np.testing.assert_allclose(train_a, train_b, rtol=1e-5, atol=1e-5)
+  assert model.convs.norms[0].mean[...].shape == (5,)
+
+
+def test_a_model_needs_a_layer():
+  with pytest.raises(ValueError, match='num_layers=0 needs config.rnn.conv_filters'):
+    rnn.RNNClassifier(2, 3, rngs=nnx.Rngs(0), num_layers=0)
+
+
+def test_sequence_augmentations_keep_the_padding_empty():
+  from dlearn.data import augment
+
+  lengths = jnp.array([10, 4, 1])
+  x = jnp.asarray(_loud_padding(np.asarray(lengths), 10, 2) * 0 + 1)  # ones
+  x = jnp.where((jnp.arange(10)[None, :] < lengths[:, None])[..., None], x, 0)
+  keys = jax.random.split(jax.random.key(0), 3)
+  jittered = augment.jitter(keys[0], x, lengths, 0.1)
+  assert float(jnp.abs(jittered[1, 4:]).max()) == 0.0 and float(jnp.std(jittered[0])) > 0.01
+  scaled = augment.scaling(keys[1], x, 0.2)
+  np.testing.assert_allclose(scaled[0, 0], scaled[0, 9])  # one factor per channel and sequence
+  assert float(jnp.abs(scaled[1, 4:]).max()) == 0.0
+  ramp = jnp.where(x > 0, jnp.arange(10, dtype=jnp.float32)[None, :, None] + 1, 0)
+  windows, new_lengths = augment.window_slice(keys[2], ramp, lengths, 0.5)
+  np.testing.assert_array_equal(new_lengths, [5, 2, 1])
+  for i, n in enumerate(np.asarray(new_lengths)):
+    values = np.asarray(windows[i, :, 0])
+    start = values[0] - 1  # a contiguous window of the original steps, inside the sequence
+    np.testing.assert_array_equal(values[:n], start + 1 + np.arange(n))
+    assert 0 <= start and start + n <= int(lengths[i]) and not values[n:].any()
+
+
+def test_the_time_pipeline_refuses_the_convolutional_branch():
+  from dlearn import configs
+  from dlearn.models import family_of
+
+  config = configs.base()
+  config.model, config.rnn.conv_filters = 'rnn', (4,)
+  with pytest.raises(ValueError, match='needs the whole sequence'):
+    family_of(config).check_partition(config, (8, 3), 2, {'batch_size': 8})

@@ -62,3 +62,32 @@ def alternating_flip(images, example_index, epoch, key):
   not); key: a jax random key."""
   flip = flip_start(example_index, key) ^ (jnp.asarray(epoch) % 2 == 1)
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
+# Sequences [B, T, C] with lengths [B]; the steps past each length are zero and stay zero.
+
+
+def _valid_steps(sequences, lengths):
+  return (jnp.arange(sequences.shape[1])[None, :] < lengths[:, None])[..., None]
+
+
+def jitter(rng, sequences, lengths, std: float):
+  """Gaussian noise of standard deviation `std` added to every valid step."""
+  noise = std * jax.random.normal(rng, sequences.shape, sequences.dtype)
+  return jnp.where(_valid_steps(sequences, lengths), sequences + noise, 0)
+
+
+def scaling(rng, sequences, std: float):
+  """Each channel of each sequence multiplied by its own factor, drawn from N(1, std²)."""
+  factors = 1 + std * jax.random.normal(rng, (sequences.shape[0], 1, sequences.shape[2]))
+  return sequences * factors.astype(sequences.dtype)
+
+
+def window_slice(rng, sequences, lengths, fraction: float):
+  """A random window of each sequence, `fraction` of its length (at least one step), moved to the
+  start: (sequences, new lengths). The time scale is kept (no resampling)."""
+  new_lengths = jnp.maximum(1, jnp.floor(fraction * lengths).astype(lengths.dtype))
+  starts = jax.random.randint(rng, lengths.shape, 0, lengths - new_lengths + 1)
+  steps = jnp.minimum(starts[:, None] + jnp.arange(sequences.shape[1]), sequences.shape[1] - 1)
+  windows = jnp.take_along_axis(sequences, steps[..., None], axis=1)
+  return jnp.where(_valid_steps(windows, new_lengths), windows, 0), new_lengths

@@ -15,6 +15,7 @@ traced once, for one device's batch.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
@@ -38,6 +39,22 @@ def image_inputs(images, config, rng, train: bool):
   if train and config.data.augment:
     images = augment.random_crop_and_flip(rng, images, config.data.crop_padding)
   return augment.normalize(images, config.data.mean, config.data.std)
+
+
+def sequence_inputs(sequences, lengths, config, rng, train: bool):
+  """(sequences [B, T, C], lengths [B]), jittered, scaled and window-sliced when training with
+  `config.data.augment` and the amounts `config.data.jitter`, `scaling`, `window_slice` set."""
+  if train and config.data.augment:
+    slice_key, scale_key, jitter_key = jax.random.split(rng, 3)
+    if config.data.window_slice < 1:
+      sequences, lengths = augment.window_slice(
+        slice_key, sequences, lengths, config.data.window_slice
+      )
+    if config.data.scaling:
+      sequences = augment.scaling(scale_key, sequences, config.data.scaling)
+    if config.data.jitter:
+      sequences = augment.jitter(jitter_key, sequences, lengths, config.data.jitter)
+  return sequences, lengths
 
 
 def own_part(x, parts: int):
@@ -78,7 +95,7 @@ class ModelFamily:
     at evaluation); `epoch` the training epoch (a traced integer; 0 at evaluation)."""
     del run_rng, epoch
     if info.kind == 'sequence':
-      return batch['sequence'], batch['length']
+      return sequence_inputs(batch['sequence'], batch['length'], config, rng, train)
     return (image_inputs(batch['image'], config, rng, train),)
 
   def check_partition(self, config, input_shape, parts: int, per_device_batches: dict) -> None:

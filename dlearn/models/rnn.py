@@ -1,9 +1,11 @@
 """Recurrent sequence classifiers: the article's Elman cell, LSTM and GRU, stacked, optionally
-bidirectional, over padded sequences with lengths.
+bidirectional, over padded sequences with lengths; optionally beside a convolutional branch over
+time (LSTM-FCN, Karim et al. 2017), or the convolutions alone (FCN, Wang et al. 2017).
 
 Padding never changes the output: each layer's final state is taken at the sequence's own last step
 (`seq_lengths`), a backward layer reverses only the valid part of each sequence, and a step past the
-end of a sequence never feeds a step before it.
+end of a sequence never feeds a step before it. The convolutions zero the steps past the end after
+every block and leave them out of BatchNorm's statistics and of the average over time.
 """
 
 from __future__ import annotations
@@ -36,9 +38,38 @@ def hidden_state(carry):
   return carry[1] if isinstance(carry, tuple) else carry
 
 
+class TemporalConvs(nnx.Module):
+  """The FCN branch: blocks of (convolution over time, BatchNorm, ReLU), then the average over each
+  sequence's valid steps. Steps past a sequence's end are zeroed after every block, which is what
+  'SAME' zero padding of the unpadded sequence gives, so padding changes nothing."""
+
+  def __init__(self, num_features, filters, kernels, *, axis_name, dtype, rngs: nnx.Rngs):
+    if len(filters) != len(kernels):
+      raise ValueError(
+        f'config.rnn.conv_filters={tuple(filters)} and config.rnn.conv_kernels={tuple(kernels)} '
+        'need one kernel size per convolution.'
+      )
+    convs, norms, size = [], [], num_features
+    for width, kernel in zip(filters, kernels):
+      # No bias: BatchNorm's follows. Statistics over every device's batch (axis_name), as ResNet.
+      convs.append(nnx.Conv(size, width, (kernel,), use_bias=False, dtype=dtype, rngs=rngs))
+      norms.append(nnx.BatchNorm(width, momentum=0.9, axis_name=axis_name, dtype=dtype, rngs=rngs))
+      size = width
+    self.convs, self.norms, self.num_outputs = nnx.List(convs), nnx.List(norms), size
+
+  def __call__(self, x, lengths, *, train: bool):
+    valid = (jnp.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
+    x = jnp.where(valid, x, 0)  # whatever the padding holds
+    for conv, norm in zip(self.convs, self.norms):
+      x = norm(conv(x), use_running_average=not train, mask=valid)
+      x = jnp.where(valid, jax.nn.relu(x), 0)
+    return jnp.sum(x, axis=1) / lengths[:, None].astype(x.dtype)
+
+
 class RNNClassifier(nnx.Module):
   """Stacked (bi)directional RNN; the classifier reads the last layer's final hidden state:
-  y = W_hy h + b_y."""
+  y = W_hy h + b_y. With `conv_filters`, the FCN branch's features are concatenated with h (no
+  recurrent layers at all when `num_layers` is 0)."""
 
   def __init__(
     self,
@@ -52,8 +83,15 @@ class RNNClassifier(nnx.Module):
     bidirectional: bool = False,
     unroll: int = 1,
     implementation: str = 'scan',
+    conv_filters=(),
+    conv_kernels=(),
+    axis_name=None,
     dtype=jnp.float32,
   ):
+    if not num_layers and not conv_filters:
+      raise ValueError(
+        'config.rnn.num_layers=0 needs config.rnn.conv_filters (a model needs a layer).'
+      )
     if cell not in CELLS:
       raise ValueError(f'Unknown RNN cell {cell!r}: choose one of {sorted(CELLS)}.')
     if implementation not in IMPLEMENTATIONS:
@@ -93,13 +131,30 @@ class RNNClassifier(nnx.Module):
       dtype,
     )
     self.num_features, self.implementation = num_features, implementation
-    self.head = nnx.Linear(hidden_size * directions, num_classes, dtype=dtype, rngs=rngs)
+    self.convs = (
+      TemporalConvs(
+        num_features, conv_filters, conv_kernels, axis_name=axis_name, dtype=dtype, rngs=rngs
+      )
+      if conv_filters
+      else None
+    )
+    head_inputs = (hidden_size * directions if num_layers else 0) + (
+      self.convs.num_outputs if self.convs else 0
+    )
+    self.head = nnx.Linear(head_inputs, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, lengths, *, train: bool = False):
     """x: [batch, time, features]; lengths: [batch] number of valid steps (≥ 1)."""
-    del train
-    if self.implementation == 'cudnn':
-      return self.head(self._cudnn_lstm(x, lengths))
+    features = []
+    if len(self.layers):
+      rnn = self._cudnn_lstm if self.implementation == 'cudnn' else self._rnn
+      features.append(rnn(x, lengths))
+    if self.convs is not None:
+      features.append(self.convs(x, lengths, train=train).astype(self.dtype))
+    return self.head(jnp.concatenate(features, axis=-1))
+
+  def _rnn(self, x, lengths):
+    """The last layer's final hidden state (both directions'), by lax.scan."""
     initial_carry = zero_carry(self.cell, x, self.hidden_size, self.dtype)
     if self.bidirectional:
       initial_carry = (initial_carry, initial_carry)
@@ -107,10 +162,8 @@ class RNNClassifier(nnx.Module):
       carry, x = layer(x, initial_carry=initial_carry, seq_lengths=lengths)
     if self.bidirectional:
       forward_carry, backward_carry = carry
-      hidden = jnp.concatenate([hidden_state(forward_carry), hidden_state(backward_carry)], -1)
-    else:
-      hidden = hidden_state(carry)
-    return self.head(hidden)
+      return jnp.concatenate([hidden_state(forward_carry), hidden_state(backward_carry)], -1)
+    return hidden_state(carry)
 
   def _cudnn_lstm(self, x, lengths):
     """The final hidden state of the LSTM stack, by JAX's cuDNN kernel. The cells' parameters are
@@ -163,7 +216,7 @@ class RNNFamily(ModelFamily):
     return shape
 
   def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
-    del axis_name, part_axis  # no BatchNorm; the pipeline uses the unpartitioned module
+    del part_axis  # the pipeline runs the unpartitioned module
     return RNNClassifier(
       num_classes,
       input_shape[-1],
@@ -174,6 +227,9 @@ class RNNFamily(ModelFamily):
       bidirectional=config.rnn.bidirectional,
       unroll=config.rnn.unroll,
       implementation=config.rnn.implementation,
+      conv_filters=tuple(config.rnn.conv_filters),
+      conv_kernels=tuple(config.rnn.conv_kernels),
+      axis_name=axis_name,
       dtype=compute_dtype(config),
     )
 
@@ -187,6 +243,12 @@ class RNNFamily(ModelFamily):
   def check_partition(self, config, input_shape, parts: int, per_device_batches: dict) -> None:
     if parts == 1:
       return
+    if config.rnn.conv_filters or not config.rnn.num_layers:
+      raise ValueError(
+        f'config.partition.parts={parts} pipelines the recurrent layers over time chunks; the '
+        f'convolutional branch (config.rnn.conv_filters={tuple(config.rnn.conv_filters)}) needs '
+        'the whole sequence: use config.partition.parts=1, or no convolutions.'
+      )
     from dlearn.models import pipelined_rnn
 
     micro_batches = config.partition.micro_batches

@@ -126,6 +126,8 @@ def base() -> ml_collections.ConfigDict:
   config.init_from = ''  # a work directory whose newest parameters start this run (step 0)
   config.skip_nonfinite_steps = False  # False: a non-finite loss or gradient stops the run
   config.seed = 0
+  # > 1: that many models from different draws, trained at once and averaged at evaluation.
+  config.ensemble_size = 1
   config.write_plots = True  # curves.png in the work directory at the end
   return config
 

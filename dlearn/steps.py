@@ -144,6 +144,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info, steps_pe
     model = nnx.merge(graphdef, params, state.model_state, copy=True)
     # The loss in float32 also under bf16 (config.dtype).
     logits = family.logits(model, inputs, config, train=True).astype(jnp.float32)
+    # An ensemble's logits carry a leading member axis: each member's loss, summed over members.
     per_example = cross_entropy(logits, labels, config.label_smoothing)
     loss = jnp.sum(per_example * mask)
     if config.loss_reduction == 'mean':
@@ -166,6 +167,8 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info, steps_pe
     model_state=keep(model_state, state.model_state),
     opt_state=keep(opt_state, state.opt_state),
   )
+  if logits.ndim == 3:  # an ensemble's metrics: of its averaged prediction, its mean loss
+    logits, per_example = models.average_probabilities(logits), jnp.mean(per_example, axis=0)
   sums = keep(
     metric_sums(logits, labels, per_example, mask), {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
   )

@@ -182,3 +182,76 @@ def test_the_time_pipeline_refuses_the_convolutional_branch():
   config.model, config.rnn.conv_filters = 'rnn', (4,)
   with pytest.raises(ValueError, match='needs the whole sequence'):
     family_of(config).check_partition(config, (8, 3), 2, {'batch_size': 8})
+
+
+def test_an_ensemble_trains_each_member_as_if_alone():
+  # Two LSTM-FCNs trained at once: after two steps each member's parameters are those of the same
+  # model trained alone from the member's initial parameters; evaluation averages probabilities.
+  import functools
+
+  from dlearn import configs, optimizers, parallel
+  from dlearn import steps as steps_lib
+  from dlearn.data.pipeline import DatasetInfo
+  from dlearn.models import average_probabilities
+
+  info = DatasetInfo('toy', 'sequence', (6, 2), 3, ('a', 'b', 'c'))
+  rng = np.random.default_rng(0)
+  batch = {
+    'sequence': rng.normal(size=(1, 8, 6, 2)).astype(np.float32),
+    'length': rng.integers(1, 7, (1, 8)).astype(np.int32),
+    'label': rng.integers(0, 3, (1, 8)).astype(np.int32),
+    'mask': np.ones((1, 8), np.float32),
+    'index': np.arange(8, dtype=np.int32)[None],
+  }
+
+  def trained(config, state=None):
+    tx = optimizers.create(config, total_steps=10)
+    graphdef, fresh = steps_lib.create_train_state(config, info, tx)
+    state = fresh if state is None else state.replace(opt_state=tx.init(state.params))
+    step = functools.partial(
+      steps_lib.train_step, graphdef=graphdef, tx=tx, config=config, info=info
+    )
+    mapped = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0), out_axes=None)
+    for _ in range(2):
+      state, sums = mapped(state, batch)
+    return graphdef, fresh, state, sums
+
+  config = configs.base()
+  config.model, config.optimizer, config.learning_rate = 'rnn', 'adamw', 0.01
+  config.rnn.hidden_size, config.rnn.conv_filters, config.rnn.conv_kernels = 4, (5,), (3,)
+  config.data.augment = False
+  config.ensemble_size = 2
+  graphdef, initial, together, sums = trained(config)
+  assert sums['count'] == 8 and 0 <= sums['correct'] <= 8  # the ensemble's own prediction
+  alone_config = config.copy_and_resolve_references()
+  alone_config.ensemble_size = 1
+  x, lengths = jnp.asarray(batch['sequence'][0]), jnp.asarray(batch['length'][0])
+  alone_logits = []
+  for member in range(2):
+    own = lambda tree: jax.tree.map(lambda x: x[member], tree['members'])  # noqa: B023
+    first = initial.replace(params=own(initial.params), model_state=own(initial.model_state))
+    alone_graphdef, _, alone, _ = trained(alone_config, first)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a[member], b, rtol=2e-5, atol=2e-6),
+      together.params['members'],
+      alone.params,
+    )
+    model = nnx.merge(alone_graphdef, alone.params, alone.model_state)
+    alone_logits.append(model(x, lengths, train=False))
+  ensemble = nnx.merge(graphdef, together.params, together.model_state)
+  np.testing.assert_allclose(
+    ensemble(x, lengths, train=False),
+    average_probabilities(jnp.stack(alone_logits)),
+    rtol=1e-4,
+    atol=1e-5,
+  )
+
+
+def test_families_that_reach_into_the_model_refuse_ensembles():
+  from dlearn import configs
+  from dlearn.models import create_model
+
+  config = configs.base()
+  config.model, config.ensemble_size = 'fast_cnn', 2
+  with pytest.raises(ValueError, match='trains no ensembles'):
+    create_model(config, num_classes=10, input_shape=(32, 32, 3), axis_name=None, seed=0)

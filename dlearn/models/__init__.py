@@ -6,6 +6,8 @@ take `--config.model=name` with no other change.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from dlearn.models import cnn, fast_cnn, rnn
@@ -42,11 +44,56 @@ def create_model(
   it), with parameters drawn from `seed`. With `space_axis` (config.partition.parts > 1) the model
   takes its part of every example over that mesh axis; call `check_partition` first. The
   parameters are the same either way."""
-  return family_of(config).create(
-    config,
-    num_classes=num_classes,
-    input_shape=tuple(input_shape),
-    rngs=nnx.Rngs(seed),
-    axis_name=axis_name,
-    part_axis=space_axis,
-  )
+  family = family_of(config)
+
+  def make(rngs):
+    return family.create(
+      config,
+      num_classes=num_classes,
+      input_shape=tuple(input_shape),
+      rngs=rngs,
+      axis_name=axis_name,
+      part_axis=space_axis,
+    )
+
+  if config.ensemble_size <= 1:
+    return make(nnx.Rngs(seed))
+  if not family.ensembles or space_axis is not None:
+    raise ValueError(
+      f'config.ensemble_size={config.ensemble_size}: config.model={config.model!r} '
+      + ('trains no ensembles' if not family.ensembles else 'with config.partition.parts > 1')
+      + '; set config.ensemble_size=1.'
+    )
+  return Ensemble(make, config.ensemble_size, nnx.Rngs(seed))
+
+
+class Ensemble(nnx.Module):
+  """`size` models of one architecture, each from its own draw of parameters, trained at once: one
+  compiled step runs all of them (`nnx.vmap` over the members' parameters and statistics).
+  Training returns every member's logits, [size, batch, classes], and each member minimises its own
+  loss (the losses are summed: no member's gradient touches another's parameters). Evaluation
+  returns the log of the members' averaged probabilities, [batch, classes]."""
+
+  def __init__(self, make, size: int, rngs: nnx.Rngs):
+    @nnx.split_rngs(splits=size)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def members(rngs):
+      return make(rngs)
+
+    self.members, self.size = members(rngs), size
+
+  def __call__(self, *inputs, train: bool = False):
+    @nnx.vmap(in_axes=(0,) + (None,) * len(inputs), out_axes=0)
+    def each(member, *inputs):
+      return member(*inputs, train=train)
+
+    logits = each(self.members, *inputs)
+    if train:
+      return logits
+    return average_probabilities(logits)
+
+
+def average_probabilities(member_logits):
+  """log of the mean over the leading (member) axis of the softmax probabilities."""
+  probabilities = jax.nn.softmax(member_logits.astype(jnp.float32), axis=-1)
+  return jnp.log(jnp.mean(probabilities, axis=0))

@@ -69,6 +69,9 @@ class ModelFamily:
 
   # The dataset kinds (`DatasetInfo.kind`) the family takes.
   kinds: tuple[str, ...] = ('image',)
+  # Whether config.ensemble_size > 1 may wrap the model in `dlearn.models.Ensemble` (which calls
+  # only the model itself: a family whose other methods reach into the model says False).
+  ensembles: bool = True
 
   def input_shape(self, config, info) -> tuple[int, ...]:
     """One example's shape as the model takes it; refuses a dataset of another kind."""

@@ -260,6 +260,8 @@ class FastCNNFamily(ModelFamily):
   with test-time augmentation of level `tta_level`. BatchNorm statistics are those of each
   device's batch unless `sync_batch_norm`."""
 
+  ensembles = False  # init_from_data sets the model's whitening layer
+
   def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
     del part_axis
     return FastCNN(

@@ -64,6 +64,11 @@ def base() -> ml_collections.ConfigDict:
   # Test splits are held back: model selection uses validation carved from train.
   config.data.train_split = 'train[:90%]'
   config.data.eval_split = 'train[90%:]'
+  # Cross-validation (`python -m dlearn.cross_validate`): folds = k > 0 cuts train_split into k
+  # folds stratified by class (seeded by config.seed); the run trains on all but fold `fold` and
+  # evaluates on it, and eval_split is not read. 0: off.
+  config.data.folds = 0
+  config.data.fold = 0
   config.data.max_length = ml_collections.FieldReference(None, field_type=int)  # sequences only
   config.data.mean = CIFAR10_MEAN
   config.data.std = CIFAR10_STD

@@ -20,7 +20,8 @@ def define_flags():
   flags.DEFINE_string(
     'split',
     None,
-    "Split, e.g. validation, test, train[:10%] (default: the run's evaluation split).",
+    "Split, e.g. validation, test, train[:10%] (default: the run's evaluation split; a "
+    "cross-validation fold's run: its held-out fold).",
   )
   flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: the one trained with).')
   flags.DEFINE_bool('png', True, 'Also write the confusion matrix as a PNG.')

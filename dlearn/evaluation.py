@@ -50,9 +50,14 @@ def map_eval_step(graphdef, config, info, mesh):
 def _restore(run_dir, config, dataset, split, data_dir, mesh):
   # A run that split examples over devices has the same parameters as an unsplit one.
   config.partition.parts = parallel.parts(mesh)
-  dataset = dataset or config.data.name
-  split = split or config.data.eval_split
-  source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
+  if config.data.folds and not (dataset or split):  # a cross-validation run: its held-out fold
+    config.data.data_dir = data_dir or config.data.data_dir
+    _, source = pipeline.run_sources(config)
+    dataset, split = config.data.name, f'{config.data.train_split}_fold{config.data.fold}'
+  else:
+    dataset = dataset or config.data.name
+    split = split or config.data.eval_split
+    source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
   info = pipeline.dataset_info(source, dataset, config.data.max_length)
   graphdef, state = runs.restore_for_evaluation(run_dir, config, info, mesh)
   return config, source, info, graphdef, state, dataset, split

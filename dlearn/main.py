@@ -39,7 +39,9 @@ def define_flags():
   flags.DEFINE_integer('process_id', None, "Multi-process jobs: this process's index.")
 
 
-def main(argv):
+def start(argv):
+  """What a command with these flags does first (also dlearn.cross_validate): checks the command
+  line, joins the other processes, and returns the config."""
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
   config = cli.config_or_fail(FLAGS.config, sys.argv)
@@ -48,6 +50,11 @@ def main(argv):
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
   logging.info('Config:\n%s', config)
+  return config
+
+
+def main(argv):
+  config = start(argv)
   try:
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except cli.USER_ERRORS as e:  # the messages say what is wrong and what to do

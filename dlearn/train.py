@@ -157,13 +157,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_batches(config, mesh)
 
   # ---------------------------------------------------------------------------------------------
-  # Input: the splits, the model's checks against them, the training data's steps per epoch.
+  # Input: the splits (or a cross-validation fold's), the model's checks against them, the
+  # training data's steps per epoch.
   # ---------------------------------------------------------------------------------------------
   runs.prepare(config, workdir)
-  train_source = pipeline.load_split(
-    config.data.name, config.data.train_split, config.data.data_dir
-  )
-  eval_source = pipeline.load_split(config.data.name, config.data.eval_split, config.data.data_dir)
+  train_source, eval_source = pipeline.run_sources(config)
   info = pipeline.dataset_info(train_source, config.data.name, config.data.max_length)
   check_data(config, info)
   check_partition(config, info, mesh)

@@ -1,5 +1,6 @@
 """Runs dlearn's real command-line entry points in a fresh process, on tfds mock data (mocking
-only works inside the process that reads the data)."""
+only works inside the process that reads the data) or, with mock=False, on data prepared in the
+test."""
 
 import os
 import subprocess
@@ -17,7 +18,9 @@ with tfds.testing.mock_data(num_examples={num_examples}):
 """
 
 
-def command(module: str, *args: str) -> list[str]:
+def command(module: str, *args: str, mock: bool = True) -> list[str]:
+  if not mock:
+    return [sys.executable, '-m', f'dlearn.{module}', *args]
   return [sys.executable, '-c', _PROGRAM.format(module=module, num_examples=NUM_EXAMPLES), *args]
 
 
@@ -27,9 +30,13 @@ def environment(devices: int = 8) -> dict:
   return env
 
 
-def run(module: str, *args: str, devices: int = 8, check: bool = True):
+def run(module: str, *args: str, devices: int = 8, check: bool = True, mock: bool = True):
   result = subprocess.run(
-    command(module, *args), capture_output=True, text=True, timeout=600, env=environment(devices)
+    command(module, *args, mock=mock),
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=environment(devices),
   )
   if check:
     assert result.returncode == 0, result.stderr[-3000:]

@@ -95,3 +95,37 @@ def prepared_images(tmp_path, name='toy_images', per_class=40, size=(8, 8)) -> s
   data_dir = str(tmp_path / 'tfds')
   dataset_writer.write_dataset(name, {'train': folder}, data_dir)
   return data_dir
+
+
+def ts_file(path, lines, header=None):
+  """A UEA/UCR .ts file of `lines` (cases) after `header` (default: two channels of unequal
+  lengths, classes a b c)."""
+  header = header or [
+    '@problemName toy',
+    '@timeStamps false',
+    '@missing true',
+    '@univariate false',
+    '@dimensions 2',
+    '@equalLength false',
+    '@classLabel true a b c',
+    '@data',
+  ]
+  with open(path, 'w') as f:
+    f.write('# a comment\n' + '\n'.join(header + lines) + '\n')
+  return str(path)
+
+
+def prepared_sequences(tmp_path, name='toy_sequences', per_class=(6, 5, 4)) -> str:
+  """A prepared sequence dataset from a .ts file of classes a, b, c with `per_class` cases (the
+  last 10% of each class carved into validation), each class's values around its own level so
+  that a model can learn them; returns its data_dir."""
+  rng = np.random.default_rng(0)
+  lines = []
+  for label, count in zip('abc', per_class):
+    for _ in range(count):
+      length = int(rng.integers(3, 7))
+      channels = rng.normal('abc'.index(label), 0.3, (2, length)).round(3)
+      lines.append(':'.join(','.join(map(str, c)) for c in channels) + f':{label}')
+  data_dir = str(tmp_path / 'tfds')
+  dataset_writer.write_dataset(name, {'train': ts_file(tmp_path / f'{name}.ts', lines)}, data_dir)
+  return data_dir

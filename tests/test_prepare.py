@@ -48,22 +48,6 @@ def test_image_size_resizes_every_image(tmp_path):
   assert {r['image'].shape for r in records} == {(4, 4, 3)}
 
 
-def _write_ts(path, lines, header=None):
-  header = header or [
-    '@problemName toy',
-    '@timeStamps false',
-    '@missing true',
-    '@univariate false',
-    '@dimensions 2',
-    '@equalLength false',
-    '@classLabel true a b c',
-    '@data',
-  ]
-  with open(path, 'w') as f:
-    f.write('# a comment\n' + '\n'.join(header + lines) + '\n')
-  return str(path)
-
-
 TS_LINES = [
   '1,2,3:4,5,6:a',
   '1,2:3,4:b',
@@ -75,7 +59,7 @@ TS_LINES = [
 
 
 def test_ts_file_becomes_a_dataset_of_sequences(tmp_path):
-  path = _write_ts(tmp_path / 'toy_TRAIN.ts', TS_LINES)
+  path = helpers.ts_file(tmp_path / 'toy_TRAIN.ts', TS_LINES)
   data_dir = str(tmp_path / 'tfds')
   dataset_writer.write_dataset(
     'toy', {'train': path, 'test': path}, data_dir, validation_fraction=0
@@ -92,7 +76,7 @@ def test_ts_file_becomes_a_dataset_of_sequences(tmp_path):
 
 def test_missing_values_follow_the_documented_rule(tmp_path):
   data = ts_format.read_ts(
-    _write_ts(tmp_path / 'm.ts', ['1,?,3:4,5,NaN:a', '1,2,3,?:4,5,6,?:b', '?,?,?:1,?,3:c'])
+    helpers.ts_file(tmp_path / 'm.ts', ['1,?,3:4,5,NaN:a', '1,2,3,?:4,5,6,?:b', '?,?,?:1,?,3:c'])
   )
   np.testing.assert_allclose(data.sequences[0], [[1, 4], [2, 5], [3, 5]])  # interpolate, hold
   assert data.sequences[1].shape == (3, 2)  # a trailing step missing everywhere ends the case
@@ -103,7 +87,7 @@ def test_carved_validation_is_the_last_fraction_of_each_class(tmp_path):
   lines = [f'{i},{i}:{i},{i}:{"ab"[i % 2]}' for i in range(20)]
   data_dir = str(tmp_path / 'tfds')
   dataset_writer.write_dataset(
-    'toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir, validation_fraction=0.2
+    'toy', {'train': helpers.ts_file(tmp_path / 't.ts', lines)}, data_dir, validation_fraction=0.2
   )
   _, validation = _read_all('toy', 'validation', data_dir)
   firsts = sorted(int(r['sequence'][0, 0]) for r in validation)
@@ -125,7 +109,9 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
       f'{",".join(["1"] * (2 + i % 3))}:{",".join(["2"] * (2 + i % 3))}:{"abc"[i % 3]}'
       for i in range(30)
     ]
-    dataset_writer.write_dataset('toy', {'train': _write_ts(tmp_path / 't.ts', lines)}, data_dir)
+    dataset_writer.write_dataset(
+      'toy', {'train': helpers.ts_file(tmp_path / 't.ts', lines)}, data_dir
+    )
     config.data.name, config.model = 'toy', 'rnn'
     config.rnn.hidden_size = 8
   config.data.data_dir = data_dir
@@ -196,7 +182,7 @@ def test_malformed_header(tmp_path, header_line, match):
   header = ['@problemName toy', header_line, '@classLabel true a b c', '@data']
   if header_line.startswith('@classLabel'):
     header = ['@problemName toy', header_line, '@data']
-  path = _write_ts(tmp_path / 'bad.ts', TS_LINES, header)
+  path = helpers.ts_file(tmp_path / 'bad.ts', TS_LINES, header)
   _assert_fails_cleanly(tmp_path, {'train': path}, ts_format.TsFormatError, match)
 
 
@@ -213,17 +199,17 @@ def test_malformed_header(tmp_path, header_line, match):
   ],
 )
 def test_bad_case_line_names_file_and_line(tmp_path, line, match):
-  path = _write_ts(tmp_path / 'bad.ts', [TS_LINES[0], line])  # line 11: after 8 header lines
+  path = helpers.ts_file(tmp_path / 'bad.ts', [TS_LINES[0], line])  # line 11: after 8 header lines
   _assert_fails_cleanly(tmp_path, {'train': path}, ts_format.TsFormatError, match)
 
 
 def test_empty_ts_split(tmp_path):
-  path = _write_ts(tmp_path / 'bad.ts', [])
+  path = helpers.ts_file(tmp_path / 'bad.ts', [])
   _assert_fails_cleanly(tmp_path, {'train': path}, ts_format.TsFormatError, 'no cases after @data')
 
 
 def test_preparing_twice_needs_overwrite(tmp_path):
-  path = _write_ts(tmp_path / 't.ts', TS_LINES)
+  path = helpers.ts_file(tmp_path / 't.ts', TS_LINES)
   kwargs = dict(validation_fraction=0)
   dataset_writer.write_dataset('toy', {'train': path}, str(tmp_path / 'tfds'), **kwargs)
   with pytest.raises(FileExistsError, match='--overwrite'):
@@ -236,7 +222,7 @@ def test_preparing_twice_needs_overwrite(tmp_path):
 def test_a_validation_split_too_small_to_carve(tmp_path):
   _assert_fails_cleanly(
     tmp_path,
-    {'train': _write_ts(tmp_path / 't.ts', TS_LINES)},
+    {'train': helpers.ts_file(tmp_path / 't.ts', TS_LINES)},
     ValueError,
     "Split 'validation' would be empty",
   )

@@ -61,6 +61,74 @@ def load_split(name: str, split: str, data_dir: str | None = None):
     ) from e
 
 
+class Subset:
+  """The examples of a data source at `indices`, in that order, as a data source itself (what the
+  pipeline asks of one: `len`, `[i]` and `dataset_info`). Neither tfds nor grain selects by a list
+  of indices: tfds split strings take ranges, grain's MapDataset slices."""
+
+  def __init__(self, source, indices):
+    self.source = source
+    self.indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+  @property
+  def dataset_info(self):
+    return self.source.dataset_info
+
+
+def labels(source) -> np.ndarray:
+  """Every example's label, in order (reads every record once)."""
+  return np.array([source[i]['label'] for i in range(len(source))], np.int64)
+
+
+def stratified_folds(
+  labels: np.ndarray, folds: int, seed: int, flag: str = 'config.data.folds'
+) -> list[np.ndarray]:
+  """`folds` disjoint lists of positions in `labels` that together hold each position once, each
+  with about 1/folds of every class: each class's positions shuffled by numpy's
+  default_rng(seed), the classes one after another, dealt round-robin (so fold sizes differ by at
+  most one as well). Each list sorted: storage order reads faster, and training shuffles anyway.
+  A count of folds that leaves a fold without some class is a ValueError naming `flag`."""
+  labels = np.asarray(labels)
+  classes, counts = np.unique(labels, return_counts=True)
+  if not 2 <= folds <= counts.min():
+    smallest, count = classes[counts.argmin()], counts.min()
+    remedy = f'use from 2 to {count} folds' if count >= 2 else 'no number of folds works'
+    raise ValueError(
+      f'{flag}={folds}: {remedy}: every fold needs an example of every class, and the smallest '
+      f'class (label {smallest}) has {count} example{"s" if count > 1 else ""}.'
+    )
+  rng = np.random.default_rng(seed)
+  order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in classes])
+  return [np.sort(order[fold::folds]) for fold in range(folds)]
+
+
+def fold_sources(source, folds: int, fold: int, seed: int) -> tuple[Subset, Subset]:
+  """(train, eval) of fold `fold` of `source` cut into `folds` stratified folds: the other folds,
+  and that fold."""
+  if not 0 <= fold < folds:
+    raise ValueError(f'config.data.fold={fold}: the folds are 0 to {folds - 1}.')
+  parts = stratified_folds(labels(source), folds, seed)
+  held_out = parts.pop(fold)
+  return Subset(source, np.sort(np.concatenate(parts))), Subset(source, held_out)
+
+
+def run_sources(config) -> tuple:
+  """A run's (train, eval) data sources: config.data.train_split and eval_split, or, with
+  config.data.folds = k > 0 (cross-validation), train_split without its fold config.data.fold,
+  and that fold."""
+  data = config.data
+  train_source = load_split(data.name, data.train_split, data.data_dir)
+  if data.folds:
+    return fold_sources(train_source, data.folds, data.fold, config.seed)
+  return train_source, load_split(data.name, data.eval_split, data.data_dir)
+
+
 def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
   features = source.dataset_info.features
   label = features['label']

@@ -1,0 +1,105 @@
+"""Command: k-fold cross-validation of a config over a training split.
+
+  python -m dlearn.cross_validate --config=experiments/configs/rnn_uea.py:gun_point \
+      --workdir=workdirs/cv_gun_point --folds=5 [--split=train+validation] [--config.FIELD=VALUE ...]
+
+The split (default `train+validation`: the whole training file that dlearn.prepare carved the
+validation split from) is cut into k folds stratified by class: each class's examples shuffled
+with config.seed and dealt round-robin, so every fold holds about 1/k of each class
+(`pipeline.stratified_folds`). Fold i trains on the other k-1 folds and is evaluated on fold i, as
+an ordinary run (`config.data.folds=k`, `config.data.fold=i`) in WORKDIR/fold_<i>: rerunning the
+command resumes each fold, or only evaluates a finished one. Given a fold's work directory,
+`dlearn.evaluate` evaluates on its held-out fold.
+
+Prints a line per fold and `k-fold accuracy: MEAN ± STD over K folds (N examples)`, STD being the
+sample standard deviation (ddof=1) of the folds' accuracies, and writes
+WORKDIR/cross_validation.json: each fold's accuracy, loss and examples, the mean and std, the folds'
+sizes, the config and the command's seconds.
+"""
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import flags, logging
+
+from dlearn import checkpoint, cli, train
+from dlearn import main as main_command
+from dlearn.data import pipeline
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  main_command.define_flags()  # --workdir (here: a fold_<i> run per fold), --config, processes
+  flags.DEFINE_integer('folds', 5, 'k: from 2 to the number of examples of the smallest class.')
+  flags.DEFINE_string(
+    'split', 'train+validation', 'The split to cross-validate (config.data.train_split).'
+  )
+
+
+def _write_summary(workdir, results, sizes, config, seconds):
+  accuracies = [r['accuracy'] for r in results]
+  summary = {
+    'folds': results,
+    'mean_accuracy': float(np.mean(accuracies)),
+    'std_accuracy': float(np.std(accuracies, ddof=1)),  # sample standard deviation
+    'examples': sum(r['count'] for r in results),
+    'fold_sizes': sizes,
+    'config': json.loads(config.to_json_best_effort()),
+    'seconds': seconds,
+  }
+  del summary['config']['data']['fold']  # each fold's own is in its run's config.json
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'cross_validation.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def main(argv):
+  start = time.monotonic()
+  config = main_command.start(argv)
+  config.data.train_split, config.data.folds = FLAGS.split, FLAGS.folds
+  results = []
+  try:
+    # The folds' checks and sizes before any training; each run cuts the same folds again.
+    source = pipeline.load_split(config.data.name, config.data.train_split, config.data.data_dir)
+    folds = pipeline.stratified_folds(pipeline.labels(source), FLAGS.folds, config.seed, '--folds')
+    for fold in range(FLAGS.folds):
+      config.data.fold = fold
+      workdir = os.path.join(FLAGS.workdir, f'fold_{fold}')
+      logging.info(
+        'Fold %d of %d: %d examples held out; %s.', fold, FLAGS.folds, len(folds[fold]), workdir
+      )
+      result = train.train_and_evaluate(config, workdir)
+      if result['preempted']:
+        sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)
+      evaluation = result['eval']
+      results.append({'fold': fold, **evaluation, 'workdir': workdir})
+      if jax.process_index() == 0:
+        print(
+          f'fold {fold}: accuracy {evaluation["accuracy"]:.4f}  loss {evaluation["loss"]:.4f}  '
+          f'examples {evaluation["count"]}',
+          flush=True,
+        )
+  except cli.USER_ERRORS as e:  # the messages say what is wrong and what to do
+    logging.error('%s', e)
+    cli.fail(e)
+  sizes = [len(f) for f in folds]
+  summary = _write_summary(FLAGS.workdir, results, sizes, config, time.monotonic() - start)
+  if jax.process_index() == 0:
+    print(
+      f'k-fold accuracy: {summary["mean_accuracy"]:.4f} ± {summary["std_accuracy"]:.4f} over '
+      f'{len(results)} folds ({summary["examples"]} examples)'
+    )
+
+
+def run():
+  cli.run(main, define_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,169 @@
+"""k-fold cross-validation: stratified folds, a fold's train and eval sources, the data paths over
+a subset of a split, and `python -m dlearn.cross_validate` end to end on a tiny .ts dataset."""
+
+import json
+import os
+import re
+
+import entry_point
+import helpers
+import numpy as np
+import pytest
+
+from dlearn import configs, evaluation, parallel
+from dlearn.data import on_device, pipeline
+
+# helpers.prepared_sequences: classes of 6, 5 and 4 cases, 15 in train+validation.
+PER_CLASS = (6, 5, 4)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return helpers.prepared_sequences(tmp_path_factory.mktemp('data'), per_class=PER_CLASS)
+
+
+def _records(source):
+  """Each record as hashable bytes, to tell which example it is."""
+  return [source[i]['sequence'].tobytes() + bytes([source[i]['label']]) for i in range(len(source))]
+
+
+# ---- folds ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize('k', [2, 3, 5])
+def test_folds_are_stratified_disjoint_and_cover_the_split_once(k):
+  labels = np.random.default_rng(1).permutation(np.repeat([0, 1, 2], [11, 7, 5]))
+  folds = pipeline.stratified_folds(labels, k, seed=0)
+  assert len(folds) == k
+  assert sorted(np.concatenate(folds).tolist()) == list(range(len(labels)))  # each exactly once
+  sizes = [len(f) for f in folds]
+  assert max(sizes) - min(sizes) <= 1
+  for c, count in enumerate([11, 7, 5]):
+    per_fold = [int((labels[f] == c).sum()) for f in folds]
+    assert set(per_fold) <= {count // k, -(-count // k)}  # about 1/k of every class
+  again = pipeline.stratified_folds(labels, k, seed=0)
+  assert all(np.array_equal(a, b) for a, b in zip(folds, again))  # deterministic given the seed
+  other = pipeline.stratified_folds(labels, k, seed=1)
+  assert not all(np.array_equal(a, b) for a, b in zip(folds, other))
+
+
+@pytest.mark.parametrize('k', [1, 6])
+def test_a_fold_count_outside_2_to_the_smallest_class_is_refused(k):
+  labels = np.repeat([0, 1, 2], [11, 7, 5])
+  with pytest.raises(
+    ValueError,
+    match=rf'--folds={k}: use from 2 to 5 folds: .* smallest class \(label 2\) has 5 examples',
+  ):
+    pipeline.stratified_folds(labels, k, seed=0, flag='--folds')
+
+
+def test_a_folds_train_and_eval_sources_are_complementary(data_dir):
+  config = configs.base()
+  config.data.name, config.data.data_dir = 'toy_sequences', data_dir
+  config.data.train_split, config.data.folds = 'train+validation', 3
+  config.data.eval_split = 'not_read'  # a fold's run evaluates on its fold
+  everything = _records(pipeline.load_split('toy_sequences', 'train+validation', data_dir))
+  assert len(everything) == len(set(everything)) == sum(PER_CLASS)
+  held_out = []
+  for fold in range(3):
+    config.data.fold = fold
+    train_source, eval_source = pipeline.run_sources(config)
+    train_records, eval_records = _records(train_source), _records(eval_source)
+    assert len(eval_records) == 5 and len(train_records) == 10
+    assert sorted(train_records + eval_records) == sorted(everything)  # complementary
+    held_out += eval_records
+    info = pipeline.dataset_info(train_source, 'toy_sequences', None)
+    assert info.class_names == ('a', 'b', 'c')
+  assert sorted(held_out) == sorted(everything)  # every example held out once
+  config.data.fold = 3
+  with pytest.raises(ValueError, match=r'config.data.fold=3: the folds are 0 to 2'):
+    pipeline.run_sources(config)
+
+
+def test_host_and_on_device_training_data_read_only_the_subset():
+  records = helpers.image_records(60)  # each record's pixels are unique
+  info = pipeline.DatasetInfo('synthetic', 'image', (4, 4, 3), 5, tuple('abcde'))
+  subset = pipeline.Subset(records, np.arange(60)[::3])  # 20 examples
+  by_pixels = {r['image'].tobytes(): r['index'] for r in records}
+
+  batches = pipeline.train_iterator(subset, info, local_batch_size=20, local_device_count=4, seed=0)
+  batch = next(batches)  # one epoch
+  drawn = [by_pixels[image.tobytes()] for image in batch['image'].reshape(-1, 4, 4, 3)]
+  assert sorted(drawn) == subset.indices.tolist()
+  assert (subset.indices[batch['index'].ravel()] == drawn).all()  # index: position in the subset
+
+  layout = on_device.Layout(num_examples=len(subset), num_devices=8, per_device_batch=2)
+  data = on_device.load(subset, info, layout, parallel.make_mesh(), seed=0)
+  images = np.asarray(data['image']).reshape(-1, 4, 4, 3)
+  resident = [by_pixels[image.tobytes()] for image in images]
+  assert len(set(resident)) == 16 and set(resident) <= set(subset.indices.tolist())  # 4 dropped
+  assert (subset.indices[np.asarray(data['index']).ravel()] == resident).all()
+
+
+# ---- the command ---------------------------------------------------------------------------------
+def _cross_validate(data_dir, workdir, *args, check=True):
+  return entry_point.run(
+    'cross_validate',
+    '--config=experiments/configs/rnn_uea.py',
+    f'--workdir={workdir}',
+    '--config.data.name=toy_sequences',
+    f'--config.data.data_dir={data_dir}',
+    '--config.rnn.hidden_size=8',
+    '--config.batch_size=8',
+    '--config.eval_batch_size=8',
+    '--config.num_train_steps=3',
+    '--config.warmup_steps=0',
+    '--config.write_plots=False',
+    *args,
+    check=check,
+    mock=False,
+  )
+
+
+@pytest.mark.slow
+def test_the_command_trains_each_fold_reports_and_resumes(data_dir, tmp_path):
+  workdir = tmp_path / 'cv'
+  result = _cross_validate(data_dir, workdir, '--folds=3')
+  lines = result.stdout.splitlines()
+  assert [line.split(':')[0] for line in lines[:3]] == ['fold 0', 'fold 1', 'fold 2']
+  assert all(line.endswith('examples 5') for line in lines[:3])
+  summary = re.fullmatch(r'k-fold accuracy: (\S+) ± (\S+) over 3 folds \(15 examples\)', lines[3])
+  assert summary, result.stdout
+
+  with open(workdir / 'cross_validation.json') as f:
+    written = json.load(f)
+  accuracies = [fold['accuracy'] for fold in written['folds']]
+  assert [fold['fold'] for fold in written['folds']] == [0, 1, 2]
+  assert [fold['count'] for fold in written['folds']] == written['fold_sizes'] == [5, 5, 5]
+  assert written['mean_accuracy'] == pytest.approx(np.mean(accuracies))
+  assert written['std_accuracy'] == pytest.approx(np.std(accuracies, ddof=1))
+  assert float(summary.group(1)) == pytest.approx(written['mean_accuracy'], abs=1e-4)
+  assert written['examples'] == 15 and written['seconds'] > 0
+  assert written['config']['data']['folds'] == 3
+  assert written['config']['data']['train_split'] == 'train+validation'
+  for fold in range(3):
+    with open(workdir / f'fold_{fold}' / 'config.json') as f:
+      data = json.load(f)['data']
+    assert (data['folds'], data['fold']) == (3, fold)
+    assert os.path.exists(workdir / f'fold_{fold}' / 'final_metrics.json')
+
+  # A fold's work directory evaluates on its held-out fold by default.
+  summary_0, _, _, _ = evaluation.evaluate_workdir(str(workdir / 'fold_0'))
+  assert summary_0['count'] == 5
+  assert summary_0['accuracy'] == pytest.approx(accuracies[0])
+
+  rerun = _cross_validate(data_dir, workdir, '--folds=3')  # every fold already finished
+  assert 'Already trained for 3 steps; evaluating only.' in rerun.stderr
+  with open(workdir / 'cross_validation.json') as f:
+    assert [fold['accuracy'] for fold in json.load(f)['folds']] == accuracies
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('folds', [1, 5])
+def test_a_bad_fold_count_is_one_error_line_before_any_training(data_dir, tmp_path, folds):
+  result = _cross_validate(data_dir, tmp_path / 'cv', f'--folds={folds}', check=False)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert errors[0].startswith(f'error: --folds={folds}: use from 2 to 4 folds')
+  assert 'smallest class (label 2) has 4 examples' in errors[0]
+  assert not os.path.exists(tmp_path / 'cv')  # nothing trained, nothing written

@@ -107,7 +107,8 @@ def base() -> ml_collections.ConfigDict:
   # rows, an RNN's sequences in time chunks run as a pipeline of `micro_batches` micro-batches —
   # and the groups are data-parallel. Needs mapping='shard_map'. README: "Splitting one example".
   config.partition = ml_collections.ConfigDict({'parts': 1, 'micro_batches': 1})
-  config.batch_size = 128  # global, over every device of every process
+  config.batch_size = 128  # global, over every device of every process; 0: from the data
+  # (train.derived_batch_size: a tenth of the train split, at most 16)
   config.eval_batch_size = 512
   config.optimizer = 'sgd'  # 'sgd' | 'adamw'
   config.learning_rate = 0.1

@@ -75,9 +75,19 @@ def check_data(config, info):
         )
 
 
+def derived_batch_size(num_examples: int, num_devices: int) -> int:
+  """config.batch_size=0: a tenth of the train split, at most 16 (Fawaz et al. 2019's rule for
+  time-series classifiers, which gives small datasets enough steps), rounded up to a multiple of
+  the devices."""
+  batch = min(16, max(1, num_examples // 10))
+  return -(-batch // num_devices) * num_devices
+
+
 def _check_batches(config, mesh):
-  """Both global batch sizes divide over the devices (else a clear error, before any work)."""
-  parallel.per_device_batch_size(config.batch_size, mesh)
+  """Both global batch sizes divide over the devices (else a clear error, before any work); a
+  batch size of 0 is derived from the data later."""
+  if config.batch_size:
+    parallel.per_device_batch_size(config.batch_size, mesh)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   logging.info(
     '%d devices (%s) in %d process(es); global batch %d, %s%s.',
@@ -162,6 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   runs.prepare(config, workdir)
   train_source, eval_source = pipeline.run_sources(config)
+  if not config.batch_size:
+    config.batch_size = derived_batch_size(len(train_source), mesh.shape[parallel.AXIS])
+    logging.info('config.batch_size=0: %d from the train split.', config.batch_size)
   info = pipeline.dataset_info(train_source, config.data.name, config.data.max_length)
   check_data(config, info)
   check_partition(config, info, mesh)

@@ -41,3 +41,11 @@ def test_a_non_finite_step_in_a_dispatch_names_it_and_the_last_checkpoint():
   skipping.push(17, 24, _sums(1, first=20))
   skipping.flush()
   assert skipping.skipped == 3
+
+
+def test_a_batch_size_of_zero_is_derived_from_the_data():
+  from dlearn.train import derived_batch_size
+
+  # A tenth of the cases, at least 1, at most 16, then a multiple of the devices.
+  assert [derived_batch_size(n, 1) for n in (5, 40, 50, 270, 100_000)] == [1, 4, 5, 16, 16]
+  assert [derived_batch_size(n, 8) for n in (5, 50, 270)] == [8, 8, 16]

@@ -107,6 +107,8 @@ def _cross_validate(data_dir, workdir, *args, check=True):
     '--config.data.name=toy_sequences',
     f'--config.data.data_dir={data_dir}',
     '--config.rnn.hidden_size=8',
+    '--config.rnn.conv_filters=(4,)',
+    '--config.rnn.conv_kernels=(3,)',
     '--config.batch_size=8',
     '--config.eval_batch_size=8',
     '--config.num_train_steps=3',
@@ -167,3 +169,31 @@ def test_a_bad_fold_count_is_one_error_line_before_any_training(data_dir, tmp_pa
   assert errors[0].startswith(f'error: --folds={folds}: use from 2 to 4 folds')
   assert 'smallest class (label 2) has 4 examples' in errors[0]
   assert not os.path.exists(tmp_path / 'cv')  # nothing trained, nothing written
+
+
+@pytest.mark.slow
+def test_the_uea_recipe_trains_an_ensemble_with_its_batch_from_the_data(data_dir, tmp_path):
+  # The recipe as a user runs it on a new dataset (tiny here): batch size 0 is derived from the
+  # train split and recorded; an ensemble of 2 trains and evaluates as one model.
+  workdir = tmp_path / 'recipe'
+  entry_point.run(
+    'main',
+    '--config=experiments/configs/rnn_uea.py:toy_sequences',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    '--config.rnn.hidden_size=4',
+    '--config.rnn.conv_filters=(4,)',
+    '--config.rnn.conv_kernels=(3,)',
+    '--config.ensemble_size=2',
+    '--config.num_train_steps=4',
+    '--config.warmup_steps=0',
+    '--config.eval_batch_size=8',
+    mock=False,
+  )
+  saved = configs.load(str(workdir))
+  assert saved.batch_size == 8  # a tenth of the train split is 1: one per device of the 8
+  assert saved.ensemble_size == 2 and saved.data.name == 'toy_sequences'
+  result = entry_point.run(
+    'evaluate', f'--workdir={workdir}', '--split=validation', '--nopng', mock=False
+  )
+  assert re.match(r'accuracy \S+  loss \S+  examples 2', result.stdout), result.stdout

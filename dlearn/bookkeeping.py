@@ -18,10 +18,12 @@ def interval(value: int, steps_per_epoch: int) -> int:
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
-  """config.num_train_steps if positive, else config.num_epochs epochs."""
+  """config.num_train_steps if positive, else config.num_epochs epochs, at most
+  config.max_train_steps if that is positive (a recipe's bound for large datasets)."""
   if config.num_train_steps > 0:
     return config.num_train_steps
-  return int(config.num_epochs * steps_per_epoch)
+  steps = int(config.num_epochs * steps_per_epoch)
+  return min(steps, config.max_train_steps) if config.max_train_steps > 0 else steps
 
 
 def itstime(step: int, every: int, total: int) -> bool:

@@ -123,6 +123,7 @@ def base() -> ml_collections.ConfigDict:
   config.loss_reduction = 'mean'
   config.num_epochs = 10.0
   config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.max_train_steps = -1  # > 0: num_epochs' steps, but at most this many
   config.eval_every_steps = -1  # -1: once per epoch, and at the end
   config.log_every_steps = 100
   config.checkpoint_every_steps = -1  # -1: once per epoch, and at the end

@@ -11,7 +11,9 @@ def test_intervals_and_durations_resolve_to_steps():
   config = configs.base()
   config.num_epochs, config.num_train_steps = 2.5, -1
   assert bookkeeping.total_steps(config, 22) == 55
-  config.num_train_steps = 7
+  config.max_train_steps = 40  # bounds the epochs' steps...
+  assert bookkeeping.total_steps(config, 22) == 40 and bookkeeping.total_steps(config, 10) == 25
+  config.num_train_steps = 7  # ...not an explicit number of steps
   assert bookkeeping.total_steps(config, 22) == 7
   assert [s for s in range(1, 13) if bookkeeping.itstime(s, 5, 12)] == [5, 10, 12]
 

@@ -41,6 +41,7 @@ def get_config(arg=None):
   config.schedule = 'cosine'
   config.warmup_steps = 50
   config.num_epochs = 300
+  config.max_train_steps = 6000  # large datasets: enough steps, in bounded time
   config.log_every_steps = 500
   config.eval_every_steps = 10**9  # at the end (the validation splits are a handful of cases)
   config.checkpoint_every_steps = 1000

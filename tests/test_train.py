@@ -60,6 +60,20 @@ def test_one_and_eight_devices_give_the_same_parameters(model):
   np.testing.assert_allclose(one_sums['loss_sum'], eight_sums['loss_sum'], rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('ensemble_size', [1, 2])
+def test_lstm_fcn_and_its_ensembles_agree_on_one_and_eight_devices(ensemble_size):
+  # The convolutional branch's BatchNorm statistics are the global batch's (synchronised), inside
+  # the ensemble's vmap too.
+  config = _config('rnn')
+  config.rnn.hidden_size, config.rnn.conv_filters, config.rnn.conv_kernels = 8, (8,), (3,)
+  config.ensemble_size = ensemble_size
+  one, _ = _train('rnn', 1, config=config)
+  eight, _ = _train('rnn', 8, config=config)
+  helpers.assert_trees_close(one.params, eight.params)
+  helpers.assert_trees_close(one.model_state, eight.model_state)
+
+
 def test_training_changes_the_parameters():
   # Guards the tests above: equal parameters must not come from steps that do nothing.
   config = _config('seed_dcnn')

@@ -65,7 +65,8 @@ step() {
     # Wheels into a folder of their own (the image's site-packages stay as they are); this
     # checkout by path, as a `pip install -e .` would need the package index for its build.
     [ -d /tmp/site/grain ] || $PY -m pip install -q --no-index --no-deps --no-compile \
-      --no-cache-dir --target /tmp/site .whl/*.whl || { echo "error: installing .whl failed"; exit 1; }
+      --no-cache-dir --target /tmp/site .whl/*.whl \
+      || { echo "error: installing .whl failed"; exit 1; }
     suite_args=(--repeats=3 --steps=10 --noplain_layers)
     recipe_args=(--runs=5)
     epoch_args=(--repeats=1)
@@ -128,11 +129,12 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
     echo "== waiting for the dataset ($((SECONDS - start))s)"
     wait $data_pid || echo "error: preparing the dataset failed (prepare.log)"
   fi
-  wants recipe && JAX_COMPILATION_CACHE_DIR=$caches/jax step 180 recipe $PY experiments/benchmarks/fast_cifar10.py \
-    --data_dir=data/tfds "${recipe_args[@]}"
+  wants recipe && JAX_COMPILATION_CACHE_DIR=$caches/jax step 180 recipe \
+    $PY experiments/benchmarks/fast_cifar10.py --data_dir=data/tfds "${recipe_args[@]}"
   if wants reference; then
     [ -n "$ref_pid" ] && { wait $ref_pid || echo "error: airbench's data files failed"; }
-    mkdir -p $airbench && (cd $airbench && TORCHINDUCTOR_CACHE_DIR=$caches/torchinductor step 420 reference "${reference[@]}")
+    mkdir -p $airbench && (cd $airbench \
+      && TORCHINDUCTOR_CACHE_DIR=$caches/torchinductor step 420 reference "${reference[@]}")
   fi
   wants epoch && step 150 epoch $PY experiments/benchmarks/epoch_time.py --data_dir=data/tfds \
     "${epoch_args[@]}"

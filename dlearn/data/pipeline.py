@@ -162,15 +162,21 @@ def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
   )
 
 
+def standardize(sequence, info: DatasetInfo):
+  """Each channel of `sequence` [..., channels] (numpy or jax) standardised with the train split's
+  statistics; unchanged where the dataset has none."""
+  if info.feature_mean is None:
+    return sequence
+  return (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)
+
+
 def example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
   """One record as fixed-shape numpy arrays. Images stay uint8: normalisation and augmentation run
   on the device inside the step, which moves 4x fewer bytes to it."""
   label = np.int32(record['label'])
   if info.kind == 'image':
     return {'image': np.asarray(record['image'], np.uint8), 'label': label}
-  sequence = np.asarray(record['sequence'], np.float32)
-  if info.feature_mean is not None:
-    sequence = (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)
+  sequence = standardize(np.asarray(record['sequence'], np.float32), info)
   max_length = info.example_shape[0]
   if len(sequence) > max_length:
     raise ValueError(

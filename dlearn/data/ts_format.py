@@ -35,15 +35,19 @@ _KNOWN_HEADERS = {
 }
 
 
+# The label of a case in a file without class labels.
+UNLABELLED = -1
+
+
 class TsFormatError(ValueError):
   """A `.ts` file that does not follow the format; the message names the file and line."""
 
 
 @dataclasses.dataclass
 class TsData:
-  class_names: tuple[str, ...]
+  class_names: tuple[str, ...]  # empty for a file without labels (`@classLabel false`)
   sequences: list[np.ndarray]  # each [length, channels] float32
-  labels: list[int]  # indices into class_names
+  labels: list[int]  # indices into class_names; UNLABELLED without labels
   lines: list[int]  # the line each case came from
 
 
@@ -62,14 +66,16 @@ def _parse_case(
   line: str, path: str, number: int, num_channels: int | None, class_index: dict[str, int]
 ) -> tuple[np.ndarray, int]:
   fields = line.split(':')
+  if not class_index:  # no labels: every field is a channel
+    fields.append(None)
   *channels, label = fields
   if num_channels is not None and len(channels) != num_channels:
     raise TsFormatError(
       f'{path}:{number}: {len(channels)} channel(s) before the class label, '
       f'but the header declares @dimensions {num_channels}.'
     )
-  label = label.strip()
-  if label not in class_index:
+  label = label.strip() if class_index else None
+  if class_index and label not in class_index:
     raise TsFormatError(
       f'{path}:{number}: class label {label!r} is not declared in '
       f'@classLabel ({" ".join(class_index)}).'
@@ -106,7 +112,7 @@ def _parse_case(
     if np.isnan(sequence).any()
     else sequence
   )
-  return sequence, class_index[label]
+  return sequence, class_index[label] if class_index else UNLABELLED
 
 
 def read_ts(path: str) -> TsData:
@@ -146,13 +152,16 @@ def read_ts(path: str) -> TsData:
         if key == 'univariate' and value.lower() == 'true':
           num_channels = num_channels or 1
         if key == 'classlabel':
-          flag, *names = value.split()
-          if flag.lower() != 'true' or not names:
+          flag, *names = value.split() or ['']
+          if flag.lower() == 'false' and not names:  # new cases to classify
+            class_names = ()
+          elif flag.lower() != 'true' or not names:
             raise TsFormatError(
               f'{path}:{number}: @classLabel must be `true` followed by the class '
-              f'labels; this reader is for classification files.'
+              f'labels, or `false` for cases without labels.'
             )
-          class_names = tuple(names)
+          else:
+            class_names = tuple(names)
         if key == 'data':
           if class_names is None:
             raise TsFormatError(f'{path}:{number}: @data comes before any @classLabel line.')

@@ -39,10 +39,16 @@ class ImageInputs:
     if not len(self.files):
       raise image_folder.ImageFolderError(f'{path}: no files found.')
     depths = {name.count('/') for name in self.files.names}
+    # One split folder laid out as `dlearn.prepare` reads it, <split>/<class>/<image>: the split
+    # folder names nothing.
+    self.folder_depth = (
+      1 if depths == {2} and len({n.split('/')[0] for n in self.files.names}) == 1 else 0
+    )
+    depths = {depth - self.folder_depth for depth in depths}
     if depths == {0}:
       self.labels = [UNLABELLED] * len(self.files)
     elif depths == {1}:
-      folders = [name.split('/')[0] for name in self.files.names]
+      folders = [name.split('/')[self.folder_depth] for name in self.files.names]
       unknown = sorted(set(folders) - set(info.class_names))
       if unknown:
         raise image_folder.ImageFolderError(
@@ -293,7 +299,11 @@ def predict(
       inputs, info, state, graphdef, config, mesh, progress
     ):
       if label == UNREADABLE:
-        reason = inputs.errors.get(index, f'{input_path}: {inputs.name(index)}: cannot be read.')
+        reason = inputs.errors.get(
+          index,
+          f'{input_path}: {inputs.name(index)}: cannot be read (by another process; its log '
+          'says why).',
+        )
         if not skip_bad_inputs:
           raise image_folder.ImageFolderError(
             f'{reason}\nNothing was written; remove the file or pass --skip_bad_inputs.'

@@ -1,5 +1,6 @@
 """`dlearn.predict` and `dlearn.export` on tiny trained runs: every input once and in order on 1
-and 8 devices, labels, bad inputs, and the exported model run with jax and numpy alone."""
+and 8 devices and on 2 processes, labels, bad inputs, and the exported model run with jax and
+numpy alone."""
 
 import csv
 import os
@@ -97,7 +98,7 @@ def _probabilities(rows, class_names):
   )
 
 
-def test_8_devices_predict_every_input_once_in_order_as_1_device_does(runs, tmp_path):
+def test_8_devices_and_2_processes_predict_every_input_once_in_order_as_1_device(runs, tmp_path):
   outputs = {}
   for devices, source in ((1, 'new'), (8, 'new'), (8, 'new.tar.gz')):
     output = tmp_path / f'{devices}_{source}.csv'
@@ -106,12 +107,34 @@ def test_8_devices_predict_every_input_once_in_order_as_1_device_does(runs, tmp_
     )
     assert 'inputs/s' in result.stderr and 'ETA' in result.stderr
     outputs[devices, source] = _rows(output)
+  # Two processes of 4 devices (jax.distributed on loopback), as two hosts would run it.
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'dlearn.launch',
+      '--command=predict',
+      '--processes=2',
+      '--devices_per_process=4',
+      '--',
+      f'--workdir={runs / "cnn"}',
+      f'--input={runs / "new"}',
+      f'--output={tmp_path / "two.csv"}',
+    ],
+    env=entry_point.environment(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  outputs['two processes'] = _rows(tmp_path / 'two.csv')
   names = [f'{i:03d}.png' for i in range(NEW_IMAGES)]
   for rows in outputs.values():
     assert [row['input'] for row in rows] == names  # each once, in input order
     assert 'label' not in rows[0]  # a flat folder has no labels
   one, eight = (_probabilities(outputs[d, 'new'], 'abc') for d in (1, 8))
   np.testing.assert_allclose(eight, one, atol=2e-6)
+  np.testing.assert_allclose(_probabilities(outputs['two processes'], 'abc'), eight, atol=2e-6)
   np.testing.assert_allclose(_probabilities(outputs[8, 'new.tar.gz'], 'abc'), eight, atol=0)
   np.testing.assert_allclose(eight.sum(1), 1, atol=1e-5)
 

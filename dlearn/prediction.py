@@ -88,42 +88,43 @@ class ImageInputs:
 
 class SequenceInputs:
   """The cases of a `.ts` file as a data source, labelled by class name or unlabelled
-  (`@classLabel false`); every case is checked against the trained channels and length first."""
+  (`@classLabel false`), each parsed when read (a file larger than memory streams). Every case is
+  checked against the trained channels and length first, one at a time, so that a bad line stops
+  every process before any prediction."""
 
   def __init__(self, path: str, info):
-    data = ts_format.read_ts(path)
+    self.cases = ts_format.TsCases(path)
     max_length, channels = info.example_shape
-    for sequence, line in zip(data.sequences, data.lines):
-      if sequence.shape[1] != channels:
-        raise ts_format.TsFormatError(
-          f'{path}:{line}: {sequence.shape[1]} channel(s), but the model was trained on {channels}.'
-        )
-      if len(sequence) > max_length:
-        raise ts_format.TsFormatError(
-          f'{path}:{line}: {len(sequence)} steps, more than the {max_length} the model was '
-          'trained with (config.data.max_length).'
-        )
-    unknown = sorted(set(data.class_names) - set(info.class_names))
+    if self.cases.num_channels != channels:
+      raise ts_format.TsFormatError(
+        f'{path}:{self.cases.lines[0]}: {self.cases.num_channels} channel(s), but the model was '
+        f'trained on {channels}.'
+      )
+    unknown = sorted(set(self.cases.class_names) - set(info.class_names))
     if unknown:
       raise ts_format.TsFormatError(
         f'{path}: @classLabel names {unknown}, which are not classes of the model '
         f'({" ".join(info.class_names)}).'
       )
-    self.sequences = data.sequences
-    self.labels = [
-      info.class_names.index(data.class_names[label]) if label >= 0 else UNLABELLED
-      for label in data.labels
-    ]
+    for i, line in enumerate(self.cases.lines):
+      length = len(self.cases[i][0])
+      if length > max_length:
+        raise ts_format.TsFormatError(
+          f'{path}:{line}: {length} steps, more than the {max_length} the model was trained '
+          'with (config.data.max_length).'
+        )
+    self.label_ids = [info.class_names.index(name) for name in self.cases.class_names]
     self.errors: dict[int, str] = {}
 
   def __len__(self) -> int:
-    return len(self.sequences)
+    return len(self.cases)
 
   def name(self, i: int) -> str:
     return str(i)
 
   def __getitem__(self, i):
-    return {'sequence': self.sequences[i], 'label': self.labels[i]}
+    sequence, label = self.cases[i]
+    return {'sequence': sequence, 'label': self.label_ids[label] if label >= 0 else UNLABELLED}
 
 
 class SplitInputs:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from dlearn import prediction
-from dlearn.data import image_folder, ts_format
+from dlearn.data import dataset_writer, image_folder, ts_format
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
 
@@ -153,16 +153,17 @@ def test_labelled_inputs_print_accuracy_as_evaluate_does(runs, tmp_path):
     assert f.read() == expected
   rows = _rows(output)
   assert [row['input'] for row in rows] == [str(i) for i in range(len(rows))]
-  # A <class>/<image> folder is labelled by its class folders.
+  # A <class>/<image> folder is labelled by its class folders; here inside one split folder, as
+  # `dlearn.prepare` reads it.
   labelled = _predict(
     f'--workdir={runs / "cnn"}',
-    f'--input={runs / "images" / "train"}',
+    f'--input={runs / "images"}',
     f'--output={tmp_path / "folder.csv"}',
     '--top_k=1',
   )
   rows = _rows(tmp_path / 'folder.csv')
   assert len(rows) == 120 and set(rows[0]) == {'input', 'class_1', 'probability_1', 'label'}
-  assert rows[0]['input'] == 'a/000.jpg' and rows[0]['label'] == 'a'
+  assert rows[0]['input'] == 'train/a/000.jpg' and rows[0]['label'] == 'a'
   assert 'accuracy ' in labelled.stdout and 'examples 120' in labelled.stdout
 
 
@@ -179,6 +180,8 @@ def test_ts_files_with_and_without_labels(runs, tmp_path):
   with_labels, without = _rows(labelled), _rows(unlabelled)
   assert [row['label'] for row in with_labels] == ['a'] * 6 + ['b'] * 5 + ['c'] * 4
   assert [{k: v for k, v in row.items() if k != 'label'} for row in with_labels] == without
+  with pytest.raises(ts_format.TsFormatError, match='classLabel false: a dataset to train'):
+    dataset_writer.write_dataset('x', {'train': str(runs / 'unlabelled.ts')}, str(tmp_path))
 
 
 def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path):

@@ -115,19 +115,28 @@ def _parse_case(
   return sequence, class_index[label] if class_index else UNLABELLED
 
 
-def read_ts(path: str) -> TsData:
-  """Parses and checks a whole `.ts` file; raises TsFormatError naming the file and line."""
-  header: dict[str, str] = {}
-  class_names = None
-  num_channels = None
-  sequences, labels, lines = [], [], []
-  in_data = False
-  with open(path, encoding='utf-8', errors='replace') as f:
-    for number, raw in enumerate(f, start=1):
-      line = raw.strip()
-      if not line or line.startswith('#'):
-        continue
-      if not in_data:
+class TsCases:
+  """A `.ts` file's header and where each case is, found in one pass; each case is parsed when it
+  is read (`[i]`: (sequence [length, channels], label)), so that a file larger than memory streams.
+  Raises TsFormatError naming the file and line."""
+
+  def __init__(self, path: str):
+    self.path = path
+    header: dict[str, str] = {}
+    class_names = None
+    num_channels = None
+    self._places = []  # (line number, byte offset, size) of each case
+    in_data = False
+    offset = 0
+    with open(path, 'rb') as f:
+      for number, raw in enumerate(f, start=1):
+        start, offset = offset, offset + len(raw)
+        line = raw.decode('utf-8', errors='replace').strip()
+        if not line or line.startswith('#'):
+          continue
+        if in_data:
+          self._places.append((number, start, len(raw)))
+          continue
         if not line.startswith('@'):
           raise TsFormatError(
             f'{path}:{number}: expected an @ header line or @data before the '
@@ -165,16 +174,40 @@ def read_ts(path: str) -> TsData:
         if key == 'data':
           if class_names is None:
             raise TsFormatError(f'{path}:{number}: @data comes before any @classLabel line.')
-          class_index = {name: i for i, name in enumerate(class_names)}
           in_data = True
-        continue
-      sequence, label = _parse_case(line, path, number, num_channels, class_index)
-      num_channels = sequence.shape[1]  # every later case must match the first
-      sequences.append(sequence)
-      labels.append(label)
-      lines.append(number)
-  if not in_data:
-    raise TsFormatError(f'{path}: no @data line; is this a .ts file?')
-  if not sequences:
-    raise TsFormatError(f'{path}: no cases after @data (an empty split).')
-  return TsData(class_names, sequences, labels, lines)
+    if not in_data:
+      raise TsFormatError(f'{path}: no @data line; is this a .ts file?')
+    if not self._places:
+      raise TsFormatError(f'{path}: no cases after @data (an empty split).')
+    self.class_names = class_names
+    self._class_index = {name: i for i, name in enumerate(class_names)}
+    self.num_channels = num_channels
+    if num_channels is None:  # every later case must match the first
+      self.num_channels = self[0][0].shape[1]
+
+  def __len__(self) -> int:
+    return len(self._places)
+
+  @property
+  def lines(self) -> list[int]:
+    """The line of each case."""
+    return [number for number, _, _ in self._places]
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    number, offset, size = self._places[i]
+    with open(self.path, 'rb') as f:
+      f.seek(offset)
+      line = f.read(size).decode('utf-8', errors='replace').strip()
+    return _parse_case(line, self.path, number, self.num_channels, self._class_index)
+
+
+def read_ts(path: str) -> TsData:
+  """Parses and checks a whole `.ts` file; raises TsFormatError naming the file and line."""
+  cases = TsCases(path)
+  parsed = [cases[i] for i in range(len(cases))]
+  return TsData(
+    cases.class_names,
+    [sequence for sequence, _ in parsed],
+    [label for _, label in parsed],
+    cases.lines,
+  )

@@ -179,7 +179,7 @@ def _predict_step(state, batch, *, graphdef, config, info):
 class Progress:
   """A console line on process 0, redrawn at most once a second (a new line each time where
   stderr is not a terminal): inputs done, inputs/s and ETA. The rate counts from the end of the
-    first batch, which includes compilation; with a single batch, from the start."""
+  first batch, which includes compilation; with a single batch, from the start."""
 
   def __init__(self, total: int):
     self.total, self.done, self.active = total, 0, jax.process_index() == 0
@@ -288,7 +288,7 @@ def predict(
     else open(os.devnull, 'w')
   )
   progress = Progress(len(inputs))
-  skipped, counted = [], []
+  skipped, count, labelled = [], 0, False
   confusion = np.zeros((info.num_classes, info.num_classes), np.int64)
   sums = {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
   try:
@@ -311,14 +311,15 @@ def predict(
           )
         skipped.append((inputs.name(index), reason))
         continue
-      if not counted:
-        writer.writerow(header + (['label'] if label != UNLABELLED else []))
-      counted.append(label != UNLABELLED)
+      if not count:  # every input of a source is labelled, or none is
+        labelled = label != UNLABELLED
+        writer.writerow(header + (['label'] if labelled else []))
+      count += 1
       top = np.argsort(-probabilities, kind='stable')[:top_k]
       row = [inputs.name(index)]
       for c in top:
         row += [info.class_names[c], f'{probabilities[c]:.6f}']
-      if label != UNLABELLED:
+      if labelled:
         row.append(info.class_names[label])
         confusion[label, int(np.argmax(probabilities))] += 1
         sums['loss_sum'] -= float(np.log(max(probabilities[label], 1e-30)))
@@ -332,8 +333,8 @@ def predict(
     partial.close()
     if writing and os.path.exists(partial.name):
       os.remove(partial.name)
-  result = {'count': len(counted), 'skipped': skipped, 'rate': progress.rate()}
-  if counted and all(counted):
+  result = {'count': count, 'skipped': skipped, 'rate': progress.rate()}
+  if labelled:
     result['summary'] = metrics.summarize(sums)
     result['confusion'] = confusion
     result['confusion_path'] = os.path.splitext(output)[0] + '_confusion.csv'

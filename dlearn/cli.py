@@ -93,6 +93,18 @@ def field_values(items: list[str], flag: str) -> dict:
   return values
 
 
+def define_workdir_flags(set_example: str) -> None:
+  """The flags of a command that reads a trained work directory: --workdir, --data_dir, --set."""
+  flags.DEFINE_string('workdir', None, 'Work directory of a training run.', required=True)
+  flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: the one trained with).')
+  flags.DEFINE_multi_string(
+    'set',
+    [],
+    f"FIELD=VALUE: change a field of the run's config for this command, e.g. {set_example}; a "
+    'field that changes the shapes of the checkpoint cannot be restored.',
+  )
+
+
 def run(main: Callable, define_flags: Callable[[], None]) -> None:
   """Defines the command's flags, parses the command line and runs `main(argv)` under absl."""
   define_flags()

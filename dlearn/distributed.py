@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import logging
+from absl import flags, logging
 
 # How long the others wait for a process that stopped answering before they fail.
 HEARTBEAT_TIMEOUT_SECONDS = 30
@@ -59,3 +59,20 @@ def initialize(
     jax.local_device_count(),
     jax.device_count(),
   )
+
+
+def define_flags() -> None:
+  """The flags of a command that runs as one process of a multi-process job."""
+  flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'Multi-process jobs: host:port of process 0 (see dlearn/distributed.py; usually detected).',
+  )
+  flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: number of processes.')
+  flags.DEFINE_integer('process_id', None, "Multi-process jobs: this process's index.")
+
+
+def initialize_from_flags() -> None:
+  """`initialize` with the flags of `define_flags`."""
+  values = flags.FLAGS
+  initialize(values.coordinator_address, values.num_processes, values.process_id)

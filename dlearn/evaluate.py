@@ -15,7 +15,9 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', None, 'Work directory of a training run.', required=True)
+  cli.define_workdir_flags(
+    '--set=fast_cnn.tta_level=0 (no test-time augmentation) or --set=eval_batch_size=256'
+  )
   flags.DEFINE_string('dataset', None, 'tfds dataset name (default: the one trained on).')
   flags.DEFINE_string(
     'split',
@@ -23,14 +25,7 @@ def define_flags():
     "Split, e.g. validation, test, train[:10%] (default: the run's evaluation split; a "
     "cross-validation fold's run: its held-out fold).",
   )
-  flags.DEFINE_string('data_dir', None, 'tfds data_dir (default: the one trained with).')
   flags.DEFINE_bool('png', True, 'Also write the confusion matrix as a PNG.')
-  flags.DEFINE_multi_string(
-    'set',
-    [],
-    "FIELD=VALUE: change a field of the run's config for this evaluation, e.g. "
-    '--set=fast_cnn.tta_level=0 (no test-time augmentation) or --set=eval_batch_size=256.',
-  )
 
 
 def main(argv):

@@ -12,15 +12,15 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from dlearn import configs, metrics, models, parallel, runs, steps
+from dlearn import configs, metrics, parallel, runs, steps
 from dlearn.data import pipeline
 
 
-def evaluate_split(mapped_eval_step, state, source, info, config, mesh):
-  """({'loss', 'accuracy', 'count'}, confusion matrix [true, predicted]) over every example of
-  `source`, each counted once, on every device of every process."""
+def device_batches(source, info, config, mesh):
+  """This process's share of every global batch of config.eval_batch_size examples of `source`,
+  in order, on its way to the devices: every example once over every device of every process
+  (`pipeline.eval_iterator`)."""
   batches = pipeline.eval_iterator(
     source,
     info,
@@ -29,8 +29,14 @@ def evaluate_split(mapped_eval_step, state, source, info, config, mesh):
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  return (batch for batch, _ in parallel.prefetch(((batch, None) for batch in batches), mesh))
+
+
+def evaluate_split(mapped_eval_step, state, source, info, config, mesh):
+  """({'loss', 'accuracy', 'count'}, confusion matrix [true, predicted]) over every example of
+  `source`, each counted once, on every device of every process."""
   totals = previous_sums = None
-  for batch, _ in parallel.prefetch(((batch, None) for batch in batches), mesh):
+  for batch in device_batches(source, info, config, mesh):
     sums = mapped_eval_step(state, batch)
     previous_sums = parallel.wait_for_previous(previous_sums, sums)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -47,7 +53,9 @@ def map_eval_step(graphdef, config, info, mesh):
   )
 
 
-def _restore(run_dir, config, dataset, split, data_dir, mesh):
+def restore(run_dir, config, dataset, split, data_dir, mesh):
+  """(config, source, info, graphdef, state, dataset, split): the newest checkpoint of `run_dir`
+  on `mesh`, and the split to evaluate on (by default the run's evaluation split)."""
   # A run that split examples over devices has the same parameters as an unsplit one.
   config.partition.parts = parallel.parts(mesh)
   if config.data.folds and not (dataset or split):  # a cross-validation run: its held-out fold
@@ -61,6 +69,15 @@ def _restore(run_dir, config, dataset, split, data_dir, mesh):
   info = pipeline.dataset_info(source, dataset, config.data.max_length)
   graphdef, state = runs.restore_for_evaluation(run_dir, config, info, mesh)
   return config, source, info, graphdef, state, dataset, split
+
+
+def write_confusion(path: str, confusion, class_names) -> None:
+  """The confusion matrix as CSV: rows the true class, columns the predicted one."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['true \\ predicted', *class_names])
+    for class_name, row in zip(class_names, confusion):
+      writer.writerow([class_name, *np.asarray(row).tolist()])
 
 
 def evaluate_workdir(
@@ -78,7 +95,7 @@ def evaluate_workdir(
   config = configs.override(configs.load(run_dir), overrides or {})
   mesh = parallel.make_mesh(parts=config.partition.parts)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  config, source, info, graphdef, state, dataset, split = _restore(
+  config, source, info, graphdef, state, dataset, split = restore(
     run_dir, config, dataset, split, data_dir, mesh
   )
   summary, confusion = evaluate_split(
@@ -87,11 +104,7 @@ def evaluate_workdir(
   name = f'confusion_{dataset}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}.csv'
   path = os.path.join(run_dir, name)
   if jax.process_index() == 0:
-    with open(path, 'w', newline='') as f:
-      writer = csv.writer(f)
-      writer.writerow(['true \\ predicted', *info.class_names])
-      for class_name, row in zip(info.class_names, confusion):
-        writer.writerow([class_name, *row.tolist()])
+    write_confusion(path, confusion, info.class_names)
     if png:
       from dlearn import plots  # matplotlib only when asked for
 
@@ -111,16 +124,15 @@ def predict_workdir(
   'labels', the model 'inputs' as stored ('image' uint8 or 'sequence'), 'lengths' for sequences,
   and the dataset 'info'."""
   mesh = parallel.make_mesh(jax.devices()[:1])
-  config, source, info, graphdef, state, _, _ = _restore(
+  config, source, info, graphdef, state, _, _ = restore(
     run_dir, configs.load(run_dir), dataset, split, data_dir, mesh
   )
-  family = models.family_of(config)
 
   @jax.jit
   def forward(state, batch):
-    model = nnx.merge(graphdef, state.params, state.model_state)
-    inputs = family.inputs(batch, config, info, rng=None, run_rng=None, train=False, epoch=0)
-    return family.logits(model, inputs, config, train=False)
+    return steps.eval_logits(
+      state.params, state.model_state, batch, graphdef=graphdef, config=config, info=info
+    )
 
   outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}
   key = 'image' if info.kind == 'image' else 'sequence'

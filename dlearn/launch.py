@@ -3,8 +3,9 @@
   python -m dlearn.launch --processes=2 --devices_per_process=4 -- \
       --config=experiments/configs/seed_dcnn_cifar10.py:smoke --workdir=workdirs/two_processes
 
-Each process runs `python -m dlearn.main` with the arguments after `--`, joined by JAX's own
-runtime (jax.distributed) through a coordinator on 127.0.0.1. Process 0's output is shown; the
+Each process runs `python -m dlearn.main` (`--command=predict`: `dlearn.predict`) with the
+arguments after `--`, joined by JAX's own runtime (jax.distributed) through a coordinator on
+127.0.0.1. Process 0's output is shown; the
 others' goes to <process_log_dir>/process_<i>.log. If one process fails, the rest are stopped and the
 launcher exits with its status.
 """
@@ -28,6 +29,9 @@ def define_flags():
   flags.DEFINE_integer(
     'devices_per_process', 4, 'CPU devices each process simulates.', lower_bound=1
   )
+  flags.DEFINE_enum(
+    'command', 'main', ['main', 'predict'], 'The dlearn command every process runs.'
+  )
   flags.DEFINE_string(
     'process_log_dir',
     None,
@@ -42,7 +46,11 @@ def _free_port() -> int:
 
 
 def launch(
-  processes: int, devices_per_process: int, main_args: list[str], log_dir: str | None = None
+  processes: int,
+  devices_per_process: int,
+  main_args: list[str],
+  log_dir: str | None = None,
+  command: str = 'main',
 ) -> int:
   log_dir = log_dir or tempfile.mkdtemp(prefix='dlearn_launch_')
   os.makedirs(log_dir, exist_ok=True)
@@ -63,7 +71,10 @@ def launch(
       logs.append(output)
     children.append(
       subprocess.Popen(
-        [sys.executable, '-m', 'dlearn.main', *main_args], env=env, stdout=output, stderr=output
+        [sys.executable, '-m', f'dlearn.{command}', *main_args],
+        env=env,
+        stdout=output,
+        stderr=output,
       )
     )
   print(
@@ -103,7 +114,11 @@ def launch(
 
 
 def main(argv):
-  sys.exit(launch(FLAGS.processes, FLAGS.devices_per_process, argv[1:], FLAGS.process_log_dir))
+  sys.exit(
+    launch(
+      FLAGS.processes, FLAGS.devices_per_process, argv[1:], FLAGS.process_log_dir, FLAGS.command
+    )
+  )
 
 
 def run():

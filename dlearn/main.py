@@ -30,13 +30,7 @@ def define_flags():
     lock_config=True,
   )
   flags.mark_flags_as_required(['config'])
-  flags.DEFINE_string(
-    'coordinator_address',
-    None,
-    'Multi-process jobs: host:port of process 0 (see dlearn/distributed.py; usually detected).',
-  )
-  flags.DEFINE_integer('num_processes', None, 'Multi-process jobs: number of processes.')
-  flags.DEFINE_integer('process_id', None, "Multi-process jobs: this process's index.")
+  distributed.define_flags()
 
 
 def start(argv):
@@ -46,7 +40,7 @@ def start(argv):
     cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
   config = cli.config_or_fail(FLAGS.config, sys.argv)
   metrics.quiet_library_logs()
-  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.initialize_from_flags()
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # one log per job: process 0's
   logging.info('Config:\n%s', config)

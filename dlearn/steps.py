@@ -205,13 +205,21 @@ def train_steps(state: TrainState, inputs, *, num_steps: int, draw=None, unroll=
   return state, {**sums, 'first_nonfinite_step': jnp.where(jnp.any(flags), first, 0)}
 
 
-def eval_step(state: TrainState, batch, *, graphdef, config, info):
-  """Metric sums and the confusion matrix of one device's batch, summed over every device; the
-  family's evaluation (e.g. test-time augmentation) gives the logits."""
+def eval_logits(params, model_state, batch, *, graphdef, config, info):
+  """float32 logits of a batch in the model's evaluation form: the family's preprocessing and
+  evaluation (e.g. test-time augmentation, an ensemble's averaged probabilities). What
+  evaluation, `dlearn.predict` and `dlearn.export` all compute."""
   family = models.family_of(config)
-  model = nnx.merge(graphdef, state.params, state.model_state)
+  model = nnx.merge(graphdef, params, model_state)
   inputs = family.inputs(batch, config, info, rng=None, run_rng=None, train=False, epoch=0)
-  logits = family.logits(model, inputs, config, train=False).astype(jnp.float32)
+  return family.logits(model, inputs, config, train=False).astype(jnp.float32)
+
+
+def eval_step(state: TrainState, batch, *, graphdef, config, info):
+  """Metric sums and the confusion matrix of one device's batch, summed over every device."""
+  logits = eval_logits(
+    state.params, state.model_state, batch, graphdef=graphdef, config=config, info=info
+  )
   labels, mask = batch['label'], batch['mask']
   sums = metric_sums(logits, labels, cross_entropy(logits, labels, 0.0), mask)
   num_classes = logits.shape[-1]

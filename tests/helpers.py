@@ -129,3 +129,15 @@ def prepared_sequences(tmp_path, name='toy_sequences', per_class=(6, 5, 4)) -> s
   data_dir = str(tmp_path / 'tfds')
   dataset_writer.write_dataset(name, {'train': ts_file(tmp_path / f'{name}.ts', lines)}, data_dir)
   return data_dir
+
+
+def tiny_lstm_fcn_flags(data_dir) -> list[str]:
+  """Command-line flags that train `rnn_uea.py`'s LSTM-FCN, made tiny, on `prepared_sequences`."""
+  return [
+    '--config=experiments/configs/rnn_uea.py',
+    '--config.data.name=toy_sequences',
+    f'--config.data.data_dir={data_dir}',
+    '--config.rnn.hidden_size=8',
+    '--config.rnn.conv_filters=(4,)',
+    '--config.rnn.conv_kernels=(3,)',
+  ]

@@ -102,13 +102,8 @@ def test_host_and_on_device_training_data_read_only_the_subset():
 def _cross_validate(data_dir, workdir, *args, check=True):
   return entry_point.run(
     'cross_validate',
-    '--config=experiments/configs/rnn_uea.py',
     f'--workdir={workdir}',
-    '--config.data.name=toy_sequences',
-    f'--config.data.data_dir={data_dir}',
-    '--config.rnn.hidden_size=8',
-    '--config.rnn.conv_filters=(4,)',
-    '--config.rnn.conv_kernels=(3,)',
+    *helpers.tiny_lstm_fcn_flags(data_dir),
     '--config.batch_size=8',
     '--config.eval_batch_size=8',
     '--config.num_train_steps=3',

@@ -87,6 +87,12 @@ def _carve(labels, fraction: float):
 # ----------------------------------------------------------------------------------------------
 def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
   data = {split: ts_format.read_ts(path) for split, path in paths.items()}
+  for split, split_data in data.items():
+    if not split_data.class_names:
+      raise ts_format.TsFormatError(
+        f'{paths[split]}: @classLabel false: a dataset to train or evaluate on needs labelled '
+        'cases; classify unlabelled ones with `python -m dlearn.predict`.'
+      )
   class_names = data['train'].class_names
   channels = data['train'].sequences[0].shape[1]
   for split, split_data in data.items():

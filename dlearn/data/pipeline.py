@@ -35,6 +35,13 @@ class DatasetInfo:
   feature_std: tuple[float, ...] | None = None
 
 
+# What `tfds build` of a catalogue dataset needs beyond dlearn's own dependencies (tfds 4.9.10:
+# its command line imports apache-beam and mlcroissant, its downloader importlib_resources).
+TFDS_BUILD_PACKAGES = (
+  'tensorflow-datasets tensorflow-cpu apache-beam mlcroissant importlib_resources array_record'
+)
+
+
 def _default_data_dir() -> str:
   return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 
@@ -53,9 +60,10 @@ def load_split(name: str, split: str, data_dir: str | None = None):
     raise FileNotFoundError(
       f'Dataset {name!r} was not found in data_dir {data_dir!r} (it looked for '
       f'{os.path.join(data_dir, name)}/<version>/ with ArrayRecord files). Prepare it once, on a '
-      f'machine with internet access and TensorFlow, with:\n'
-      f'  pip install tensorflow-cpu && tfds build {name} --file_format=array_record '
-      f'--data_dir={data_dir}\n'
+      f'machine with internet access, in an environment of its own (building needs TensorFlow; '
+      f'training does not), with:\n'
+      f'  python3 -m venv tfds-env && tfds-env/bin/pip install {TFDS_BUILD_PACKAGES}\n'
+      f'  tfds-env/bin/tfds build {name} --file_format=array_record --data_dir={data_dir}\n'
       f'or, for your own image folder or UEA/UCR .ts files, with `python -m dlearn.prepare`; '
       f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).'
     ) from e
@@ -162,15 +170,21 @@ def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
   )
 
 
+def standardize(sequence, info: DatasetInfo):
+  """Each channel of `sequence` [..., channels] (numpy or jax) standardised with the train split's
+  statistics; unchanged where the dataset has none."""
+  if info.feature_mean is None:
+    return sequence
+  return (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)
+
+
 def example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
   """One record as fixed-shape numpy arrays. Images stay uint8: normalisation and augmentation run
   on the device inside the step, which moves 4x fewer bytes to it."""
   label = np.int32(record['label'])
   if info.kind == 'image':
     return {'image': np.asarray(record['image'], np.uint8), 'label': label}
-  sequence = np.asarray(record['sequence'], np.float32)
-  if info.feature_mean is not None:
-    sequence = (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)
+  sequence = standardize(np.asarray(record['sequence'], np.float32), info)
   max_length = info.example_shape[0]
   if len(sequence) > max_length:
     raise ValueError(

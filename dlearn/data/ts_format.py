@@ -35,15 +35,19 @@ _KNOWN_HEADERS = {
 }
 
 
+# The label of a case in a file without class labels.
+UNLABELLED = -1
+
+
 class TsFormatError(ValueError):
   """A `.ts` file that does not follow the format; the message names the file and line."""
 
 
 @dataclasses.dataclass
 class TsData:
-  class_names: tuple[str, ...]
+  class_names: tuple[str, ...]  # empty for a file without labels (`@classLabel false`)
   sequences: list[np.ndarray]  # each [length, channels] float32
-  labels: list[int]  # indices into class_names
+  labels: list[int]  # indices into class_names; UNLABELLED without labels
   lines: list[int]  # the line each case came from
 
 
@@ -62,14 +66,16 @@ def _parse_case(
   line: str, path: str, number: int, num_channels: int | None, class_index: dict[str, int]
 ) -> tuple[np.ndarray, int]:
   fields = line.split(':')
+  if not class_index:  # no labels: every field is a channel
+    fields.append(None)
   *channels, label = fields
   if num_channels is not None and len(channels) != num_channels:
     raise TsFormatError(
       f'{path}:{number}: {len(channels)} channel(s) before the class label, '
       f'but the header declares @dimensions {num_channels}.'
     )
-  label = label.strip()
-  if label not in class_index:
+  label = label.strip() if class_index else None
+  if class_index and label not in class_index:
     raise TsFormatError(
       f'{path}:{number}: class label {label!r} is not declared in '
       f'@classLabel ({" ".join(class_index)}).'
@@ -106,22 +112,31 @@ def _parse_case(
     if np.isnan(sequence).any()
     else sequence
   )
-  return sequence, class_index[label]
+  return sequence, class_index[label] if class_index else UNLABELLED
 
 
-def read_ts(path: str) -> TsData:
-  """Parses and checks a whole `.ts` file; raises TsFormatError naming the file and line."""
-  header: dict[str, str] = {}
-  class_names = None
-  num_channels = None
-  sequences, labels, lines = [], [], []
-  in_data = False
-  with open(path, encoding='utf-8', errors='replace') as f:
-    for number, raw in enumerate(f, start=1):
-      line = raw.strip()
-      if not line or line.startswith('#'):
-        continue
-      if not in_data:
+class TsCases:
+  """A `.ts` file's header and where each case is, found in one pass; each case is parsed when it
+  is read (`[i]`: (sequence [length, channels], label)), so that a file larger than memory streams.
+  Raises TsFormatError naming the file and line."""
+
+  def __init__(self, path: str):
+    self.path = path
+    header: dict[str, str] = {}
+    class_names = None
+    num_channels = None
+    self._places = []  # (line number, byte offset, size) of each case
+    in_data = False
+    offset = 0
+    with open(path, 'rb') as f:
+      for number, raw in enumerate(f, start=1):
+        start, offset = offset, offset + len(raw)
+        line = raw.decode('utf-8', errors='replace').strip()
+        if not line or line.startswith('#'):
+          continue
+        if in_data:
+          self._places.append((number, start, len(raw)))
+          continue
         if not line.startswith('@'):
           raise TsFormatError(
             f'{path}:{number}: expected an @ header line or @data before the '
@@ -146,26 +161,53 @@ def read_ts(path: str) -> TsData:
         if key == 'univariate' and value.lower() == 'true':
           num_channels = num_channels or 1
         if key == 'classlabel':
-          flag, *names = value.split()
-          if flag.lower() != 'true' or not names:
+          flag, *names = value.split() or ['']
+          if flag.lower() == 'false' and not names:  # new cases to classify
+            class_names = ()
+          elif flag.lower() != 'true' or not names:
             raise TsFormatError(
               f'{path}:{number}: @classLabel must be `true` followed by the class '
-              f'labels; this reader is for classification files.'
+              f'labels, or `false` for cases without labels.'
             )
-          class_names = tuple(names)
+          else:
+            class_names = tuple(names)
         if key == 'data':
           if class_names is None:
             raise TsFormatError(f'{path}:{number}: @data comes before any @classLabel line.')
-          class_index = {name: i for i, name in enumerate(class_names)}
           in_data = True
-        continue
-      sequence, label = _parse_case(line, path, number, num_channels, class_index)
-      num_channels = sequence.shape[1]  # every later case must match the first
-      sequences.append(sequence)
-      labels.append(label)
-      lines.append(number)
-  if not in_data:
-    raise TsFormatError(f'{path}: no @data line; is this a .ts file?')
-  if not sequences:
-    raise TsFormatError(f'{path}: no cases after @data (an empty split).')
-  return TsData(class_names, sequences, labels, lines)
+    if not in_data:
+      raise TsFormatError(f'{path}: no @data line; is this a .ts file?')
+    if not self._places:
+      raise TsFormatError(f'{path}: no cases after @data (an empty split).')
+    self.class_names = class_names
+    self._class_index = {name: i for i, name in enumerate(class_names)}
+    self.num_channels = num_channels
+    if num_channels is None:  # every later case must match the first
+      self.num_channels = self[0][0].shape[1]
+
+  def __len__(self) -> int:
+    return len(self._places)
+
+  @property
+  def lines(self) -> list[int]:
+    """The line of each case."""
+    return [number for number, _, _ in self._places]
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+    number, offset, size = self._places[i]
+    with open(self.path, 'rb') as f:
+      f.seek(offset)
+      line = f.read(size).decode('utf-8', errors='replace').strip()
+    return _parse_case(line, self.path, number, self.num_channels, self._class_index)
+
+
+def read_ts(path: str) -> TsData:
+  """Parses and checks a whole `.ts` file; raises TsFormatError naming the file and line."""
+  cases = TsCases(path)
+  parsed = [cases[i] for i in range(len(cases))]
+  return TsData(
+    cases.class_names,
+    [sequence for sequence, _ in parsed],
+    [label for _, label in parsed],
+    cases.lines,
+  )

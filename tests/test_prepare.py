@@ -174,7 +174,7 @@ def test_empty_image_split(tmp_path):
   'header_line,match',
   [
     ('@dimensions two', r'bad.ts:\d+: @dimensions must be a positive whole number'),
-    ('@classLabel false', r'bad.ts:\d+: @classLabel must be `true`'),
+    ('@classLabel maybe', r'bad.ts:\d+: @classLabel must be `true` followed by the class labels'),
     ('@colour blue', r'bad.ts:\d+: unknown header @colour'),
   ],
 )

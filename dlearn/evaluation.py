@@ -71,6 +71,17 @@ def restore(run_dir, config, dataset, split, data_dir, mesh):
   return config, source, info, graphdef, state, dataset, split
 
 
+def restore_workdir(run_dir, dataset=None, split=None, data_dir=None, overrides=None, devices=None):
+  """`restore`'s (config, source, info, graphdef, state, dataset, split) and the mesh: the run's
+  config with `overrides` {'field.name': value}, on `devices` (default: every device of every
+  process), the evaluation batch checked against them first. What evaluation, prediction and
+  export start from."""
+  config = configs.override(configs.load(run_dir), overrides or {})
+  mesh = parallel.make_mesh(devices, parts=config.partition.parts)
+  parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
+  return (*restore(run_dir, config, dataset, split, data_dir, mesh), mesh)
+
+
 def write_confusion(path: str, confusion, class_names) -> None:
   """The confusion matrix as CSV: rows the true class, columns the predicted one."""
   with open(path, 'w', newline='') as f:
@@ -92,11 +103,8 @@ def evaluate_workdir(
   on every device; with `png`, the confusion matrix also as a picture beside the CSV.
   `overrides` {'field.name': value} change the run's config for this evaluation (e.g.
   {'fast_cnn.tta_level': 0}); a field that changes the state's shapes cannot be restored."""
-  config = configs.override(configs.load(run_dir), overrides or {})
-  mesh = parallel.make_mesh(parts=config.partition.parts)
-  parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  config, source, info, graphdef, state, dataset, split = restore(
-    run_dir, config, dataset, split, data_dir, mesh
+  config, source, info, graphdef, state, dataset, split, mesh = restore_workdir(
+    run_dir, dataset, split, data_dir, overrides
   )
   summary, confusion = evaluate_split(
     map_eval_step(graphdef, config, info, mesh), state, source, info, config, mesh

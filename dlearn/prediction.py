@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dlearn import configs, evaluation, metrics, parallel, steps
+from dlearn import evaluation, metrics, parallel, steps
 from dlearn.data import image_folder, pipeline, ts_format
 
 # Labels of inputs without one, and of inputs that could not be read (a placeholder example).
@@ -239,18 +239,6 @@ def predictions(inputs, info, state, graphdef, config, mesh, progress=None):
     yield from rows(pending)
 
 
-def restore(workdir: str, data_dir=None, dataset=None, split=None, overrides=None, devices=None):
-  """(config, split source, info, graphdef, state, mesh) of the newest checkpoint in `workdir`
-  on `devices` (default: every device of every process)."""
-  config = configs.override(configs.load(workdir), overrides or {})
-  mesh = parallel.make_mesh(devices, parts=config.partition.parts)
-  parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  config, source, info, graphdef, state, _, _ = evaluation.restore(
-    workdir, config, dataset, split, data_dir, mesh
-  )
-  return config, source, info, graphdef, state, mesh
-
-
 def predict(
   workdir: str,
   input_path: str | None,
@@ -271,8 +259,8 @@ def predict(
   `dataset`. Nothing is written when an input cannot be read, unless `skip_bad_inputs`."""
   if os.path.isdir(output):
     raise IsADirectoryError(f'--output={output} is a folder; name a .csv file.')
-  config, source, info, graphdef, state, mesh = restore(
-    workdir, data_dir, dataset, split, overrides
+  config, source, info, graphdef, state, _, _, mesh = evaluation.restore_workdir(
+    workdir, dataset, split, data_dir, overrides
   )
   inputs = open_inputs(input_path, source if input_path is None else None, info, resize)
   top_k = min(top_k, info.num_classes)
@@ -349,9 +337,9 @@ def exported_function(workdir: str, data_dir: str | None = None, overrides: dict
   [batch, height, width, channels] → probabilities [batch, classes]. Sequences: raw float32
   [batch, time, channels] (time: the trained max_length; values past a case's length are
   ignored) and int32 lengths [batch] → probabilities."""
-  config, _, info, graphdef, state, _ = restore(
+  config, _, info, graphdef, state, *_ = evaluation.restore_workdir(
     workdir,
-    data_dir,
+    data_dir=data_dir,
     overrides={**(overrides or {}), 'partition.parts': 1},
     devices=jax.devices()[:1],
   )

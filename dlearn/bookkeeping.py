@@ -54,7 +54,7 @@ class Timing:
 
   def __init__(self):
     self.first_dispatch_seconds = self.eval_seconds = self.data_load_seconds = 0.0
-    self.compile_seconds = 0.0
+    self.compile_seconds = self.eval_compile_seconds = 0.0
     self.first_dispatch_steps = 0
     self._start = time.perf_counter()
 
@@ -90,6 +90,7 @@ class Timing:
       'steps_after_first_dispatch': max(steps_run - self.first_dispatch_steps, 0),
       'first_dispatch_seconds': self.first_dispatch_seconds,
       'compile_seconds': self.compile_seconds,
+      'eval_compile_seconds': self.eval_compile_seconds,
       'eval_seconds': self.eval_seconds,
       'data_load_seconds': self.data_load_seconds,
     }

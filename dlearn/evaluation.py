@@ -32,11 +32,12 @@ def device_batches(source, info, config, mesh):
   return (batch for batch, _ in parallel.prefetch(((batch, None) for batch in batches), mesh))
 
 
-def evaluate_split(mapped_eval_step, state, source, info, config, mesh):
-  """({'loss', 'accuracy', 'count'}, confusion matrix [true, predicted]) over every example of
-  `source`, each counted once, on every device of every process."""
+def evaluate_split(mapped_eval_step, state, batches):
+  """({'loss', 'accuracy', 'count'}, confusion matrix [true, predicted]) over `batches`: a split's
+  `device_batches` (or a list of them kept on the devices), each example counted once, on every
+  device of every process."""
   totals = previous_sums = None
-  for batch in device_batches(source, info, config, mesh):
+  for batch in batches:
     sums = mapped_eval_step(state, batch)
     previous_sums = parallel.wait_for_previous(previous_sums, sums)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -107,7 +108,9 @@ def evaluate_workdir(
     run_dir, dataset, split, data_dir, overrides
   )
   summary, confusion = evaluate_split(
-    map_eval_step(graphdef, config, info, mesh), state, source, info, config, mesh
+    map_eval_step(graphdef, config, info, mesh),
+    state,
+    device_batches(source, info, config, mesh),
   )
   name = f'confusion_{dataset}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}.csv'
   path = os.path.join(run_dir, name)

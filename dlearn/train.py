@@ -129,9 +129,21 @@ def _dispatch_functions(config, mesh, data, tx, graphdef, info, timing):
   return dispatch_function
 
 
-def _evaluate(eval_step, state, step, source, info, config, mesh, timing):
+def _kept_on_devices(eval_step, batches, state, timing):
+  """With config.data.on_device the evaluation split stays on the devices too (read once, like
+  the training split), and its step is compiled here, before the loop's clock starts: an
+  evaluation then costs its computation only. (The fast recipe's final evaluation streamed from
+  the host took ~1 s on an H200, for milliseconds of computation.)"""
+  with timing.timed('data_load'):
+    batches = list(batches)
+  with timing.timed('eval_compile'):
+    compiled = eval_step.lower(state, batches[0]).compile()
+  return compiled, lambda: batches
+
+
+def _evaluate(eval_step, state, step, batches, timing):
   with timing.timed('eval'):
-    summary, _ = evaluation.evaluate_split(eval_step, state, source, info, config, mesh)
+    summary, _ = evaluation.evaluate_split(eval_step, state, batches)
   logging.info(
     'eval at step %d: loss %.4f  accuracy %.4f  (%d examples)',
     step,
@@ -204,6 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   dispatch_function = _dispatch_functions(config, mesh, data, tx, graphdef, info, timing)
   eval_step = evaluation.map_eval_step(graphdef, config, info, mesh)
+  eval_batches = functools.partial(evaluation.device_batches, eval_source, info, config, mesh)
+  if config.data.on_device:
+    eval_step, eval_batches = _kept_on_devices(eval_step, eval_batches(), state, timing)
   intervals = (config.log_every_steps, eval_every, checkpoint_every)
   plan = bookkeeping.dispatch_plan(first_step, total_steps, config.steps_per_dispatch, intervals)
   runs.write_config(config, workdir)
@@ -243,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       eval_metrics = None
       if bookkeeping.itstime(step, eval_every, total_steps):
-        eval_summary = _evaluate(eval_step, state, step, eval_source, info, config, mesh, timing)
+        eval_summary = _evaluate(eval_step, state, step, eval_batches(), timing)
         writer.write(step, 'eval', eval_summary)
         eval_metrics = {f'eval/{k}': v for k, v in eval_summary.items()}
         progress.restart(step)
@@ -260,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonfinite.flush()
     if first_step >= total_steps:  # a finished run started again: report, change nothing
       logging.info('Already trained for %d steps; evaluating only.', first_step)
-      eval_summary = _evaluate(eval_step, state, step, eval_source, info, config, mesh, timing)
+      eval_summary = _evaluate(eval_step, state, step, eval_batches(), timing)
     train_seconds, timing_record = timing.summary(step - first_step)
     checkpointer.close()
   except bookkeeping.NonFiniteError:

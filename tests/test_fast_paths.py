@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from dlearn import bookkeeping, checkpoint, configs, optimizers, parallel, train
+from dlearn import bookkeeping, checkpoint, configs, evaluation, optimizers, parallel, train
 from dlearn import steps as steps_lib
 from dlearn.data import on_device
 from dlearn.data.pipeline import DatasetInfo
@@ -262,6 +262,21 @@ def test_stopped_and_resumed_run_equals_a_straight_one(tmp_path, data_dir, on_de
   if on_device:
     with open(os.path.join(checkpoint.directory(resumed_dir), '12', 'data', 'metadata')) as f:
       assert json.load(f) == {'on_device': True, 'shards': 8, 'seed': 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mapping', ['pmap', 'shard_map'])
+def test_evaluation_kept_on_devices_equals_streamed(tmp_path, data_dir, mapping):
+  # With on-device data the loop keeps the evaluation split on the devices and compiles its step
+  # ahead; `evaluate_workdir` streams it from the host through the step compiled on first call.
+  workdir = str(tmp_path / mapping)
+  config = _loop_config(data_dir, num_train_steps=2, **{'data.on_device': True, 'mapping': mapping})
+  result = train.train_and_evaluate(config, workdir)
+  assert result['timing']['eval_compile_seconds'] > 0
+  streamed, *_ = evaluation.evaluate_workdir(workdir)
+  assert result['eval']['count'] == streamed['count']
+  np.testing.assert_allclose(result['eval']['loss'], streamed['loss'], rtol=1e-5)
+  assert result['eval']['accuracy'] == streamed['accuracy']
 
 
 @pytest.mark.slow

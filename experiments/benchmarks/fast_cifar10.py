@@ -9,8 +9,9 @@ Every run trains a fresh model (seed = run number) through `train.train_and_eval
 work directory, evaluating only at the end. Run 0 warms up (its compilations fill JAX's persistent
 compilation cache in a temporary folder; later runs read them back) and is not counted. Timed per
 run: the first dispatch without its compilation, every later step and the final evaluation; not
-timed: reading the split onto the device, the whitening layer's initialisation (the reference
-times it: a 5,000-image covariance, milliseconds on a GPU) and the final checkpoint's wait.
+timed: reading the splits onto the device, compiling the evaluation step (the reference compiles
+in its warm-up run), the whitening layer's initialisation (the reference times it: a 5,000-image
+covariance, milliseconds on a GPU) and the final checkpoint's wait.
 Writes experiments/benchmarks/results/fast_cifar10-<machine kind>.json.
 """
 

@@ -10,18 +10,24 @@
 #     flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8     # the versions CI tests, a fallback
 #   mkdir -p data/raw && cp ../shared/data/cifar10_jpeg_train.tar.gz data/raw/
 #   mkdir -p peers && cp -r ../shared/peers/airbench peers/
-# and, if an earlier call brought back compile-cache.tgz, `tar xzf compile-cache.tgz` here (it
-# fills .cache/: torch.compile's and JAX's compilation caches; compilation is never timed, but
-# airbench's max-autotune compilation alone took over 370 s of device time on a cold H200).
+#   JAX_PLATFORMS=cpu python experiments/benchmarks/export_on_gpu.py prepare workdirs/gpu_exports \
+#     cnn=workdirs/smoke:validation \
+#     lstm_fcn_ensemble=workdirs/cv/lstmfcn_e5_japanese_vowels/fold_0:../shared/data/JapaneseVowels_TRAIN.ts
+# (any trained work directories: here the `:smoke` run of the README and a cross-validation fold of
+# rnn_uea.py), and, if an earlier call brought back compile-cache.tgz, `tar xzf compile-cache.tgz`
+# here (it fills .cache/: torch.compile's and JAX's compilation caches; compilation is never timed).
 # Then one device call: command `bash experiments/benchmarks/gpu_run.sh`, carry [".whl",
-# "data/raw", "peers", ".cache"], timeout_s 590. Steps, in this order (name some to run only those,
-# e.g. `gpu_run.sh epoch bf16` to finish a call that ran out of time on a warm machine). Their
-# device time on an H200 (2026-11-27, cold caches): checks 48 s, suite 144 s, recipe 160 s (61 s
-# of it the first compilation), reference over 370 s (all but ~15 s compilation), epoch ~100 s:
+# "data/raw", "peers", ".cache", "workdirs/gpu_exports"], timeout_s 590. Steps, in this order (name
+# some to run only those, e.g. `gpu_run.sh epoch bf16` to finish a call that ran out of time on a
+# warm machine). Their device time on an H200 (2026-11-27, cold caches): checks 48 s, suite 144 s,
+# recipe 160 s (61 s of it the first compilation), epoch ~100 s:
 #   checks     experiments/benchmarks/gpu_checks.py: cuDNN LSTM == scan, bf16 ~ float32
 #   suite      suite.py, float32: dlearn (scan and cuDNN LSTMs) against torch eager and compile
 #   recipe     fast_cifar10.py: the fast CIFAR-10 recipe, 5 timed runs after a warm-up
-#   reference  peers/airbench (PyTorch, torch.compile max-autotune) on the same split, 5 runs
+#   reference  peers/airbench (PyTorch) on the same split, 5 runs after its warm-up; torch.compile
+#              in its default mode (REFERENCE_MODE=max-autotune for airbench's own: that one
+#              compiled for over 370 s on an H200 without finishing)
+#   export     export_on_gpu.py check: the exported models run by the README's lines on the GPU
 #   epoch      epoch_time.py: training through the real input pipeline, host and on-device data
 #   bf16       suite.py, bfloat16 (autocast in PyTorch), eager and compile
 # BUDGET (default 570 s) bounds the whole script: each step gets at most its own limit and what is
@@ -33,7 +39,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/dlearn-gpu}
 BUDGET=${BUDGET:-570}
 SMOKE=${SMOKE:-0}
-STEPS=" ${*:-checks suite recipe reference bf16 epoch} "
+STEPS=" ${*:-checks suite recipe reference export epoch bf16} "
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 began_at=$(mktemp)  # results files newer than this one are this call's
@@ -94,7 +100,11 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
   ref_pid=''
   if wants reference && [ "$SMOKE" != 1 ] && [ ! -f $airbench/cifar10/test.pt ]; then
     mkdir -p $airbench
-    sed "s/range(200)/range(5)/" peers/airbench/airbench94_muon.py >$airbench/airbench94_muon.py
+    # 5 runs, and torch.compile's default mode unless REFERENCE_MODE says otherwise: its own
+    # max-autotune compiled for over 370 s of device time on an H200 without finishing (2026-11-27).
+    sed "s/range(200)/range(5)/; s/mode=\"max-autotune\"/mode=\"${REFERENCE_MODE:-default}\"/" \
+      peers/airbench/airbench94_muon.py >$airbench/airbench94_muon.py
+    grep -n 'model.compile' $airbench/airbench94_muon.py
     $PY peers/airbench/jpeg_to_pt.py data/raw/cifar10_jpeg_train.tar.gz $airbench/cifar10 \
       >>"$OUT/prepare.log" 2>&1 &
     ref_pid=$!
@@ -134,11 +144,14 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
   if wants reference; then
     [ -n "$ref_pid" ] && { wait $ref_pid || echo "error: airbench's data files failed"; }
     mkdir -p $airbench && (cd $airbench \
-      && TORCHINDUCTOR_CACHE_DIR=$caches/torchinductor step 420 reference "${reference[@]}")
+      && TORCHINDUCTOR_CACHE_DIR=$caches/torchinductor step 240 reference "${reference[@]}")
   fi
+  # A model exported on the CPU machine (export_on_gpu.py prepare, into workdirs/gpu_exports).
+  wants export && XLA_PYTHON_CLIENT_PREALLOCATE=false step 60 export $PY experiments/benchmarks/export_on_gpu.py check \
+    workdirs/gpu_exports && cp workdirs/gpu_exports/check.json "$OUT/export_check.json"
   wants epoch && step 150 epoch $PY experiments/benchmarks/epoch_time.py --data_dir=data/tfds \
     "${epoch_args[@]}"
-  wants bf16 && XLA_PYTHON_CLIENT_PREALLOCATE=false step 120 bf16 \
+  wants bf16 && XLA_PYTHON_CLIENT_PREALLOCATE=false step 170 bf16 \
     $PY experiments/benchmarks/suite.py --dtype=bfloat16 --peak_tflops=989 "${suite_args[@]}"
   echo "== done at $((SECONDS - start))s"
 } 2>&1 | tee -a "$OUT/log.txt"

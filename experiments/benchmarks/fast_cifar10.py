@@ -65,6 +65,8 @@ def one_run(seed: int, root: str) -> dict:
   config.log_every_steps = 10**9
   config.max_checkpoints_to_keep, config.write_plots = 1, False
   result = train.train_and_evaluate(config, os.path.join(root, f'run{seed}'))
+  if result['preempted']:  # a time limit's SIGTERM: the run did not finish
+    return None
   timing = result['timing']
   seconds = (
     timing['first_dispatch_seconds']
@@ -84,8 +86,6 @@ def one_run(seed: int, root: str) -> dict:
 
 def main(argv):
   del argv
-  import results_file
-
   from dlearn import metrics
 
   metrics.quiet_library_logs()
@@ -96,15 +96,27 @@ def main(argv):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   warmup = one_run(0, root)
+  if warmup is None:
+    sys.exit('stopped by a signal during the warm-up run')
   print(f'warm-up: {warmup["seconds"]:.2f} s, accuracy {warmup["accuracy"]:.4f}', flush=True)
   runs = []
   for seed in range(1, FLAGS.runs + 1):
-    runs.append(one_run(seed, root))
+    run = one_run(seed, root)
+    if run is None:
+      print(f'run {seed}: stopped by a signal; the {len(runs)} finished runs are kept', flush=True)
+      break
+    runs.append(run)
     print(
-      f'run {seed}: {runs[-1]["seconds"]:.2f} s (eval {runs[-1]["eval_seconds"]:.2f} s), '
-      f'accuracy {runs[-1]["accuracy"]:.4f}',
+      f'run {seed}: {run["seconds"]:.2f} s (eval {run["eval_seconds"]:.2f} s), '
+      f'accuracy {run["accuracy"]:.4f}',
       flush=True,
     )
+    write_results(runs)  # after every run: a time limit keeps the finished ones
+
+
+def write_results(runs):
+  import results_file
+
   accuracies = [r['accuracy'] for r in runs]
   summary = {
     'median_seconds': statistics.median(r['seconds'] for r in runs),
@@ -114,7 +126,8 @@ def main(argv):
   print(
     f'{len(runs)} runs: median {summary["median_seconds"]:.2f} s a run, accuracy '
     f'{summary["mean_accuracy"]:.4f} ± {summary["std_accuracy"]:.4f} (TTA level {FLAGS.tta_level}, '
-    f'{runs[0]["eval_examples"]} {FLAGS.eval_split} images), {jax.device_count()} device(s)'
+    f'{runs[0]["eval_examples"]} {FLAGS.eval_split} images), {jax.device_count()} device(s)',
+    flush=True,
   )
   kind = results_file.machine_kind(FLAGS.machine_kind)
   settings = {

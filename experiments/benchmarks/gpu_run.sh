@@ -139,12 +139,15 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
     echo "== waiting for the dataset ($((SECONDS - start))s)"
     wait $data_pid || echo "error: preparing the dataset failed (prepare.log)"
   fi
-  wants recipe && JAX_COMPILATION_CACHE_DIR=$caches/jax step 180 recipe \
+  # 240 s: 5 runs took more than 180 s on an H200, each reading the splits onto the GPU anew.
+  wants recipe && JAX_COMPILATION_CACHE_DIR=$caches/jax step 240 recipe \
     $PY experiments/benchmarks/fast_cifar10.py --data_dir=data/tfds "${recipe_args[@]}"
   if wants reference; then
     [ -n "$ref_pid" ] && { wait $ref_pid || echo "error: airbench's data files failed"; }
     mkdir -p $airbench && (cd $airbench \
       && TORCHINDUCTOR_CACHE_DIR=$caches/torchinductor step 240 reference "${reference[@]}")
+    [ "$SMOKE" = 1 ] || $PY experiments/benchmarks/airbench_results.py "$OUT/log.txt" \
+      --compile_mode="${REFERENCE_MODE:-default}"
   fi
   # A model exported on the CPU machine (export_on_gpu.py prepare, into workdirs/gpu_exports).
   wants export && XLA_PYTHON_CLIENT_PREALLOCATE=false step 60 export $PY experiments/benchmarks/export_on_gpu.py check \

@@ -69,14 +69,12 @@ def main(argv):
     source = pipeline.load_split(config.data.name, config.data.train_split, config.data.data_dir)
     folds = pipeline.stratified_folds(pipeline.labels(source), FLAGS.folds, config.seed, '--folds')
     for fold in range(FLAGS.folds):
-      # Each fold from the command's config: a run fills in what it derives (e.g. batch_size=0).
-      fold_config = config.copy_and_resolve_references()
-      fold_config.data.fold = fold
+      config.data.fold = fold  # each run derives its own settings (e.g. batch_size=0) afresh
       workdir = os.path.join(FLAGS.workdir, f'fold_{fold}')
       logging.info(
         'Fold %d of %d: %d examples held out; %s.', fold, FLAGS.folds, len(folds[fold]), workdir
       )
-      result = train.train_and_evaluate(fold_config, workdir)
+      result = train.train_and_evaluate(config, workdir)
       if result['preempted']:
         sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)
       evaluation = result['eval']

@@ -100,6 +100,11 @@ class MetricWriter:
       self._events.close()
 
 
+def eta(remaining: float, per_second: float) -> str:
+  """'HH:MM:SS' to do `remaining` more at `per_second`; '-' while no rate is known."""
+  return time.strftime('%H:%M:%S', time.gmtime(remaining / per_second)) if per_second else '-'
+
+
 class Progress:
   """One console line per report: step, steps/s, ETA, loss, accuracy."""
 
@@ -117,11 +122,7 @@ class Progress:
     steps = step - self._last_step
     steps_per_second = steps / max(now - self._last_time, 1e-9) if steps else 0.0
     self._last_step, self._last_time = step, now
-    rate = f'{steps_per_second:.2f} steps/s  ETA ' + (
-      time.strftime('%H:%M:%S', time.gmtime((self.total_steps - step) / steps_per_second))
-      if steps_per_second
-      else '-'
-    )
+    rate = f'{steps_per_second:.2f} steps/s  ETA {eta(self.total_steps - step, steps_per_second)}'
     logging.info(
       'step %d/%d  %s  loss %.4f  accuracy %.4f',
       step,

@@ -194,7 +194,7 @@ class Progress:
     if self.active and (now - (self.last or 0) >= 1 or self.done == self.total):
       self.last = now
       rate = self.rate()
-      eta = time.strftime('%H:%M:%S', time.gmtime((self.total - self.done) / rate)) if rate else '-'
+      eta = metrics.eta(self.total - self.done, rate)
       print(
         f'{self.redraw}predict: {self.done}/{self.total} inputs  {rate:.1f} inputs/s  ETA {eta}',
         end='\n' if self.done == self.total or not self.redraw else '',

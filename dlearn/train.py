@@ -174,6 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   # Devices: the mesh, and the batch sizes checked before any data is read or anything compiled.
   # ---------------------------------------------------------------------------------------------
+  config = config.copy_and_resolve_references()  # what the run derives stays in this run
   _check_run_settings(config)
   mesh = parallel.make_mesh(parts=config.partition.parts)
   _check_batches(config, mesh)

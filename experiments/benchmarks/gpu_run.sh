@@ -30,6 +30,7 @@
 #   export     export_on_gpu.py check: the exported models run by the README's lines on the GPU
 #   epoch      epoch_time.py: training through the real input pipeline, host and on-device data
 #   bf16       suite.py, bfloat16 (autocast in PyTorch), eager and compile
+#   unroll     suite.py's LSTM rows with --rnn_unroll=8 (results/<card>-unroll8.json), eager only
 # BUDGET (default 570 s) bounds the whole script: each step gets at most its own limit and what is
 # left of the budget, so a slow step costs the later ones, never the call's output. Everything
 # lands in $OUT: log.txt, prepare.log, probe.log and the results JSON files, which go into
@@ -39,7 +40,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/dlearn-gpu}
 BUDGET=${BUDGET:-570}
 SMOKE=${SMOKE:-0}
-STEPS=" ${*:-checks suite recipe reference export epoch bf16} "
+STEPS=" ${*:-checks suite recipe reference export epoch bf16 unroll} "
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 began_at=$(mktemp)  # results files newer than this one are this call's
@@ -156,6 +157,10 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
     "${epoch_args[@]}"
   wants bf16 && XLA_PYTHON_CLIENT_PREALLOCATE=false step 170 bf16 \
     $PY experiments/benchmarks/suite.py --dtype=bfloat16 --peak_tflops=989 "${suite_args[@]}"
+  # The long LSTM, where dlearn's scan loses to cuDNN (0.19-0.25x): 8 time steps per iteration.
+  wants unroll && XLA_PYTHON_CLIENT_PREALLOCATE=false step 90 unroll \
+    $PY experiments/benchmarks/suite.py --peak_tflops=989 "${suite_args[@]}" --only=lstm \
+    --rnn_unroll=8 --nocompile
   echo "== done at $((SECONDS - start))s"
 } 2>&1 | tee -a "$OUT/log.txt"
 # The results files this call wrote (each script names its file after the device).

@@ -350,7 +350,9 @@ def main(argv):
 def _write(kind, rows):
   import torch
 
-  suffix = '' if FLAGS.dtype == 'float32' else f'-{FLAGS.dtype}'
+  suffix = ('' if FLAGS.dtype == 'float32' else f'-{FLAGS.dtype}') + (
+    f'-unroll{FLAGS.rnn_unroll}' if FLAGS.rnn_unroll > 1 else ''
+  )
   return results_file.write(
     f'{kind}{suffix}',
     kind,
@@ -358,6 +360,7 @@ def _write(kind, rows):
       'dtype': FLAGS.dtype,
       'repeats': FLAGS.repeats,
       'steps': FLAGS.steps,
+      'rnn_unroll': FLAGS.rnn_unroll,
       'rows': rows,
       'note': "ratio = dlearn examples/s / PyTorch examples/s; TFLOP/s from XLA's count "
       'of the dlearn step, applied to both frameworks.',

@@ -84,6 +84,8 @@ def prepare(folder: str, specs) -> None:
 
 
 def check(folder: str) -> None:
+  if not os.path.isdir(folder):
+    sys.exit(f'error: no folder {folder}: run `{sys.argv[0]} prepare {folder} ...` here first')
   import jax
 
   results = {'device': str(jax.devices()[0]), 'jax': jax.__version__, 'models': {}}

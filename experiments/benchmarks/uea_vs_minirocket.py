@@ -28,6 +28,14 @@ as 'validation' (the last `--validation_fraction` of each class in file order,
   read. Seconds: the wall time of the training command (Python and JAX start-up, data loading,
   compilation, training and its periodic evaluations included).
 
+`--folds=K`: k-fold cross-validation on each training file instead (test files unused), both sides
+on the same folds: the file prepared by `dlearn.prepare`, its whole `train+validation` split cut
+by `pipeline.stratified_folds` with `--seed` (what `python -m dlearn.cross_validate --folds=K` cuts
+with `--config.seed`, which it is given). MiniRocket fits on k-1 folds and predicts the held-out
+one, k times; dlearn runs `dlearn.cross_validate`. Both report mean ± std (ddof=1) of the folds'
+accuracies and the seconds of all k folds. This is how a recipe is compared with MiniRocket on
+data it was not tuned on, without a test split.
+
 `--smoke`: MiniRocket with 840 kernels and dlearn's `CONFIG:NAME,smoke` (20 small steps): a check
 that both sides run, not a measurement. Prints a table and writes
 experiments/benchmarks/results/uea_vs_minirocket-<machine kind>.json (`-smoke` added for --smoke).
@@ -36,7 +44,9 @@ experiments/benchmarks/results/uea_vs_minirocket-<machine kind>.json (`-smoke` a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
+import json
 import os
 import re
 import subprocess
@@ -77,7 +87,10 @@ def define_flags():
     'Without a test file: the last fraction of each class of train is the evaluation split '
     "(dlearn.prepare's --validation_fraction).",
   )
-  flags.DEFINE_integer('seed', 0, "MiniRocket's random_state.")
+  flags.DEFINE_integer(
+    'folds', 0, 'k > 1: k-fold cross-validation of both sides on each training file instead.'
+  )
+  flags.DEFINE_integer('seed', 0, "MiniRocket's random_state; with --folds, the folds' seed too.")
   flags.DEFINE_integer('minirocket_kernels', 10_000, "MiniRocket's n_kernels (--smoke: 840).")
   flags.DEFINE_integer('minirocket_jobs', 1, "MiniRocket's n_jobs (threads).")
   flags.DEFINE_string(
@@ -191,6 +204,44 @@ def load_problem(train: str, test: str | None, validation_fraction: float) -> Pr
   )
 
 
+def fold_problems(name: str, data_dir: str, folds: int, seed: int) -> list[Problem]:
+  """The k problems of k-fold cross-validation of prepared dataset `name`'s whole training file
+  (split train+validation), cut as `dlearn.cross_validate --folds=k --config.seed=seed` cuts it."""
+  from dlearn.data import pipeline
+
+  source = pipeline.load_split(name, 'train+validation', data_dir)
+  class_names = tuple(source.dataset_info.features['label'].names)
+  records = [source[i] for i in range(len(source))]
+  sequences = [np.asarray(r['sequence'], np.float32) for r in records]
+  labels = np.array([r['label'] for r in records], np.int64)
+  parts = pipeline.stratified_folds(labels, folds, seed, '--folds')
+  problems = []
+  for held_out in parts:
+    train = np.setdiff1d(np.arange(len(labels)), held_out)
+    problems.append(
+      Problem(
+        class_names,
+        [sequences[i] for i in train],
+        labels[train],
+        [sequences[i] for i in held_out],
+        labels[held_out],
+        'fold',
+      )
+    )
+  return problems
+
+
+def cross_validated(runs: list[dict]) -> dict:
+  """One side's folds summarised as `dlearn.cross_validate` does: mean ± std (ddof=1)."""
+  accuracies = [r['accuracy'] for r in runs]
+  return {
+    'accuracy': float(np.mean(accuracies)),
+    'std': float(np.std(accuracies, ddof=1)),
+    'seconds': float(sum(r['seconds'] for r in runs)),
+    'folds': runs,
+  }
+
+
 # ------------------------------------------------------------------------------------------------
 # MiniRocket
 # ------------------------------------------------------------------------------------------------
@@ -269,12 +320,7 @@ def run_dlearn(
   name = dataset.snake_name
   workdir = os.path.join(workdir_root, name)
   os.makedirs(workdir, exist_ok=True)
-  prepare = ['dlearn.prepare', f'--name={name}', f'--train={os.path.abspath(dataset.train)}']
-  if dataset.test:
-    prepare.append(f'--test={os.path.abspath(dataset.test)}')
-  prepare += [f'--data_dir={data_dir}', f'--validation_fraction={validation_fraction}']
-  prepare.append('--overwrite')
-  _command(prepare, os.path.join(workdir_root, f'{name}.prepare.log'))
+  prepare = prepare_dlearn(dataset, workdir_root, data_dir, validation_fraction)
   train = [
     'dlearn.main',
     f'--config={config}:{name}' + (',smoke' if smoke else ''),
@@ -304,11 +350,67 @@ def run_dlearn(
   }
 
 
+def prepare_dlearn(
+  dataset: Dataset,
+  workdir_root: str,
+  data_dir: str,
+  validation_fraction: float,
+  with_test: bool = True,
+) -> list[str]:
+  """`dlearn.prepare` of `dataset` into `data_dir`, replacing one there; the command run."""
+  name = dataset.snake_name
+  prepare = ['dlearn.prepare', f'--name={name}', f'--train={os.path.abspath(dataset.train)}']
+  if dataset.test and with_test:
+    prepare.append(f'--test={os.path.abspath(dataset.test)}')
+  prepare += [f'--data_dir={data_dir}', f'--validation_fraction={validation_fraction}']
+  prepare.append('--overwrite')
+  _command(prepare, os.path.join(workdir_root, f'{name}.prepare.log'))
+  return prepare
+
+
+def cross_validate_dlearn(
+  dataset: Dataset,
+  workdir_root: str,
+  data_dir: str,
+  config: str,
+  folds: int,
+  seed: int,
+  smoke: bool = False,
+  extra_flags: tuple[str, ...] = (),
+) -> dict:
+  """`dlearn.cross_validate` of the prepared dataset (`prepare_dlearn`): its
+  cross_validation.json, as `cross_validated` summarises MiniRocket's folds."""
+  name = dataset.snake_name
+  workdir = os.path.join(workdir_root, f'cv_{name}')
+  command = [
+    'dlearn.cross_validate',
+    f'--config={config}:{name}' + (',smoke' if smoke else ''),
+    f'--workdir={workdir}',
+    f'--folds={folds}',
+    f'--config.seed={seed}',
+    f'--config.data.name={name}',
+    f'--config.data.data_dir={data_dir}',
+    '--config.write_plots=False',
+    *extra_flags,
+  ]
+  _command(command, os.path.join(workdir_root, f'{name}.cross_validate.log'))
+  with open(os.path.join(workdir, 'cross_validation.json')) as f:
+    summary = json.load(f)
+  return {
+    'accuracy': summary['mean_accuracy'],
+    'std': summary['std_accuracy'],
+    'seconds': summary['seconds'],
+    'folds': [{'accuracy': r['accuracy'], 'count': r['count']} for r in summary['folds']],
+    'workdir': workdir,
+    'commands': ['python -m ' + ' '.join(command)],
+  }
+
+
 # ------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------
 COLUMNS = (
-  ('dataset', 16),
+  ('dataset', 23),
   ('train', 6),
   ('eval', 10),
   ('ch', 4),
@@ -320,11 +422,16 @@ COLUMNS = (
 )
 
 
+EVAL_SPLITS = {'test': 'test', 'validation': 'val', 'fold': 'cv'}
+
+
 def _cell(side: dict | None, key: str) -> str:
   if side is None:
     return '-'
   if 'error' in side:
     return 'failed'
+  if key == 'accuracy' and 'std' in side:  # cross-validated: mean ± std over the folds, in %
+    return f'{100 * side[key]:.1f}±{100 * side["std"]:.1f}'
   return f'{side[key]:.2%}' if key == 'accuracy' else f'{side[key]:.2f}'
 
 
@@ -333,7 +440,7 @@ def row(result: dict) -> str:
   cells = (
     result['dataset'],
     str(result['train_cases']),
-    f'{result["eval_cases"]} {"test" if result["eval_split"] == "test" else "val"}',
+    f'{result["eval_cases"]} {EVAL_SPLITS[result["eval_split"]]}',
     str(result['channels']),
     str(low) if low == high else f'{low}-{high}',
     _cell(result.get('minirocket'), 'accuracy'),
@@ -376,8 +483,23 @@ def main(argv):
 
   print(''.join(f'{title:<{width}}' for title, width in COLUMNS), flush=True)
   results = []
+  folds = FLAGS.folds
+  if folds == 1 or folds < 0:
+    sys.exit(f'error: --folds={folds}: give k >= 2 folds, or 0 for train/test (or validation).')
   for dataset in datasets:
-    problem = load_problem(dataset.train, dataset.test, FLAGS.validation_fraction)
+    if folds:  # both sides on the folds of the whole training file, prepared by dlearn
+      os.makedirs(workdir, exist_ok=True)
+      prepare = prepare_dlearn(dataset, workdir, data_dir, FLAGS.validation_fraction, False)
+      problems = fold_problems(dataset.snake_name, data_dir, folds, FLAGS.seed)
+      problem = dataclasses.replace(
+        problems[0],
+        train_sequences=problems[0].train_sequences + problems[0].eval_sequences,
+        train_labels=np.concatenate([problems[0].train_labels, problems[0].eval_labels]),
+        eval_sequences=[],
+        eval_labels=np.array([], np.int64),
+      )
+    else:
+      problem = load_problem(dataset.train, dataset.test, FLAGS.validation_fraction)
     result = {
       'dataset': dataset.name,
       'name': dataset.snake_name,
@@ -385,17 +507,37 @@ def main(argv):
       'test_file': dataset.test and os.path.relpath(dataset.test, REPO),
       'eval_split': problem.eval_split,
       'train_cases': len(problem.train_labels),
-      'eval_cases': len(problem.eval_labels),
+      'eval_cases': folds or len(problem.eval_labels),
       'channels': problem.channels,
       'length': list(problem.lengths),
       'classes': len(problem.class_names),
     }
     if 'minirocket' in sides:
       try:
-        result['minirocket'] = run_minirocket(problem, kernels, FLAGS.minirocket_jobs, FLAGS.seed)
+        minirocket = functools.partial(
+          run_minirocket, n_kernels=kernels, n_jobs=FLAGS.minirocket_jobs, seed=FLAGS.seed
+        )
+        result['minirocket'] = (
+          cross_validated([minirocket(p) for p in problems]) if folds else minirocket(problem)
+        )
       except Exception as e:  # one failure does not lose the other datasets' rows
         result['minirocket'] = {'error': f'{type(e).__name__}: {e}'}
-    if 'dlearn' in sides:
+    if 'dlearn' in sides and folds:
+      try:
+        result['dlearn'] = cross_validate_dlearn(
+          dataset,
+          workdir,
+          data_dir,
+          config,
+          folds,
+          FLAGS.seed,
+          FLAGS.smoke,
+          tuple(FLAGS.dlearn_flags),
+        )
+        result['dlearn']['commands'].insert(0, 'python -m ' + ' '.join(prepare))
+      except Exception as e:
+        result['dlearn'] = {'error': f'{type(e).__name__}: {e}'}
+    elif 'dlearn' in sides:
       try:
         result['dlearn'] = run_dlearn(
           dataset,
@@ -415,7 +557,9 @@ def main(argv):
         print(f'  {side} failed: {result[side]["error"]}', flush=True)
 
   path = results_file.write(
-    f'uea_vs_minirocket-{kind}' + ('-smoke' if FLAGS.smoke else ''),
+    f'uea_vs_minirocket-{kind}'
+    + (f'-cv{folds}' if folds else '')
+    + ('-smoke' if FLAGS.smoke else ''),
     kind,
     {
       'command': ' '.join(['python', os.path.relpath(__file__, REPO), *sys.argv[1:]]),
@@ -423,6 +567,7 @@ def main(argv):
       'sides': sides,
       'config': os.path.relpath(config, REPO) if 'dlearn' in sides else None,
       'validation_fraction': FLAGS.validation_fraction,
+      'folds': folds,
       'padding': "aeon Padder(fill_value='last') to the longest case (at least 9 steps)",
       'results': results,
     },

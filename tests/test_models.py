@@ -184,15 +184,20 @@ def test_the_time_pipeline_refuses_the_convolutional_branch():
     family_of(config).check_partition(config, (8, 3), 2, {'batch_size': 8})
 
 
-def test_an_ensemble_trains_each_member_as_if_alone():
-  # Two LSTM-FCNs trained at once: after two steps each member's parameters are those of the same
-  # model trained alone from the member's initial parameters; evaluation averages probabilities.
+@pytest.mark.parametrize('in_turn', [True, False], ids=['members_in_turn', 'members_vmapped'])
+def test_an_ensemble_trains_each_member_as_if_alone(in_turn, monkeypatch):
+  # Two LSTM-FCNs trained at once: after two steps each member's parameters and BatchNorm
+  # statistics are those of the same model trained alone from the member's initial parameters;
+  # evaluation averages probabilities. Both ways of running the members (in turn, as on CPUs, or
+  # vmapped, as elsewhere).
   import functools
 
   from dlearn import configs, optimizers, parallel
   from dlearn import steps as steps_lib
   from dlearn.data.pipeline import DatasetInfo
-  from dlearn.models import average_probabilities
+  from dlearn.models import Ensemble, average_probabilities
+
+  monkeypatch.setattr(Ensemble, 'in_turn_backends', (jax.default_backend(),) if in_turn else ())
 
   info = DatasetInfo('toy', 'sequence', (6, 2), 3, ('a', 'b', 'c'))
   rng = np.random.default_rng(0)
@@ -235,6 +240,12 @@ def test_an_ensemble_trains_each_member_as_if_alone():
       lambda a, b: np.testing.assert_allclose(a[member], b, rtol=2e-5, atol=2e-6),
       together.params['members'],
       alone.params,
+    )
+    assert jax.tree.leaves(alone.model_state)  # BatchNorm's statistics
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a[member], b, rtol=2e-5, atol=2e-6),
+      together.model_state['members'],
+      alone.model_state,
     )
     model = nnx.merge(alone_graphdef, alone.params, alone.model_state)
     alone_logits.append(model(x, lengths, train=False))

@@ -69,7 +69,7 @@ def create_model(
 
 class Ensemble(nnx.Module):
   """`size` models of one architecture, each from its own draw of parameters, trained at once: one
-  compiled step runs all of them (`nnx.vmap` over the members' parameters and statistics).
+  compiled step runs all of them (their parameters and statistics stacked on a leading axis).
   Training returns every member's logits, [size, batch, classes], and each member minimises its own
   loss (the losses are summed: no member's gradient touches another's parameters). Evaluation
   returns the log of the members' averaged probabilities, [batch, classes]."""
@@ -82,15 +82,38 @@ class Ensemble(nnx.Module):
 
     self.members, self.size = members(rngs), size
 
-  def __call__(self, *inputs, train: bool = False):
-    @nnx.vmap(in_axes=(0,) + (None,) * len(inputs), out_axes=0)
-    def each(member, *inputs):
-      return member(*inputs, train=train)
+  # Backends that run the members one after another in the compiled step rather than vmapped. On
+  # XLA's CPU backend vmap makes each convolution after the first a grouped one, which it runs
+  # slowly: a 5-member LSTM-FCN step cost 8.1x (JapaneseVowels' shape) and 8.8x (GunPoint's) one
+  # model's step vmapped, 4.0x and 4.9x in turn (experiments/benchmarks/ensemble_step.py, 2-core
+  # CPU). The results are the same either way.
+  in_turn_backends = ('cpu',)
 
-    logits = each(self.members, *inputs)
+  def __call__(self, *inputs, train: bool = False):
+    if jax.default_backend() in self.in_turn_backends:
+      logits = self._in_turn(inputs, train)
+    else:
+
+      @nnx.vmap(in_axes=(0,) + (None,) * len(inputs), out_axes=0)
+      def each(member, *inputs):
+        return member(*inputs, train=train)
+
+      logits = each(self.members, *inputs)
     if train:
       return logits
     return average_probabilities(logits)
+
+  def _in_turn(self, inputs, train):
+    """Every member's logits [size, ...], one member at a time (a Python loop: lax.map's loop
+    was slower still), each member's updated statistics written back to its slice."""
+    graphdef, stacked = nnx.split(self.members)
+    logits, states = [], []
+    for i in range(self.size):
+      member = nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf[i], stacked))
+      logits.append(member(*inputs, train=train))
+      states.append(nnx.state(member))
+    nnx.update(self.members, jax.tree.map(lambda *leaves: jnp.stack(leaves), *states))
+    return jnp.stack(logits)
 
 
 def average_probabilities(member_logits):

@@ -481,6 +481,25 @@ def main(argv):
   if 'dlearn' in sides:
     print(f'dlearn work directories and logs: {workdir}', flush=True)
 
+  def write_results():  # after every dataset: a cut run keeps the rows it finished
+    return results_file.write(
+      f'uea_vs_minirocket-{kind}'
+      + (f'-cv{folds}' if folds else '')
+      + ('-smoke' if FLAGS.smoke else ''),
+      kind,
+      {
+        'command': ' '.join(['python', os.path.relpath(__file__, REPO), *sys.argv[1:]]),
+        'smoke': FLAGS.smoke,
+        'sides': sides,
+        'config': os.path.relpath(config, REPO) if 'dlearn' in sides else None,
+        'validation_fraction': FLAGS.validation_fraction,
+        'folds': folds,
+        'padding': "aeon Padder(fill_value='last') to the longest case (at least 9 steps)",
+        'results': results,
+      },
+      versions=versions,
+    )
+
   print(''.join(f'{title:<{width}}' for title, width in COLUMNS), flush=True)
   results = []
   folds = FLAGS.folds
@@ -555,24 +574,8 @@ def main(argv):
     for side in ('minirocket', 'dlearn'):
       if 'error' in result.get(side, {}):
         print(f'  {side} failed: {result[side]["error"]}', flush=True)
+    path = write_results()
 
-  path = results_file.write(
-    f'uea_vs_minirocket-{kind}'
-    + (f'-cv{folds}' if folds else '')
-    + ('-smoke' if FLAGS.smoke else ''),
-    kind,
-    {
-      'command': ' '.join(['python', os.path.relpath(__file__, REPO), *sys.argv[1:]]),
-      'smoke': FLAGS.smoke,
-      'sides': sides,
-      'config': os.path.relpath(config, REPO) if 'dlearn' in sides else None,
-      'validation_fraction': FLAGS.validation_fraction,
-      'folds': folds,
-      'padding': "aeon Padder(fill_value='last') to the longest case (at least 9 steps)",
-      'results': results,
-    },
-    versions=versions,
-  )
   print(f'wrote {path}')
 
 

@@ -137,6 +137,7 @@ def tiny_lstm_fcn_flags(data_dir) -> list[str]:
     '--config=experiments/configs/rnn_uea.py',
     '--config.data.name=toy_sequences',
     f'--config.data.data_dir={data_dir}',
+    '--config.rnn.num_layers=1',  # the recipe has none: an LSTM beside the convolutions
     '--config.rnn.hidden_size=8',
     '--config.rnn.conv_filters=(4,)',
     '--config.rnn.conv_kernels=(3,)',

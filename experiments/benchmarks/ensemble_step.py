@@ -1,5 +1,5 @@
-"""Milliseconds of one training step (forward and backward, jitted) of the UEA recipe's LSTM-FCN
-alone and as an ensemble, its members vmapped or run in turn (`dlearn.models.Ensemble`), on this
+"""Milliseconds of one training step (forward and backward, jitted) of an LSTM-FCN (the UEA
+recipe's model until 2026-11-27; its convolutions are the recipe's FCN) alone and as an ensemble, its members vmapped or run in turn (`dlearn.models.Ensemble`), on this
 machine's default device. Also checks that both ways give the same loss and gradients.
 
   python experiments/benchmarks/ensemble_step.py [--length=26 --channels=12] [--members=5]
@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 
 
 def make(rngs):
-  # experiments/configs/rnn_uea.py's model, for 9 classes.
+  # experiments/configs/rnn_uea.py's FCN with an LSTM beside it (--config.rnn.num_layers=1), 9 classes.
   return rnn.RNNClassifier(
     9,
     FLAGS.channels,

@@ -308,6 +308,17 @@ def _command(args: list[str], log: str) -> tuple[str, float]:
   return result.stdout, seconds
 
 
+def _config_flags(config: str, name: str, workdir: str, data_dir: str, smoke: bool) -> list[str]:
+  """The flags of a dlearn command that trains `config` on prepared dataset `name`."""
+  return [
+    f'--config={config}:{name}' + (',smoke' if smoke else ''),
+    f'--workdir={workdir}',
+    f'--config.data.name={name}',
+    f'--config.data.data_dir={data_dir}',
+    '--config.write_plots=False',
+  ]
+
+
 def run_dlearn(
   dataset: Dataset,
   workdir_root: str,
@@ -323,13 +334,9 @@ def run_dlearn(
   prepare = prepare_dlearn(dataset, workdir_root, data_dir, validation_fraction)
   train = [
     'dlearn.main',
-    f'--config={config}:{name}' + (',smoke' if smoke else ''),
-    f'--workdir={workdir}',
-    f'--config.data.name={name}',
-    f'--config.data.data_dir={data_dir}',
+    *_config_flags(config, name, workdir, data_dir, smoke),
     f'--config.data.train_split={"train+validation" if dataset.test else "train"}',
     '--config.fresh=True',
-    '--config.write_plots=False',
     *extra_flags,
   ]
   _, seconds = _command(train, os.path.join(workdir_root, f'{name}.main.log'))
@@ -384,13 +391,9 @@ def cross_validate_dlearn(
   workdir = os.path.join(workdir_root, f'cv_{name}')
   command = [
     'dlearn.cross_validate',
-    f'--config={config}:{name}' + (',smoke' if smoke else ''),
-    f'--workdir={workdir}',
+    *_config_flags(config, name, workdir, data_dir, smoke),
     f'--folds={folds}',
     f'--config.seed={seed}',
-    f'--config.data.name={name}',
-    f'--config.data.data_dir={data_dir}',
-    '--config.write_plots=False',
     *extra_flags,
   ]
   _command(command, os.path.join(workdir_root, f'{name}.cross_validate.log'))

@@ -169,4 +169,12 @@ def test_a_dead_process_makes_the_other_fail_within_a_bound(tmp_path, data_dir):
   _, stderr = processes[0].communicate(timeout=distributed.HEARTBEAT_TIMEOUT_SECONDS + 60)
   assert processes[0].returncode != 0
   assert time.time() - killed_at < distributed.HEARTBEAT_TIMEOUT_SECONDS + 30
-  assert 'another task died' in stderr, stderr[-3000:]
+  # Which part of JAX notices first varies from run to run: the coordination service (missed
+  # heartbeats: it aborts the process, saying another task died), or the CPU collectives (Gloo),
+  # whose connection to the dead peer breaks mid-step, as an exception or as an abort.
+  dead_peer = ('another task died', 'heartbeat', 'Connection reset by peer', 'closed by peer')
+  assert any(sign in stderr for sign in dead_peer), '\n'.join(
+    line
+    for line in stderr.splitlines()
+    if line.startswith(('E1', 'F1')) or 'rror' in line or 'what()' in line
+  )[-3000:]

@@ -3,8 +3,8 @@ and 8 devices and on 2 processes, labels, bad inputs, and the exported model run
 numpy alone."""
 
 import csv
+import importlib.util
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -20,7 +20,14 @@ from dlearn.data import dataset_writer, image_folder, ts_format
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
 
-README = os.path.join(os.path.dirname(__file__), '..', 'README.md')
+# The README's lines that run an exported model without dlearn, as the GPU check extracts them.
+_spec = importlib.util.spec_from_file_location(
+  'export_on_gpu',
+  os.path.join(os.path.dirname(__file__), '..', 'experiments', 'benchmarks', 'export_on_gpu.py'),
+)
+export_on_gpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(export_on_gpu)
+
 NEW_IMAGES = 37  # no global batch of 16 divides it: the last batch is padded
 
 
@@ -230,12 +237,6 @@ def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path
     prediction.export(str(runs / 'cnn'), str(tmp_path))
 
 
-def _readme_snippet() -> str:
-  with open(README) as f:
-    blocks = re.findall(r'```python\n(.*?)```', f.read(), re.S)
-  return next(block for block in blocks if 'jax.export.deserialize' in block)
-
-
 @pytest.mark.parametrize('model', ['cnn', 'rnn'])
 def test_the_readme_runs_the_export_without_dlearn_as_predict_does(runs, tmp_path, model):
   exported = tmp_path / 'exported'
@@ -270,7 +271,7 @@ def test_the_readme_runs_the_export_without_dlearn_as_predict_does(runs, tmp_pat
     "      raise ModuleNotFoundError(f'no {name} here')\n"
     'sys.meta_path.insert(0, NoDlearn())\n'
   )
-  (tmp_path / 'run_model.py').write_text(_readme_snippet())
+  (tmp_path / 'run_model.py').write_text(export_on_gpu.readme_lines())
   env = dict(os.environ, PYTHONPATH=str(hide), JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
   check = subprocess.run(

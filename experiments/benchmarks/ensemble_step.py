@@ -1,9 +1,10 @@
-"""Milliseconds of one training step (forward and backward, jitted) of an LSTM-FCN (the UEA
-recipe's model until 2026-11-27; its convolutions are the recipe's FCN) alone and as an ensemble, its members vmapped or run in turn (`dlearn.models.Ensemble`), on this
-machine's default device. Also checks that both ways give the same loss and gradients.
+"""Milliseconds of one training step (forward and backward, jitted) of the UEA recipe's model (an
+FCN; with --lstm_layers=1 an LSTM-FCN) alone and as an ensemble, its members vmapped or run in turn
+(`dlearn.models.Ensemble`), on this machine's default device. Also checks that both ways give the
+same loss and gradients.
 
   python experiments/benchmarks/ensemble_step.py [--length=26 --channels=12] [--members=5]
-      [--batch=16] [--repeats=20]
+      [--batch=16] [--repeats=20] [--lstm_layers=0]
 
 JapaneseVowels is about --length=26 --channels=12; GunPoint --length=150 --channels=1. Prints one
 line; writes experiments/benchmarks/results/ensemble_step-<machine kind>.json (one entry per
@@ -38,16 +39,18 @@ flags.DEFINE_integer('channels', 12, 'Channels of each time step.')
 flags.DEFINE_integer('members', 5, 'Ensemble members.')
 flags.DEFINE_integer('batch', 16, 'Sequences a step.')
 flags.DEFINE_integer('repeats', 20, 'Steps timed (after one that compiles).')
+flags.DEFINE_integer('lstm_layers', 0, 'LSTM layers beside the convolutions (1: an LSTM-FCN).')
 FLAGS = flags.FLAGS
 
 
 def make(rngs):
-  # experiments/configs/rnn_uea.py's FCN with an LSTM beside it (--config.rnn.num_layers=1), 9 classes.
+  # experiments/configs/rnn_uea.py's model, 9 classes.
   return rnn.RNNClassifier(
     9,
     FLAGS.channels,
     rngs=rngs,
     hidden_size=64,
+    num_layers=FLAGS.lstm_layers,
     conv_filters=(128, 256, 128),
     conv_kernels=(8, 5, 3),
   )
@@ -90,7 +93,8 @@ def main(argv):
     float(jnp.max(jnp.abs(a - b)))
     for a, b in zip(jax.tree.leaves(results['vmapped'][1]), jax.tree.leaves(results['in_turn'][1]))
   )
-  shape = f'length{FLAGS.length}-channels{FLAGS.channels}-batch{FLAGS.batch}'
+  model = 'lstm-fcn' if FLAGS.lstm_layers else 'fcn'
+  shape = f'{model}-length{FLAGS.length}-channels{FLAGS.channels}-batch{FLAGS.batch}'
   print(
     f'{backend} {shape}: one model {alone:.1f} ms; {FLAGS.members} members vmapped '
     f'{timings["vmapped"]:.1f} ms ({timings["vmapped"] / alone:.2f}x), in turn '
@@ -108,7 +112,9 @@ def main(argv):
     'largest_gradient_difference': difference,
     'repeats': FLAGS.repeats,
   }
-  command = 'python experiments/benchmarks/ensemble_step.py [--length=L --channels=C]'
+  command = (
+    'python experiments/benchmarks/ensemble_step.py [--length=L --channels=C] [--lstm_layers=1]'
+  )
   print(
     'wrote',
     results_file.write(f'ensemble_step-{kind}', kind, {'command': command, 'shapes': shapes}),

@@ -39,6 +39,7 @@ flags.DEFINE_integer('channels', 12, 'Channels of each time step.')
 flags.DEFINE_integer('members', 5, 'Ensemble members.')
 flags.DEFINE_integer('batch', 16, 'Sequences a step.')
 flags.DEFINE_integer('repeats', 20, 'Steps timed (after one that compiles).')
+flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 flags.DEFINE_integer('lstm_layers', 0, 'LSTM layers beside the convolutions (1: an LSTM-FCN).')
 FLAGS = flags.FLAGS
 
@@ -101,7 +102,7 @@ def main(argv):
     f'{timings["in_turn"]:.1f} ms ({timings["in_turn"] / alone:.2f}x); largest gradient '
     f'difference {difference:.1e}'
   )
-  kind = results_file.machine_kind()
+  kind = results_file.machine_kind(FLAGS.machine_kind)
   path = os.path.join(results_file.FOLDER, f'ensemble_step-{kind}.json')
   shapes = json.load(open(path))['shapes'] if os.path.exists(path) else {}
   shapes[shape] = {

@@ -31,6 +31,7 @@
 #   epoch      epoch_time.py: training through the real input pipeline, host and on-device data
 #   bf16       suite.py, bfloat16 (autocast in PyTorch), eager and compile
 #   unroll     suite.py's LSTM rows with --rnn_unroll=8 (results/<card>-unroll8.json), eager only
+#   ensemble   ensemble_step.py: the UEA recipe's 5 FCNs vmapped against in turn, two shapes
 # BUDGET (default 570 s) bounds the whole script: each step gets at most its own limit and what is
 # left of the budget, so a slow step costs the later ones, never the call's output. Everything
 # lands in $OUT: log.txt, prepare.log, probe.log and the results JSON files, which go into
@@ -40,7 +41,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/dlearn-gpu}
 BUDGET=${BUDGET:-570}
 SMOKE=${SMOKE:-0}
-STEPS=" ${*:-checks suite recipe reference export epoch bf16 unroll} "
+STEPS=" ${*:-checks suite recipe reference export epoch bf16 unroll ensemble} "
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 began_at=$(mktemp)  # results files newer than this one are this call's
@@ -67,6 +68,7 @@ step() {
     recipe_args=("${kind[@]}" --smoke --runs=1)
     epoch_args=("${kind[@]}" --steps=8 --variants=host:1,device:1)
     reference=(echo "reference: needs a GPU and torch.compile; not run in SMOKE mode")
+    ensemble_args=("${kind[@]}" --repeats=1)
   else
     PY=python3
     # Wheels into a folder of their own (the image's site-packages stay as they are); this
@@ -77,6 +79,7 @@ step() {
     suite_args=(--repeats=3 --steps=10 --noplain_layers)
     recipe_args=(--runs=5)
     epoch_args=(--repeats=1)
+    ensemble_args=(--repeats=20)
     reference=(python3 airbench94_muon.py)
   fi
   export PYTHONPATH="$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -161,6 +164,12 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
   wants unroll && XLA_PYTHON_CLIENT_PREALLOCATE=false step 90 unroll \
     $PY experiments/benchmarks/suite.py --peak_tflops=989 "${suite_args[@]}" --only=lstm \
     --rnn_unroll=8 --nocompile
+  # JapaneseVowels' shape, then GunPoint's (one results file, an entry per shape).
+  if wants ensemble; then
+    for shape in '--length=26 --channels=12' '--length=150 --channels=1'; do
+      step 40 ensemble $PY experiments/benchmarks/ensemble_step.py $shape "${ensemble_args[@]}"
+    done
+  fi
   echo "== done at $((SECONDS - start))s"
 } 2>&1 | tee -a "$OUT/log.txt"
 # The results files this call wrote (each script names its file after the device).

@@ -49,8 +49,10 @@ def get_config(arg=None):
   config.weight_decay = 1e-4
   config.schedule = 'cosine'
   config.warmup_steps = 50
-  config.num_epochs = 300
-  config.max_train_steps = 6000  # large datasets: enough steps, in bounded time
+  # 1,000 epochs, not 300: ArrowHead's 29 training cases were still underfit after 300 (train
+  # accuracy 98%, 5-fold 81.1% -> 86.4%); PickupGestureWiimoteZ unchanged (README).
+  config.num_epochs = 1000
+  config.max_train_steps = 20000  # large datasets: enough steps, in bounded time
   config.log_every_steps = 500
   config.eval_every_steps = 10**9  # at the end (the validation splits are a handful of cases)
   config.checkpoint_every_steps = 1000

@@ -40,8 +40,8 @@ def get_config(arg=None):
   config.data.eval_split = 'validation'
   config.batch_size = 0  # from the data: a tenth of the cases, at most 16
   # Five models averaged, as InceptionTime does (cross-validated for LSTM-FCNs on JapaneseVowels,
-  # not yet for FCNs: README); one step trains all five, at 4-5x the cost of one model on a CPU:
-  # --config.ensemble_size=1.
+  # not yet for FCNs: README); one step trains all five, at 4-6x the cost of one model on a CPU
+  # (ensemble_step.py): --config.ensemble_size=1.
   config.ensemble_size = 5
   config.eval_batch_size = 64
   config.optimizer = 'adamw'

@@ -70,6 +70,12 @@ def base() -> ml_collections.ConfigDict:
   config.data.folds = 0
   config.data.fold = 0
   config.data.max_length = ml_collections.FieldReference(None, field_type=int)  # sequences only
+  # Sequences: 'train_split' standardises each channel with the train split's mean and std (stored
+  # by dlearn.prepare); 'each_case' z-normalises each channel of each case over its own steps, as
+  # the UCR archive's series are (Dau et al. 2019) and dl-4-tsc does for those that are not;
+  # 'auto': 'each_case' for univariate data, 'train_split' for multivariate (where a channel's
+  # level can tell the classes apart, as in the UEA archive, which is not z-normalised).
+  config.data.standardize = 'train_split'
   config.data.mean = CIFAR10_MEAN
   config.data.std = CIFAR10_STD
   config.data.augment = True  # random crop with zero padding, and horizontal flip

@@ -67,7 +67,7 @@ def restore(run_dir, config, dataset, split, data_dir, mesh):
     dataset = dataset or config.data.name
     split = split or config.data.eval_split
     source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
-  info = pipeline.dataset_info(source, dataset, config.data.max_length)
+  info = pipeline.dataset_info(source, dataset, config.data.max_length, config.data.standardize)
   graphdef, state = runs.restore_for_evaluation(run_dir, config, info, mesh)
   return config, source, info, graphdef, state, dataset, split
 

@@ -359,7 +359,7 @@ def exported_function(workdir: str, data_dir: str | None = None, overrides: dict
       sequences, lengths = arrays
       # As `pipeline.example`: standardised, then zeros past each case's end.
       valid = jnp.arange(sequences.shape[1])[None, :, None] < lengths[:, None, None]
-      batch['sequence'] = jnp.where(valid, pipeline.standardize(sequences, info), 0.0)
+      batch['sequence'] = jnp.where(valid, pipeline.standardize(sequences, info, valid), 0.0)
       batch['length'] = lengths
     # The parameters as values of this trace (constants of the artifact): nnx's scan over
     # time (the RNNs) refuses arrays from outside the trace it runs in.

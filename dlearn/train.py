@@ -188,7 +188,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.batch_size:
     config.batch_size = derived_batch_size(len(train_source), mesh.shape[parallel.AXIS])
     logging.info('config.batch_size=0: %d from the train split.', config.batch_size)
-  info = pipeline.dataset_info(train_source, config.data.name, config.data.max_length)
+  info = pipeline.dataset_info(
+    train_source, config.data.name, config.data.max_length, config.data.standardize
+  )
   check_data(config, info)
   check_partition(config, info, mesh)
   data = train_data.create(config, train_source, info, mesh)
@@ -208,6 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     *(config.model, f'{sum(x.size for x in jax.tree.leaves(state.params)):,}'),
     *(len(train_source), len(eval_source), total_steps, data.steps_per_epoch),
   )
+  if info.kind == 'sequence':
+    logging.info('Sequences standardised: %s (config.data.standardize).', info.standardize)
   timing = bookkeeping.Timing()
   with timing.timed('data_load'):
     data.load()

@@ -1,6 +1,9 @@
 """The input pipeline: per-device batch shapes, per-process shares, eval that counts every example
 once, and the errors a user meets first."""
 
+import dataclasses
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -83,6 +86,33 @@ def test_sequences_are_padded_with_their_lengths():
   assert batch['sequence'].shape == (2, 2, 6, 2)
   np.testing.assert_array_equal(batch['length'].ravel(), [1, 6, 3, 2])
   np.testing.assert_array_equal(batch['sequence'][0, 0, 1:], 0)  # padding is zeros
+
+
+def test_each_case_standardisation_uses_each_case_own_steps_only():
+  info = dataclasses.replace(SEQUENCES, standardize='each_case')
+  rng = np.random.default_rng(0)
+  case = rng.normal(size=(4, 2)).astype(np.float32)
+  records = [
+    {'sequence': case, 'label': 0},
+    {'sequence': 5 + 3 * case, 'label': 1},  # shifted and scaled: the same after
+    {'sequence': np.full((3, 2), 2.5, np.float32), 'label': 2},  # constant: zeros
+  ]
+  batch = next(pipeline.eval_iterator(records, info, global_batch_size=3, local_device_count=1))
+  sequences = batch['sequence'][0]
+  np.testing.assert_allclose(sequences[0, :4].mean(0), 0, atol=1e-6)
+  np.testing.assert_allclose(sequences[0, :4].std(0), 1, atol=1e-5)
+  np.testing.assert_allclose(sequences[1], sequences[0], atol=1e-5)
+  np.testing.assert_array_equal(sequences[:, 4:], 0)  # padding stays zeros
+  np.testing.assert_array_equal(sequences[2], 0)
+  # On padded jax arrays (exported models), with the valid steps given: the same numbers.
+  padded = np.full((1, 6, 2), 9.0, np.float32)
+  padded[0, :4] = case
+  valid = (np.arange(6) < 4)[None, :, None]
+  np.testing.assert_allclose(
+    np.asarray(pipeline.standardize(jnp.asarray(padded), info, jnp.asarray(valid)))[0, :4],
+    sequences[0, :4],
+    atol=1e-6,
+  )
 
 
 def test_a_sequence_longer_than_max_length_is_a_clear_error():

@@ -72,6 +72,8 @@ def test_ts_file_becomes_a_dataset_of_sequences(tmp_path):
     assert r['sequence'].shape == (r['length'], 2)
   info = pipeline.dataset_info(source, 'toy', None)
   assert info.example_shape == (4, 2)  # the longest case, recorded at preparation
+  with pytest.raises(ValueError, match="config.data.standardize='per_case': use one of"):
+    pipeline.dataset_info(source, 'toy', None, 'per_case')
 
 
 def test_missing_values_follow_the_documented_rule(tmp_path):

@@ -13,6 +13,7 @@ import math
 import os
 
 import grain
+import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -33,6 +34,7 @@ class DatasetInfo:
   # standardise inputs; None leaves values as they are.
   feature_mean: tuple[float, ...] | None = None
   feature_std: tuple[float, ...] | None = None
+  standardize: str = 'train_split'  # config.data.standardize, 'auto' resolved
 
 
 # What `tfds build` of a catalogue dataset needs beyond dlearn's own dependencies (tfds 4.9.10:
@@ -137,7 +139,12 @@ def run_sources(config) -> tuple:
   return train_source, load_split(data.name, data.eval_split, data.data_dir)
 
 
-def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
+STANDARDIZE = ('train_split', 'each_case', 'auto')
+
+
+def dataset_info(
+  source, name: str, max_length: int | None, standardize: str = 'train_split'
+) -> DatasetInfo:
   features = source.dataset_info.features
   label = features['label']
   class_names = tuple(label.names)
@@ -155,6 +162,12 @@ def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
       )
     num_features = features['sequence'].shape[-1]
     mean, std = metadata.get('feature_mean'), metadata.get('feature_std')
+    if standardize not in STANDARDIZE:
+      raise ValueError(
+        f'config.data.standardize={standardize!r}: use one of {", ".join(STANDARDIZE)}.'
+      )
+    if standardize == 'auto':
+      standardize = 'each_case' if num_features == 1 else 'train_split'
     return DatasetInfo(
       name,
       'sequence',
@@ -163,6 +176,7 @@ def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
       class_names,
       tuple(mean) if mean else None,
       tuple(std) if std else None,
+      standardize,
     )
   raise ValueError(
     f'Dataset {name!r} has features {sorted(features)}: dlearn reads datasets with '
@@ -170,9 +184,19 @@ def dataset_info(source, name: str, max_length: int | None) -> DatasetInfo:
   )
 
 
-def standardize(sequence, info: DatasetInfo):
-  """Each channel of `sequence` [..., channels] (numpy or jax) standardised with the train split's
-  statistics; unchanged where the dataset has none."""
+def standardize(sequence, info: DatasetInfo, valid=None):
+  """Each channel of `sequence` [..., time, channels] (numpy or jax) standardised as
+  `info.standardize` says: with the train split's statistics (unchanged where the dataset has
+  none), or by each case's own mean and std over its steps, those where `valid` [..., time, 1] is
+  true (default: all). A constant channel becomes zeros."""
+  if info.standardize == 'each_case':
+    xp = np if isinstance(sequence, np.ndarray) else jnp
+    if valid is None:
+      valid = xp.ones((*sequence.shape[:-1], 1), bool)
+    steps = xp.maximum(valid.sum(-2, keepdims=True), 1).astype(sequence.dtype)
+    mean = xp.where(valid, sequence, 0).sum(-2, keepdims=True) / steps
+    std = xp.sqrt(xp.where(valid, (sequence - mean) ** 2, 0).sum(-2, keepdims=True) / steps)
+    return (sequence - mean) / xp.where(std > 1e-6, std, 1).astype(sequence.dtype)
   if info.feature_mean is None:
     return sequence
   return (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)

@@ -1,8 +1,9 @@
 """One recipe for any UEA/UCR time-series dataset prepared by `python -m dlearn.prepare`: an
 ensemble of five FCNs (convolutions over time, Wang et al. 2017), every setting that depends on the
 data derived from it (batch size from the number of cases, sequence length from the prepared data,
-standardisation from the number of channels), the others fixed once, chosen by cross-validation on training files only (README: an LSTM beside
-the convolutions, LSTM-FCN, did worse on every training file it was cross-validated on).
+standardisation from the number of channels), the others fixed once, chosen by cross-validation on
+training files only (README: an LSTM beside the convolutions, LSTM-FCN, did worse on every training
+file it was cross-validated on).
 
   python -m dlearn.prepare --name=gun_point --train=../shared/data/GunPoint_TRAIN.ts \\
       --data_dir=data/tfds

@@ -74,6 +74,18 @@ def test_ts_file_becomes_a_dataset_of_sequences(tmp_path):
   assert info.example_shape == (4, 2)  # the longest case, recorded at preparation
   with pytest.raises(ValueError, match="config.data.standardize='per_case': use one of"):
     pipeline.dataset_info(source, 'toy', None, 'per_case')
+  # 'auto': a multivariate dataset keeps the train split's statistics, a univariate one (the
+  # first channel alone) standardises each case.
+  assert pipeline.dataset_info(source, 'toy', None, 'auto').standardize == 'train_split'
+  header = ['@problemName uni', '@missing true', '@univariate true', '@equalLength false']
+  univariate = helpers.ts_file(
+    tmp_path / 'uni_TRAIN.ts',
+    [line.split(':', 1)[1] for line in TS_LINES],
+    [*header, '@classLabel true a b c', '@data'],
+  )
+  dataset_writer.write_dataset('uni', {'train': univariate}, data_dir, validation_fraction=0)
+  source = pipeline.load_split('uni', 'train', data_dir)
+  assert pipeline.dataset_info(source, 'uni', None, 'auto').standardize == 'each_case'
 
 
 def test_missing_values_follow_the_documented_rule(tmp_path):

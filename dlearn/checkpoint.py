@@ -1,8 +1,10 @@
 """Orbax checkpoints of the train state together with the input iterator's position; preemption.
 
-A checkpoint holds global jax.Arrays (the replicated train state) and the grain iterator state as
-JSON: no pickle anywhere. Restoring targets an abstract state built with `jax.eval_shape` and
-placed on the current mesh, so a checkpoint written on 8 devices restores onto 4 or 1.
+A checkpoint holds global jax.Arrays (the train state, however its sharding rule placed it: each
+process writes only the shards it holds) and the grain iterator state as JSON: no pickle anywhere.
+Restoring targets an abstract state built with `jax.eval_shape`, placed by the current sharding
+rule on the current mesh, so a checkpoint written under one rule, device and process count
+restores exactly under any other (8 devices 'fsdp' → 4 'fsdp' → 1 'replicate').
 Orbax writes each checkpoint into a temporary folder and renames it when complete, so a crash
 during a save never leaves a checkpoint that is later taken as complete.
 """
@@ -16,16 +18,20 @@ import threading
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+
+from dlearn.errors import UserError
 
 # The exit status of a run stopped by SIGTERM/SIGINT after saving (EX_TEMPFAIL: "try again";
 # rerunning the same command resumes).
 PREEMPTED_EXIT_STATUS = 75
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
   """A checkpoint could not be written (disk full, unwritable directory)."""
+
+
+class IncompatibleStateError(UserError, ValueError):
+  """A checkpoint's train state has other arrays or shapes than the one it is restored into."""
 
 
 def directory(workdir: str) -> str:
@@ -93,11 +99,21 @@ class Checkpointer:
         'or fix permissions and rerun the same command to resume.'
       ) from e
 
-  def restore(self, step: int, abstract_state, mesh):
-    """(state placed replicated on `mesh`, iterator state) of checkpoint `step`."""
-    replicated = NamedSharding(mesh, P())
+  def restore(self, step: int, abstract_state, shardings):
+    """(state, iterator state) of checkpoint `step`, each array of `abstract_state` placed by
+    `shardings` (a tree of the same structure). A checkpoint of other shapes is refused, naming
+    them, before any array is read."""
+    differences = shape_differences(self.state_shapes(step), tree_shapes(abstract_state))
+    if differences:
+      raise IncompatibleStateError(
+        f'The checkpoint of step {step} in {self.directory} holds a train state of other shapes '
+        'than this config makes (shape, dtype):\n'
+        + '\n'.join(differences)
+        + "\nRestore it with the run's own config (a field that changes the model, optimizer "
+        'or dataset changes the shapes).'
+      )
     target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
     )
     restored = self._manager.restore(
       step,
@@ -132,6 +148,17 @@ def tree_shapes(tree) -> dict[str, tuple]:
     jax.tree_util.keystr(path, simple=True, separator='.'): (tuple(x.shape), str(x.dtype))
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
   }
+
+
+def shape_differences(saved: dict, wanted: dict, shown: int = 8) -> list[str]:
+  """Lines naming the arrays whose (shape, dtype) differ between two `tree_shapes`, at most
+  `shown` of them and a count of the rest."""
+  lines = [
+    f'  {path}: {saved.get(path, "absent")} in the checkpoint, {wanted.get(path, "absent")} now'
+    for path in sorted(set(saved) | set(wanted))
+    if saved.get(path) != wanted.get(path)
+  ]
+  return lines[:shown] + ([f'  ... and {len(lines) - shown} more'] if len(lines) > shown else [])
 
 
 class StopSignals:

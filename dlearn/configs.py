@@ -98,7 +98,14 @@ def base() -> ml_collections.ConfigDict:
   # True: the CNNs use XLA's own max pooling and convolution gradient instead of the CPU-fast
   # versions in dlearn/models/layers.py (same numbers; experiments/benchmarks/suite.py compares).
   config.plain_layers = False
-  config.mapping = 'pmap'  # 'pmap' | 'shard_map': how the per-device step runs on every device
+  # How the step runs on every device (dlearn/parallel.py): 'jit', one step over global arrays,
+  # the state placed by config.sharding and the collectives XLA's; 'pmap' or 'shard_map', the
+  # article's per-device step with lax.pmean over the devices (a replicated state).
+  config.mapping = 'jit'
+  # Where the train state lives (dlearn/sharding.py): 'replicate', a copy on every device; 'fsdp',
+  # each array of at least fsdp_min_size_mib split over the devices (config.mapping='jit').
+  config.sharding = 'replicate'
+  config.fsdp_min_size_mib = 4.0
   # K train steps per dispatch, in a lax.scan on the device: less launch and Python overhead for
   # small models. The steps before a log/eval/checkpoint boundary (or the end) that is not a
   # multiple of K run one per dispatch, so any interval works; multiples of K are fastest.

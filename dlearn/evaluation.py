@@ -25,7 +25,6 @@ def device_batches(source, info, config, mesh):
     source,
     info,
     global_batch_size=config.eval_batch_size,
-    local_device_count=parallel.local_device_count(mesh),
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
@@ -147,10 +146,7 @@ def predict_workdir(
 
   outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}
   key = 'image' if info.kind == 'image' else 'sequence'
-  for batch in pipeline.eval_iterator(
-    source, info, global_batch_size=config.eval_batch_size, local_device_count=1
-  ):
-    batch = {k: v[0] for k, v in batch.items()}  # the one device's share
+  for batch in pipeline.eval_iterator(source, info, global_batch_size=config.eval_batch_size):
     valid = batch['mask'] > 0
     outputs['logits'].append(np.asarray(forward(state, batch))[valid])
     outputs['labels'].append(batch['label'][valid])

@@ -17,7 +17,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from dlearn import evaluation, metrics, parallel, steps
 from dlearn.data import image_folder, pipeline, ts_format
@@ -161,8 +160,8 @@ def open_inputs(path: str | None, split_source, info, resize: bool = True):
   return ImageInputs(path, info, resize)
 
 
-def _predict_step(state, batch, *, graphdef, config, info):
-  """Probabilities of one device's batch, gathered with their positions and labels from every
+def _predict_step(state, batch, *, graphdef, config, info, axis):
+  """Probabilities of the body's batch, gathered with their positions and labels from every
   device, so that every process holds the whole global batch."""
   logits = steps.eval_logits(
     state.params, state.model_state, batch, graphdef=graphdef, config=config, info=info
@@ -173,7 +172,7 @@ def _predict_step(state, batch, *, graphdef, config, info):
     'label': batch['label'],
     'mask': batch['mask'],
   }
-  return jax.tree.map(lambda x: lax.all_gather(x, parallel.AXIS, tiled=True), out)
+  return axis.gather(out)
 
 
 class Progress:
@@ -341,8 +340,10 @@ def exported_function(workdir: str, data_dir: str | None = None, overrides: dict
     workdir,
     data_dir=data_dir,
     overrides={**(overrides or {}), 'partition.parts': 1},
-    devices=jax.devices()[:1],
+    devices=jax.local_devices(),
   )
+  # Each array to the host from the devices that hold its shards (an 'fsdp' state is never whole
+  # on one device); the artifact holds them as constants.
   params, model_state = jax.device_get((state.params, state.model_state))
   (batch,) = jax.export.symbolic_shape('batch')
 

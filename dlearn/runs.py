@@ -12,10 +12,10 @@ import shutil
 import jax
 
 from dlearn import checkpoint as checkpoint_lib
-from dlearn import configs, optimizers, parallel, steps
+from dlearn import configs, optimizers, steps
 
 
-class IncompatibleConfigError(ValueError):
+class IncompatibleConfigError(checkpoint_lib.IncompatibleStateError):
   """The config gives the train state other arrays or shapes than the checkpoint's."""
 
 
@@ -68,18 +68,12 @@ def check_compatible(config, workdir: str, checkpointer, abstract_state):
   """Refuses to resume when the newest checkpoint's train state has other arrays or shapes than
   this config's (`abstract_state`), naming them and the config fields that differ from the run's
   config.json. Nothing is read but metadata, and nothing is written."""
-  saved = checkpointer.state_shapes(checkpointer.latest_step())
-  now = checkpoint_lib.tree_shapes(abstract_state)
-  differences = [
-    f'  {path}: {saved.get(path, "absent")} in the checkpoint, {now.get(path, "absent")} now'
-    for path in sorted(set(saved) | set(now))
-    if saved.get(path) != now.get(path)
-  ]
-  if not differences:
-    return
-  shown = differences[:8] + (
-    [f'  ... and {len(differences) - 8} more'] if len(differences) > 8 else []
+  shown = checkpoint_lib.shape_differences(
+    checkpointer.state_shapes(checkpointer.latest_step()),
+    checkpoint_lib.tree_shapes(abstract_state),
   )
+  if not shown:
+    return
   fields = []
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
@@ -118,16 +112,16 @@ def checkpointer(config, workdir: str, info, tx):
 def restore_or_create(config, info, tx, mesh, checkpointer, data, source):
   """(graphdef, state) from the newest checkpoint in the work directory (with the data position
   restored), else from `config.init_from` (parameters only), else freshly initialised (with the
-  family's data-dependent initialisation from the train split `source`)."""
+  family's data-dependent initialisation from the train split `source`); placed on `mesh` by
+  config.sharding in every case."""
   latest = checkpointer.latest_step()
   if latest is not None:
-    graphdef, abstract_state = steps.abstract_train_state(config, info, tx)
-    state, position = checkpointer.restore(latest, abstract_state, mesh)
+    graphdef, abstract_state, shardings = steps.state_shardings(config, info, tx, mesh)
+    state, position = checkpointer.restore(latest, abstract_state, shardings)
     data.restore(position)
     logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
     return graphdef, state
-  graphdef, state = steps.create_train_state(config, info, tx, source)
-  state = parallel.replicate(state, mesh)
+  graphdef, state = steps.create_train_state(config, info, tx, mesh, source)
   if config.init_from:
     initial = checkpoint_lib.Checkpointer(config.init_from, read_only=True)
     step = initial.latest_step()
@@ -136,8 +130,8 @@ def restore_or_create(config, info, tx, mesh, checkpointer, data, source):
         f'config.init_from={config.init_from!r} has no checkpoint: name the work directory of a '
         'finished run.'
       )
-    _, abstract_state = steps.abstract_train_state(config, info, tx)
-    restored, _ = initial.restore(step, abstract_state, mesh)
+    _, abstract_state, shardings = steps.state_shardings(config, info, tx, mesh)
+    restored, _ = initial.restore(step, abstract_state, shardings)
     initial.close()
     state = state.replace(params=restored.params, model_state=restored.model_state)
     logging.info('Initialised parameters from step %d of %s.', step, config.init_from)
@@ -145,7 +139,8 @@ def restore_or_create(config, info, tx, mesh, checkpointer, data, source):
 
 
 def restore_for_evaluation(workdir: str, config, info, mesh):
-  """(graphdef, state) of the newest checkpoint in `workdir`, placed on `mesh`."""
+  """(graphdef, state) of the newest checkpoint in `workdir`, placed on `mesh` by
+  config.sharding (an 'fsdp' state stays split: nothing gathers it on one device)."""
   checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
   step = checkpointer.latest_step()
   if step is None:
@@ -154,7 +149,7 @@ def restore_for_evaluation(workdir: str, config, info, mesh):
       'directory of a finished run.'
     )
   tx = optimizers.create(config, 1)
-  graphdef, abstract_state = steps.abstract_train_state(config, info, tx)
-  state, _ = checkpointer.restore(step, abstract_state, mesh)
+  graphdef, abstract_state, shardings = steps.state_shardings(config, info, tx, mesh)
+  state, _ = checkpointer.restore(step, abstract_state, shardings)
   checkpointer.close()
   return graphdef, state

@@ -1,9 +1,11 @@
-"""The train state and the per-device step bodies: importable without the loop (dlearn/train.py).
+"""The train state and the step bodies: importable without the loop (dlearn/train.py).
 
-The bodies are pure functions written for one device; `parallel.map_over_devices` runs them on
-every device (pmap or jit of shard_map, by `config.mapping`). Everything specific to a model comes
-from its family (`dlearn.models.family_of(config)`): its inputs, its partitioned form, its
-evaluation.
+Each body is one pure function, `body(state, batch, ..., axis)`, that `parallel.map_over_devices`
+runs under `config.mapping`: per device with `lax.pmean` over the device axis (pmap, shard_map;
+the article's design) or once over the global batch with the state placed by its sharding rule
+(jit; dlearn/sharding.py). `axis` (`parallel.DataAxis`) makes the reductions the right ones for
+each. Everything specific to a model comes from its family (`dlearn.models.family_of(config)`):
+its inputs, its partitioned form, its evaluation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import optax
 from flax import nnx
 from jax import lax
 
-from dlearn import models
+from dlearn import models, parallel, sharding
 from dlearn.parallel import AXIS, PART_AXIS
 
 LOSS_REDUCTIONS = ('mean', 'sum')
@@ -33,21 +35,17 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------
 # State
 # ----------------------------------------------------------------------------------------------
-def create_train_state(config, info, tx, source=None):
-  """(graphdef, state): the model's static structure, and its arrays with the optimizer's. With
-  the train split `source`, the family's data-dependent initialisation runs (a fresh run; a
-  resumed one restores such values from its checkpoint)."""
+def _new_state(config, info, tx):
+  """(graphdef, state, model) of a fresh model, before any data-dependent initialisation."""
   family = models.family_of(config)
   model = models.create_model(
     config,
     num_classes=info.num_classes,
     input_shape=family.input_shape(config, info),
-    axis_name=AXIS,
+    axis_name=parallel.model_axis_name(config.mapping),
     seed=config.seed,
     space_axis=PART_AXIS if config.partition.parts > 1 else None,
   )
-  if source is not None:
-    family.init_from_data(model, config, source, info)
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   state = TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -60,20 +58,48 @@ def create_train_state(config, info, tx, source=None):
 
 
 def abstract_train_state(config, info, tx):
-  """(graphdef, state of shapes and dtypes only): the restore target of a checkpoint."""
+  """(graphdef, state of shapes and dtypes only): what placement and checkpoints work from."""
   graphdef = None
 
   def create():
     nonlocal graphdef
-    graphdef, state = create_train_state(config, info, tx)
+    graphdef, state = _new_state(config, info, tx)
     return state
 
   abstract_state = jax.eval_shape(create)
   return graphdef, abstract_state
 
 
+def state_shardings(config, info, tx, mesh):
+  """(graphdef, abstract state, where each of its arrays lives on `mesh` under config.sharding)."""
+  graphdef, abstract_state = abstract_train_state(config, info, tx)
+  return graphdef, abstract_state, sharding.shardings(abstract_state, mesh, config)
+
+
+def create_train_state(config, info, tx, mesh, source=None):
+  """(graphdef, state): the model's static structure, and its arrays with the optimizer's, each
+  created where config.sharding places it on `mesh` (never whole on one device first). With the
+  train split `source`, the family's data-dependent initialisation runs (a fresh run; a resumed
+  one restores such values from its checkpoint)."""
+  graphdef, _, shardings = state_shardings(config, info, tx, mesh)
+  state = jax.jit(lambda: _new_state(config, info, tx)[1], out_shardings=shardings)()
+  family = models.family_of(config)
+  if source is not None and type(family).init_from_data is not models.ModelFamily.init_from_data:
+    # The family sets values computed from data on the placed model; they are placed in turn, and
+    # the optimizer state is made again for the new parameters.
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    family.init_from_data(model, config, source, info)
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    params, model_state = jax.device_put(
+      (params, model_state), (shardings.params, shardings.model_state)
+    )
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    state = state.replace(params=params, model_state=model_state, opt_state=opt_state)
+  return graphdef, state
+
+
 # ----------------------------------------------------------------------------------------------
-# Per-device step bodies
+# Step bodies
 # ----------------------------------------------------------------------------------------------
 def device_rng(base_key_data, step):
   """This device's key for this step: the step and the device index folded into the base key, so
@@ -90,26 +116,27 @@ def cross_entropy(logits, labels, label_smoothing: float):
   return optax.softmax_cross_entropy(logits, targets)
 
 
-def metric_sums(logits, labels, per_example_loss, mask):
-  """Metric sums over this device's examples, summed over all devices."""
+def metric_sums(logits, labels, per_example_loss, mask, axis):
+  """Metric sums over the body's examples, summed over all devices."""
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  return lax.psum(
+  return axis.sum(
     {
       'loss_sum': jnp.sum(per_example_loss * mask),
       'correct': jnp.sum(correct * mask),
       'count': jnp.sum(mask),
-    },
-    AXIS,
+    }
   )
 
 
-def _combine_over_devices(loss, grads, model_state, config):
+def _combine_over_devices(loss, grads, model_state, config, axis):
   """The global batch's loss and gradient from every device's, and the BatchNorm statistics
-  averaged. With config.loss_reduction='mean' each device's loss is its examples' mean (the
+  averaged (under 'jit' the body computed them from the global batch already). With config.loss_reduction='mean' each device's loss is its examples' mean (the
   devices hold equal shares), so the mean over devices is the global mean; with 'sum' the sum over
   devices is the global sum. With partitioned examples each device's gradient is `parts` times
   its part's share (the psum that combines the parts transposes to a psum), so the mean over
   PART_AXIS is the whole gradient (tests/test_spatial.py, test_pipelined_rnn.py)."""
+  if not axis.per_device:
+    return loss, grads, model_state
   parts = config.partition.parts
   model_state = lax.pmean(model_state, (AXIS, PART_AXIS) if parts > 1 else AXIS)
   if config.loss_reduction == 'mean':
@@ -125,19 +152,26 @@ def _all_finite(tree):
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def train_step(state: TrainState, batch, *, graphdef, tx, config, info, steps_per_epoch=1):
-  """One optimisation step on one device's batch; gradients, BatchNorm statistics and metrics are
-  combined over every device, so all devices leave with the same state."""
+def train_step(
+  state: TrainState, batch, *, graphdef, tx, config, info, axis, steps_per_epoch=1
+):
+  """One optimisation step on the body's batch (one device's, or the global one under 'jit');
+  gradients, BatchNorm statistics and metrics are those of the global batch, so every device
+  leaves with the same state. Augmentation draws from each device's own stream either way."""
   family = models.family_of(config)
-  inputs = family.inputs(
-    batch,
-    config,
-    info,
-    rng=device_rng(state.rng, state.step),
-    run_rng=jax.random.wrap_key_data(state.rng),
-    train=True,
-    epoch=state.step // steps_per_epoch,
-  )
+
+  def device_inputs(batch):
+    return family.inputs(
+      batch,
+      config,
+      info,
+      rng=device_rng(state.rng, state.step),
+      run_rng=jax.random.wrap_key_data(state.rng),
+      train=True,
+      epoch=state.step // steps_per_epoch,
+    )
+
+  inputs = axis.each_device(device_inputs, batch)
   labels, mask = batch['label'], batch['mask']
 
   def loss_fn(params):
@@ -153,12 +187,12 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info, steps_pe
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (logits, per_example, model_state)), grads = grad_fn(state.params)
-  loss, grads, model_state = _combine_over_devices(loss, grads, model_state, config)
+  loss, grads, model_state = _combine_over_devices(loss, grads, model_state, config, axis)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   # A non-finite loss, gradient or update anywhere leaves the state as it was; the loop decides
   # whether to stop or to go on (config.skip_nonfinite_steps). The step number advances anyway.
   # After the reduction these values are the same on every device (a NaN anywhere is a NaN
-  # everywhere), so every device takes the same decision without another collective.
+  # everywhere), so every device takes the same decision.
   finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(updates)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
@@ -170,19 +204,21 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info, steps_pe
   if logits.ndim == 3:  # an ensemble's metrics: of its averaged prediction, its mean loss
     logits, per_example = models.average_probabilities(logits), jnp.mean(per_example, axis=0)
   sums = keep(
-    metric_sums(logits, labels, per_example, mask), {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+    metric_sums(logits, labels, per_example, mask, axis), {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
   )
   return new_state, {**sums, 'nonfinite': 1.0 - finite.astype(jnp.float32)}
 
 
-def train_steps(state: TrainState, inputs, *, num_steps: int, draw=None, unroll=True, **step_args):
-  """`num_steps` train steps in one dispatch, on one device: `train_step` in a `lax.scan` (written
-  once, so the steps are those of single dispatches), fully unrolled unless `unroll` is False
+def train_steps(
+  state: TrainState, inputs, *, num_steps: int, axis, draw=None, unroll=True, **step_args
+):
+  """`num_steps` train steps in one dispatch: `train_step` in a `lax.scan` (written once, so the
+  steps are those of single dispatches), fully unrolled unless `unroll` is False
   (config.unroll_dispatch).
 
-  Without `draw`, `inputs` is this device's batch ([per_device_batch, ...] for one step,
-  [num_steps, per_device_batch, ...] for several). With `draw` (on-device data), `inputs` is the
-  data resident on this device and each step takes its batch as `draw(inputs, state)`.
+  Without `draw`, `inputs` is the body's batch ([batch, ...] for one step, [batch, num_steps,
+  ...] for several). With `draw` (on-device data), `inputs` is the resident data and each step
+  takes each device's batch from its shard as `draw(shard, state)`.
   Returns the state and the metric sums over the steps, with `nonfinite` the number of
   non-finite steps among them and, for several steps, `first_nonfinite_step` the number of the
   first one (0 if none; step s takes state.step from s - 1 to s).
@@ -190,10 +226,12 @@ def train_steps(state: TrainState, inputs, *, num_steps: int, draw=None, unroll=
 
   def one(state, batch):
     if draw is not None:
-      batch = draw(inputs, state)
-    return train_step(state, batch, **step_args)
+      batch = axis.each_device(lambda shard: draw(shard, state), inputs)
+    return train_step(state, batch, axis=axis, **step_args)
 
   per_step_inputs = None if draw is not None else inputs
+  if num_steps > 1 and per_step_inputs is not None:  # the steps' axis first, for the scan
+    per_step_inputs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), per_step_inputs)
   if num_steps == 1:
     return one(state, per_step_inputs)
   state, per_step = lax.scan(
@@ -215,16 +253,16 @@ def eval_logits(params, model_state, batch, *, graphdef, config, info):
   return family.logits(model, inputs, config, train=False).astype(jnp.float32)
 
 
-def eval_step(state: TrainState, batch, *, graphdef, config, info):
-  """Metric sums and the confusion matrix of one device's batch, summed over every device."""
+def eval_step(state: TrainState, batch, *, graphdef, config, info, axis):
+  """Metric sums and the confusion matrix of the body's batch, summed over every device."""
   logits = eval_logits(
     state.params, state.model_state, batch, graphdef=graphdef, config=config, info=info
   )
   labels, mask = batch['label'], batch['mask']
-  sums = metric_sums(logits, labels, cross_entropy(logits, labels, 0.0), mask)
+  sums = metric_sums(logits, labels, cross_entropy(logits, labels, 0.0), mask, axis)
   num_classes = logits.shape[-1]
   # confusion[true, predicted]: counts of unmasked examples.
   confusion = (jax.nn.one_hot(labels, num_classes) * mask[:, None]).T @ jax.nn.one_hot(
     jnp.argmax(logits, -1), num_classes
   )
-  return {**sums, 'confusion': lax.psum(confusion, AXIS)}
+  return {**sums, 'confusion': axis.sum(confusion)}

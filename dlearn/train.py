@@ -17,10 +17,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dlearn import bookkeeping, checkpoint, evaluation, metrics, models, optimizers, parallel, runs
+from dlearn import (
+  bookkeeping,
+  checkpoint,
+  evaluation,
+  metrics,
+  models,
+  optimizers,
+  parallel,
+  runs,
+  sharding,
+)
 from dlearn import steps as steps_lib
 from dlearn.bookkeeping import NonFiniteError  # noqa: F401  (raised by the loop; callers catch it)
 from dlearn.data import pipeline, train_data
+from dlearn.errors import ConfigError
 from dlearn.models.family import compute_dtype
 from dlearn.runs import IncompatibleConfigError  # noqa: F401  (likewise)
 
@@ -29,7 +40,7 @@ def check_partition(config, info, mesh):
   """Refuses, before anything is compiled, a partition of examples the model cannot run."""
   parts = config.partition.parts
   if parts > 1 and config.mapping != 'shard_map':
-    raise ValueError(
+    raise ConfigError(
       f'config.partition.parts={parts} needs a 2-D device mesh, which only '
       "config.mapping='shard_map' runs: add --config.mapping=shard_map."
     )
@@ -42,20 +53,20 @@ def check_partition(config, info, mesh):
 
 
 def _check_run_settings(config):
-  if config.mapping not in parallel.MAPPINGS:
-    raise ValueError(f'Unknown config.mapping {config.mapping!r}: one of {parallel.MAPPINGS}.')
+  parallel.is_per_device(config.mapping)  # an unknown mapping
+  sharding.check(config)
   if not isinstance(config.steps_per_dispatch, int) or config.steps_per_dispatch < 1:
-    raise ValueError(
+    raise ConfigError(
       f'config.steps_per_dispatch={config.steps_per_dispatch!r} must be a whole number of steps, '
       '1 or more (e.g. 1, or 8 for a small model).'
     )
   if config.loss_reduction not in steps_lib.LOSS_REDUCTIONS:
-    raise ValueError(
+    raise ConfigError(
       f'Unknown config.loss_reduction {config.loss_reduction!r}: one of '
       f'{steps_lib.LOSS_REDUCTIONS}.'
     )
   if config.best_checkpoint_metric not in ('', 'eval/accuracy', 'eval/loss'):
-    raise ValueError(
+    raise ConfigError(
       f'Unknown config.best_checkpoint_metric {config.best_checkpoint_metric!r}: '
       "'eval/accuracy' (the highest is kept), 'eval/loss' (the lowest), or '' for none."
     )
@@ -69,7 +80,7 @@ def check_data(config, info):
     channels = info.example_shape[-1]
     for field in ('mean', 'std'):
       if len(config.data[field]) != channels:
-        raise ValueError(
+        raise ConfigError(
           f'config.data.{field} has {len(config.data[field])} values for images of {channels} '
           f'channels ({info.name!r}): give one per channel.'
         )
@@ -121,7 +132,13 @@ def _dispatch_functions(config, mesh, data, tx, graphdef, info, timing):
         info=info,
         steps_per_epoch=data.steps_per_epoch,
       )
-      mapped = parallel.map_over_devices(body, mesh, config.mapping, donate_state=True)
+      mapped = parallel.map_over_devices(
+        body,
+        mesh,
+        config.mapping,
+        state_sharding=sharding.of(state),
+        donate_state=True,
+      )
       with timing.timed('compile'):
         compiled[num_steps] = mapped.lower(state, inputs).compile()
     return compiled[num_steps]
@@ -271,9 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stopped_by = signals.stop_reason(checkpointer, dispatch)
       if bookkeeping.itstime(step, checkpoint_every, total_steps) or stopped_by:
         nonfinite.flush()  # never save a state that followed a non-finite step
-        checkpointer.save(
-          step, parallel.as_global(state, mesh), position, eval_metrics, wait=bool(stopped_by)
-        )
+        checkpointer.save(step, state, position, eval_metrics, wait=bool(stopped_by))
       if stopped_by:
         logging.warning('Stopped by %s at step %d after a checkpoint; rerun to resume.', stopped_by, step)  # fmt: skip
         break

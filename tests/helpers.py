@@ -1,6 +1,7 @@
 """What many tests share: tiny dataset descriptions, synthetic batches and records, tree
 comparison, and small real datasets (image folders, prepared tfds datasets)."""
 
+import functools
 import io
 import os
 
@@ -8,6 +9,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from dlearn import parallel, sharding
+from dlearn import steps as steps_lib
 from dlearn.data import dataset_writer, on_device
 from dlearn.data.pipeline import DatasetInfo
 
@@ -22,11 +25,24 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
     np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
-def image_batches(steps, num_devices, global_batch=16, seed=0):
-  """`steps` random global batches of IMAGES, each [num_devices, global_batch / num_devices, ...];
-  the same examples for any `num_devices`."""
+def mapped_step(config, info, mesh, tx, body=steps_lib.train_step, source=None, **body_args):
+  """(`body` mapped under config.mapping on `mesh`, a fresh train state placed there by
+  config.sharding), as the trainer makes them."""
+  graphdef, state = steps_lib.create_train_state(config, info, tx, mesh, source)
+  step = parallel.map_over_devices(
+    functools.partial(body, graphdef=graphdef, tx=tx, config=config, info=info, **body_args),
+    mesh,
+    config.mapping,
+    state_sharding=sharding.of(state),
+    donate_state=True,
+  )
+  return step, state
+
+
+def image_batches(steps, global_batch=16, seed=0):
+  """`steps` random global batches of IMAGES, each [global_batch, ...]."""
   rng = np.random.default_rng(seed)
-  per_device = (num_devices, global_batch // num_devices)
+  per_device = (global_batch,)
   return [
     {
       'image': rng.integers(0, 256, (*per_device, *IMAGES.example_shape), np.uint8),

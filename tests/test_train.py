@@ -1,5 +1,6 @@
-"""The parallel step: the same global batch gives the same model on 1 and on 8 devices, under pmap
-and under shard_map, and BatchNorm statistics end identical on every device."""
+"""The parallel step: the same global batch gives the same model on 1 and on 8 devices, under jit,
+pmap and shard_map, with the state replicated or split ('fsdp'), and BatchNorm statistics end
+identical on every device."""
 
 import functools
 
@@ -26,19 +27,13 @@ def _config(model):
   return config
 
 
-def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1):
+def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1, rule='replicate'):
   config = config or _config(model)
+  config.mapping, config.sharding = mapping, rule
+  config.fsdp_min_size_mib = 0  # tiny models: split every array the devices divide
   mesh = parallel.make_mesh(jax.devices()[:num_devices], parts)
-  tx = optimizers.create(config, steps)
-  graphdef, state = steps_lib.create_train_state(config, IMAGES, tx)
-  step = parallel.map_over_devices(
-    functools.partial(steps_lib.train_step, graphdef=graphdef, tx=tx, config=config, info=IMAGES),
-    mesh,
-    mapping,
-    donate_state=True,
-  )
-  state = parallel.replicate(state, mesh)
-  for batch in helpers.image_batches(steps, num_devices // parts, GLOBAL_BATCH):
+  step, state = helpers.mapped_step(config, IMAGES, mesh, optimizers.create(config, steps))
+  for batch in helpers.image_batches(steps, GLOBAL_BATCH):
     state, sums = step(state, parallel.to_global(batch, mesh))
   return state, jax.device_get(sums)
 
@@ -77,7 +72,9 @@ def test_lstm_fcn_and_its_ensembles_agree_on_one_and_eight_devices(ensemble_size
 def test_training_changes_the_parameters():
   # Guards the tests above: equal parameters must not come from steps that do nothing.
   config = _config('seed_dcnn')
-  _, initial = steps_lib.create_train_state(config, IMAGES, optimizers.create(config, 1))
+  _, initial = steps_lib.create_train_state(
+    config, IMAGES, optimizers.create(config, 1), parallel.make_mesh(jax.devices()[:1])
+  )
   trained, _ = _train('seed_dcnn', 8)
   assert not np.allclose(
     initial.params['dense2']['kernel'][...], trained.params['dense2']['kernel']
@@ -94,7 +91,49 @@ def test_pmap_and_shard_map_give_the_same_parameters(model):
   )
 
 
-@pytest.mark.parametrize('mapping', ['pmap', pytest.param('shard_map', marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+  'model', ['seed_dcnn', 'rnn', pytest.param('resnet', marks=pytest.mark.slow)]
+)
+def test_jit_over_global_arrays_equals_pmap(model):
+  # Augmentation on: under jit each device's share draws from that device's stream, as in pmap.
+  config = _config(model)
+  config.data.augment = model != 'rnn'
+  with_pmap, pmap_sums = _train(model, 8, 'pmap', config=config)
+  with_jit, jit_sums = _train(model, 8, 'jit', config=config)
+  helpers.assert_trees_close(with_pmap.params, with_jit.params, rtol=1e-5, atol=1e-6)
+  helpers.assert_trees_close(with_pmap.model_state, with_jit.model_state, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pmap_sums['loss_sum'], jit_sums['loss_sum'], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  'model', ['seed_dcnn', 'resnet', pytest.param('rnn', marks=pytest.mark.slow)]
+)
+def test_fsdp_gives_the_parameters_of_replicate(model):
+  config = _config(model)
+  config.optimizer = 'adamw'  # optimizer state of the parameters' shapes, split with them
+  replicated, _ = _train(model, 8, 'jit', steps=4, config=config)
+  split, _ = _train(model, 8, 'jit', steps=4, config=config, rule='fsdp')
+  specs = [leaf.sharding.spec for leaf in jax.tree.leaves((split.params, split.opt_state))]
+  assert any(parallel.AXIS in spec for spec in specs), 'fsdp should split some arrays'
+  helpers.assert_trees_close(replicated.params, split.params)
+  helpers.assert_trees_close(replicated.opt_state, split.opt_state)
+  helpers.assert_trees_close(replicated.model_state, split.model_state)
+
+
+def test_fsdp_needs_the_jit_step_and_a_known_rule(tmp_path):
+  config = _config('seed_dcnn')
+  config.data.name = 'a_dataset_that_does_not_exist'
+  config.mapping, config.sharding = 'pmap', 'fsdp'
+  with pytest.raises(ValueError, match="only config.mapping='jit' runs"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config.mapping, config.sharding = 'jit', 'zero3'
+  with pytest.raises(ValueError, match=r"Unknown config.sharding 'zero3'.*'replicate', 'fsdp'"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+  'mapping', ['pmap', 'jit', pytest.param('shard_map', marks=pytest.mark.slow)]
+)
 def test_batchnorm_statistics_are_identical_on_every_device(mapping):
   state, _ = _train('resnet', 8, mapping, steps=2)
   leaves = jax.tree.leaves(state.model_state)

@@ -2,7 +2,7 @@
 
 The split is read once: a fixed permutation of it (seeded by config.seed) is cut into one contiguous
 shard per device, the remainder that the devices do not divide is dropped, and each shard stays on
-its device as a block of one global jax.Array of shape [devices, shard_size, ...], split along
+its device as a block of one global jax.Array of shape [devices x shard_size, ...], split along
 its leading axis like a host batch. Every process reads only its own devices' shards.
 
 Inside the compiled step each device draws its batch from its own shard (`draw`): the position is a
@@ -122,8 +122,9 @@ def _read(source, indices: np.ndarray, info: pipeline.DatasetInfo) -> dict[str, 
 
 
 def load(source, info: pipeline.DatasetInfo, layout: Layout, mesh, seed: int):
-  """The split as global jax.Arrays [devices, shard_size, ...] split over `mesh` along the leading
-  axis (AXIS); this process reads only the shards of its own devices."""
+  """The split as global jax.Arrays [devices x shard_size, ...] split over `mesh` along the
+  leading axis (AXIS), a shard per device; this process reads only the shards of its own
+  devices."""
   indices = shard_indices(layout, seed)
   # One shard per data-parallel position along AXIS; with config.partition.parts > 1 the devices
   # of a group (all on one process) share their group's shard, as they share its batches.
@@ -136,9 +137,9 @@ def load(source, info: pipeline.DatasetInfo, layout: Layout, mesh, seed: int):
   sharding = NamedSharding(mesh, P(parallel.AXIS))
 
   def place(array):
-    shape = (layout.num_devices, *array.shape[1:])
+    shape = (layout.num_devices * layout.shard_size, *array.shape[2:])
     return jax.make_array_from_callback(
-      shape, sharding, lambda index: array[slot[index[0].start or 0]][None]
+      shape, sharding, lambda index: array[slot[(index[0].start or 0) // layout.shard_size]]
     )
 
   data = {k: place(v) for k, v in local.items()}

@@ -221,23 +221,18 @@ def example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
   return {'sequence': padded, 'length': np.int32(len(sequence)), 'label': label}
 
 
-def _per_device(batch, local_device_count: int):
-  """[local_batch, ...] → [local_devices, per_device_batch, ...]."""
-  return {k: v.reshape(local_device_count, -1, *v.shape[1:]) for k, v in batch.items()}
-
-
 def train_iterator(
   source,
   info: DatasetInfo,
   *,
   local_batch_size: int,
-  local_device_count: int,
   seed: int,
   process_index: int = 0,
   process_count: int = 1,
 ):
   """Endless, shuffled (a new order each epoch), checkpointable iterator of this process's
-  training batches.
+  training batches, [local_batch_size, ...] each (`parallel.to_global` splits them over the
+  devices).
 
   Every process shuffles the whole split with the same seed, so the sequence of global batches
   does not depend on how many processes share it: global batch s is the s-th run of
@@ -252,7 +247,6 @@ def train_iterator(
     .repeat(None)
     .map(lambda i: {**example(source[i], info), 'index': np.int32(i), 'mask': np.float32(1)})
     .batch(local_batch_size, drop_remainder=True)[process_index::process_count]
-    .map(lambda batch: _per_device(batch, local_device_count))
   )
   return iter(dataset.to_iter_dataset(READ_OPTIONS))
 
@@ -266,11 +260,11 @@ def eval_iterator(
   info: DatasetInfo,
   *,
   global_batch_size: int,
-  local_device_count: int,
   process_index: int = 0,
   process_count: int = 1,
 ):
-  """This process's share of every evaluation batch, in order. Global batch s holds examples
+  """This process's share of every evaluation batch, [global_batch_size / processes, ...], in
+  order. Global batch s holds examples
   [s*G, (s+1)*G); process p takes its contiguous slice of it. Positions past the end of the split
   repeat example 0 with mask 0, so they count for nothing."""
   num_examples = len(source)
@@ -284,10 +278,5 @@ def eval_iterator(
     index = index if valid else 0
     return {**example(source[index], info), 'index': np.int32(index), 'mask': np.float32(valid)}
 
-  dataset = (
-    grain.MapDataset.range(steps * local_batch_size)
-    .map(load)
-    .batch(local_batch_size)
-    .map(lambda batch: _per_device(batch, local_device_count))
-  )
+  dataset = grain.MapDataset.range(steps * local_batch_size).map(load).batch(local_batch_size)
   return iter(dataset.to_iter_dataset(READ_OPTIONS))

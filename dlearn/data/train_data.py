@@ -40,7 +40,7 @@ def _check_steps_per_epoch(steps_per_epoch: int, config, source):
 
 
 class HostTrainData:
-  """grain batches, stacked [local devices, K, per-device batch, ...] for a dispatch of K steps,
+  """grain batches, [local batch, ...], stacked [local batch, K, ...] for a dispatch of K steps,
   kept two dispatches ahead on their way to the devices."""
 
   draw = None
@@ -53,7 +53,6 @@ class HostTrainData:
       source,
       info,
       local_batch_size=config.batch_size // jax.process_count(),
-      local_device_count=parallel.local_device_count(mesh),
       seed=config.seed,
       process_index=jax.process_index(),
       process_count=jax.process_count(),

@@ -264,6 +264,11 @@ class FastCNNFamily(ModelFamily):
 
   def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
     del part_axis
+    if not config.fast_cnn.sync_batch_norm and not parallel.is_per_device(config.mapping):
+      raise ConfigError(
+        'config.fast_cnn.sync_batch_norm=False gives each device the statistics of its own '
+        "batch, which needs the per-device step: add --config.mapping=pmap (or shard_map)."
+      )
     return FastCNN(
       num_classes,
       input_shape,

@@ -11,6 +11,8 @@ import time
 
 import jax
 
+from dlearn.errors import UserError
+
 
 def interval(value: int, steps_per_epoch: int) -> int:
   """An interval in steps (evaluation, checkpoints): `value` if positive, else (-1) one epoch."""
@@ -96,7 +98,7 @@ class Timing:
     }
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
   """Training produced a non-finite loss or gradient."""
 
 

@@ -11,25 +11,18 @@ from collections.abc import Callable
 
 from absl import app, flags
 
-from dlearn import checkpoint
-from dlearn.bookkeeping import NonFiniteError
-from dlearn.data.image_folder import ImageFolderError
-from dlearn.data.ts_format import TsFormatError
-from dlearn.runs import IncompatibleConfigError
+from dlearn.errors import ConfigError, UserError
 
-# Failures whose messages already say what is wrong and what to do.
+# Failures whose messages already say what is wrong and what to do: dlearn's own for the user's
+# input (config fields, flags, files, datasets, checkpoints of another shape, a non-finite loss),
+# and the operating system's for paths. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (
-  NonFiniteError,
-  IncompatibleConfigError,
-  checkpoint.CheckpointWriteError,
+  UserError,
   FileNotFoundError,
   FileExistsError,
   NotADirectoryError,
   IsADirectoryError,
   PermissionError,
-  TsFormatError,
-  ImageFolderError,
-  ValueError,
 )
 
 
@@ -85,7 +78,7 @@ def field_values(items: list[str], flag: str) -> dict:
   for item in items:
     field, equals, text = item.partition('=')
     if not equals or not field:
-      raise ValueError(f'{flag}={item}: write FIELD=VALUE, e.g. {flag}=fast_cnn.tta_level=0.')
+      raise ConfigError(f'{flag}={item}: write FIELD=VALUE, e.g. {flag}=fast_cnn.tta_level=0.')
     try:
       values[field] = ast.literal_eval(text)
     except (ValueError, SyntaxError):

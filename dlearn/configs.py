@@ -13,6 +13,8 @@ import os
 
 import ml_collections
 
+from dlearn.errors import ConfigError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -170,7 +172,7 @@ def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections
     config.num_train_steps = 20
     config.log_every_steps = 5
   elif arg:
-    raise ValueError(f"Unknown config argument {arg!r}: use ':smoke' or nothing.")
+    raise ConfigError(f"Unknown config argument {arg!r}: use ':smoke' or nothing.")
   return config
 
 
@@ -216,11 +218,11 @@ def override(config: ml_collections.ConfigDict, values: dict) -> ml_collections.
     for section in sections:
       parent = parent.get(section) if isinstance(parent, ml_collections.ConfigDict) else None
     if not isinstance(parent, ml_collections.ConfigDict) or name not in parent:
-      raise ValueError(
+      raise ConfigError(
         f'The config has no field {path!r}: the fields are those of dlearn/configs.py:base().'
       )
     try:
       parent[name] = value
     except TypeError as e:
-      raise ValueError(f'Config field {path!r} cannot take {value!r}: {e}') from e
+      raise ConfigError(f'Config field {path!r} cannot take {value!r}: {e}') from e
   return config

@@ -14,6 +14,8 @@ import os
 import jax
 from absl import flags, logging
 
+from dlearn.errors import ConfigError
+
 # How long the others wait for a process that stopped answering before they fail.
 HEARTBEAT_TIMEOUT_SECONDS = 30
 
@@ -41,7 +43,7 @@ def initialize(
     process_id = int(os.environ['DLEARN_PROCESS_ID'])
   if address:
     if num_processes is None or process_id is None:
-      raise ValueError(
+      raise ConfigError(
         'A coordinator address needs --num_processes and --process_id too (or '
         'DLEARN_NUM_PROCESSES and DLEARN_PROCESS_ID).'
       )

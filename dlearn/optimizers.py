@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dlearn.errors import ConfigError
+
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   """`config.schedule`: 'constant', or 'cosine' decay after `config.warmup_steps` of warm-up."""
@@ -46,7 +48,7 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, warmup_steps, max(total_steps, warmup_steps + 1)
     )
-  raise ValueError(f"Unknown config.schedule {config.schedule!r}: 'constant' or 'cosine'.")
+  raise ConfigError(f"Unknown config.schedule {config.schedule!r}: 'constant' or 'cosine'.")
 
 
 def sgd(config, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -179,7 +181,7 @@ def _label(path, leaf) -> str:
     return HEAD
   if any(name.startswith('norm') for name in names) and 'bias' in names:
     return NORM_BIASES
-  raise ValueError(
+  raise ConfigError(
     f'fast_cnn_optimizer has no group for parameter {"/".join(names)} of shape '
     f'{tuple(leaf.shape)}: it is written for FastCNN (dlearn/models/fast_cnn.py).'
   )
@@ -280,7 +282,7 @@ def register(name: str, make: Callable[..., optax.GradientTransformation]) -> No
 
 def create(config, total_steps: int, steps_per_epoch: int = 1) -> optax.GradientTransformation:
   if config.optimizer not in _OPTIMIZERS:
-    raise ValueError(
+    raise ConfigError(
       f'Unknown config.optimizer {config.optimizer!r}: choose one of {tuple(_OPTIMIZERS)}.'
     )
   return _OPTIMIZERS[config.optimizer](config, total_steps, steps_per_epoch)

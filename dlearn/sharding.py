@@ -53,9 +53,9 @@ def check(config) -> None:
     raise ConfigError(f'Unknown config.sharding {config.sharding!r}: choose one of {tuple(RULES)}.')
   if config.sharding != 'replicate' and config.mapping != 'jit':
     raise ConfigError(
-      f"config.sharding={config.sharding!r} splits the train state over the devices, which only "
+      f'config.sharding={config.sharding!r} splits the train state over the devices, which only '
       f"config.mapping='jit' runs (config.mapping={config.mapping!r} keeps a whole copy on "
-      "every device): add --config.mapping=jit or --config.sharding=replicate."
+      'every device): add --config.mapping=jit or --config.sharding=replicate.'
     )
   if config.fsdp_min_size_mib < 0:
     raise ConfigError(

@@ -152,9 +152,7 @@ def _all_finite(tree):
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def train_step(
-  state: TrainState, batch, *, graphdef, tx, config, info, axis, steps_per_epoch=1
-):
+def train_step(state: TrainState, batch, *, graphdef, tx, config, info, axis, steps_per_epoch=1):
   """One optimisation step on the body's batch (one device's, or the global one under 'jit');
   gradients, BatchNorm statistics and metrics are those of the global batch, so every device
   leaves with the same state. Augmentation draws from each device's own stream either way."""
@@ -204,7 +202,8 @@ def train_step(
   if logits.ndim == 3:  # an ensemble's metrics: of its averaged prediction, its mean loss
     logits, per_example = models.average_probabilities(logits), jnp.mean(per_example, axis=0)
   sums = keep(
-    metric_sums(logits, labels, per_example, mask, axis), {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0}
+    metric_sums(logits, labels, per_example, mask, axis),
+    {'loss_sum': 0.0, 'correct': 0.0, 'count': 0.0},
   )
   return new_state, {**sums, 'nonfinite': 1.0 - finite.astype(jnp.float32)}
 

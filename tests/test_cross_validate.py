@@ -84,7 +84,7 @@ def test_host_and_on_device_training_data_read_only_the_subset():
   subset = pipeline.Subset(records, np.arange(60)[::3])  # 20 examples
   by_pixels = {r['image'].tobytes(): r['index'] for r in records}
 
-  batches = pipeline.train_iterator(subset, info, local_batch_size=20, local_device_count=4, seed=0)
+  batches = pipeline.train_iterator(subset, info, local_batch_size=20, seed=0)
   batch = next(batches)  # one epoch
   drawn = [by_pixels[image.tobytes()] for image in batch['image'].reshape(-1, 4, 4, 3)]
   assert sorted(drawn) == subset.indices.tolist()

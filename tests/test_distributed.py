@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from dlearn import configs, distributed, launch, parallel, runs
+from dlearn import checkpoint, configs, distributed, launch, parallel, runs
 from dlearn.data import pipeline
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
@@ -184,3 +184,22 @@ def test_a_dead_process_makes_the_other_fail_within_a_bound(tmp_path, data_dir):
     for line in stderr.splitlines()
     if line.startswith(('E1', 'F1')) or 'rror' in line or 'what()' in line
   )[-3000:]
+
+
+def test_fsdp_in_two_processes_trains_what_one_process_trains_and_restores_anywhere(
+  tmp_path, data_dir
+):
+  fsdp = ('--config.sharding=fsdp', '--config.fsdp_min_size_mib=0')
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  _one_process(one, data_dir, 6, *fsdp)
+  _two_processes(two, data_dir, 6, *fsdp)
+  _assert_same_model(one, two, 6)
+  # Each process wrote only the shards it holds, into files of its own.
+  written = os.listdir(os.path.join(checkpoint.directory(two), '6', 'state'))
+  assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(written), written
+  # 2 processes x 4 devices 'fsdp' → 1 x 8 'replicate', exactly where the other run goes on.
+  assert 'Resumed from the checkpoint of step 6' in _one_process(
+    two, data_dir, 9, '--config.sharding=replicate'
+  )
+  _one_process(one, data_dir, 9, *fsdp)
+  _assert_same_model(one, two, 9)

@@ -328,21 +328,15 @@ def _recipe_steps(num_devices, config, steps=3):
   tx = optimizers.create(config, total_steps=10, steps_per_epoch=2)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (64, 32, 32, 3), np.uint8)
-  graphdef, state = steps_lib.create_train_state(
-    config, CIFAR_SHAPED, tx, source=[{'image': image} for image in images]
-  )
-  step = parallel.map_over_devices(
-    functools.partial(
-      steps_lib.train_step,
-      graphdef=graphdef,
-      tx=tx,
-      config=config,
-      info=CIFAR_SHAPED,
-      steps_per_epoch=2,
-    ),
+  step, state = helpers.mapped_step(
+    config,
+    CIFAR_SHAPED,
     mesh,
+    tx,
+    source=[{'image': image} for image in images],
+    steps_per_epoch=2,
   )
-  state, sums = parallel.replicate(state, mesh), None
+  sums = None
   for s in range(steps):
     batch = {
       'image': images[16 * s : 16 * s + 16],
@@ -350,9 +344,27 @@ def _recipe_steps(num_devices, config, steps=3):
       'mask': np.ones(16, np.float32),
       'index': np.arange(16 * s, 16 * s + 16, dtype=np.int32),
     }
-    batch = {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
     state, sums = step(state, parallel.to_global(batch, mesh))
   return state, jax.device_get(sums)
+
+
+@pytest.mark.slow
+def test_fsdp_gives_the_parameters_of_replicate_with_muon():
+  # Muon orthogonalises each whole filter: under 'fsdp' a filter is split over the devices, and
+  # the jit step's Newton-Schulz matmuls over it are partitioned by XLA (partial products
+  # all-reduced), so the update is the whole filter's, as replicated.
+  config = _recipe_config(fsdp_min_size_mib=0.0)
+  replicated, _ = _recipe_steps(8, config)
+  config.sharding = 'fsdp'
+  split, _ = _recipe_steps(8, config)
+  split_filters = [
+    leaf
+    for leaf in jax.tree.leaves(split.params)
+    if leaf.ndim == 4 and parallel.AXIS in leaf.sharding.spec
+  ]
+  assert split_filters, 'fsdp should split the convolution filters'
+  helpers.assert_trees_close(replicated.params, split.params, rtol=1e-4, atol=1e-5)
+  helpers.assert_trees_close(replicated.model_state, split.model_state, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -445,16 +457,18 @@ def test_runs_with_other_seeds_share_the_compiled_train_step():
   for seed in (0, 1):
     config = _recipe_config(seed=seed)
     tx = optimizers.create(config, total_steps=10, steps_per_epoch=2)
-    graphdef, state = steps_lib.create_train_state(config, CIFAR_SHAPED, tx)
+    graphdef, state = steps_lib.create_train_state(
+      config, CIFAR_SHAPED, tx, parallel.make_mesh(jax.devices()[:1])
+    )
     step = functools.partial(
       steps_lib.train_step, graphdef=graphdef, tx=tx, config=config, info=CIFAR_SHAPED
     )
     batch = {
-      'image': np.zeros((1, 4, 32, 32, 3), np.uint8),
-      'label': np.zeros((1, 4), np.int32),
-      'mask': np.ones((1, 4), np.float32),
-      'index': np.zeros((1, 4), np.int32),
+      'image': np.zeros((4, 32, 32, 3), np.uint8),
+      'label': np.zeros(4, np.int32),
+      'mask': np.ones(4, np.float32),
+      'index': np.zeros(4, np.int32),
     }
-    mapped = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0), out_axes=None)
+    mapped = jax.jit(functools.partial(step, axis=parallel.DataAxis(1, per_device=False)))
     texts.append(mapped.lower(state, batch).as_text())
   assert texts[0] == texts[1]

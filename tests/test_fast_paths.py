@@ -30,38 +30,32 @@ def _config(**overrides):
 
 
 def _dispatch(config, mesh, num_steps, layout=None, mapping='pmap', info=IMAGES):
-  tx = optimizers.create(config, 100)
-  graphdef, state = steps_lib.create_train_state(config, info, tx)
-  step = parallel.map_over_devices(
-    functools.partial(
-      steps_lib.train_steps,
-      num_steps=num_steps,
-      draw=helpers.draw(layout) if layout is not None else None,
-      unroll=config.unroll_dispatch,
-      graphdef=graphdef,
-      tx=tx,
-      config=config,
-      info=info,
-    ),
+  config = config.copy_and_resolve_references()
+  config.mapping = mapping
+  return helpers.mapped_step(
+    config,
+    info,
     mesh,
-    mapping,
-    donate_state=True,
+    optimizers.create(config, 100),
+    body=steps_lib.train_steps,
+    num_steps=num_steps,
+    draw=helpers.draw(layout) if layout is not None else None,
+    unroll=config.unroll_dispatch,
   )
-  return step, parallel.replicate(state, mesh)
 
 
 # ---- several steps per dispatch ----------------------------------------------------------------
 @pytest.mark.parametrize('unroll', [pytest.param(True, marks=pytest.mark.slow), False])
 def test_k_steps_in_one_dispatch_equal_k_single_dispatches(unroll):
   config, mesh, k = _config(unroll_dispatch=unroll), parallel.make_mesh(), 3
-  batches = helpers.image_batches(k, 8)
+  batches = helpers.image_batches(k)
   single, state = _dispatch(config, mesh, 1)
   single_sums = []
   for batch in batches:
     state, sums = single(state, parallel.to_global(batch, mesh))
     single_sums.append(jax.device_get(sums))
   several, scanned = _dispatch(config, mesh, k)
-  stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)  # [devices, K, batch, ...]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *batches)  # [batch, K, ...]
   scanned, sums = several(scanned, parallel.to_global(stacked, mesh))
   sums = jax.device_get(sums)
 
@@ -101,13 +95,13 @@ def test_every_example_of_a_shard_is_drawn_once_per_epoch():
   records = helpers.image_records(101)
   info = DatasetInfo('synthetic', 'image', (4, 4, 3), 5, tuple('abcde'))
   data = on_device.load(records, info, layout, mesh, seed=0)
-  assert data['image'].shape == (8, 12, 4, 4, 3) and data['image'].dtype == np.uint8
-  assert [s.data.shape for s in data['image'].addressable_shards] == [(1, 12, 4, 4, 3)] * 8
+  assert data['image'].shape == (96, 4, 4, 3) and data['image'].dtype == np.uint8
+  assert [s.data.shape for s in data['image'].addressable_shards] == [(12, 4, 4, 3)] * 8
 
   # Each device's shard, as example indices (found from the pixels, which are unique).
   by_pixels = {r['image'].tobytes(): r['index'] for r in records}
   shards = [
-    [by_pixels[image.tobytes()] for image in np.asarray(block.data)[0]]
+    [by_pixels[image.tobytes()] for image in np.asarray(block.data)]
     for block in data['image'].addressable_shards
   ]
   assert len({i for shard in shards for i in shard}) == 96  # disjoint; 5 dropped
@@ -118,6 +112,7 @@ def test_every_example_of_a_shard_is_drawn_once_per_epoch():
     axis_name=parallel.AXIS,
     in_axes=(0, None),
   )
+  data = jax.tree.map(lambda x: np.asarray(x).reshape(8, 12, *x.shape[1:]), data)
   epochs = []
   for epoch in range(2):
     drawn = [
@@ -160,17 +155,13 @@ def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(mod
   if model == 'rnn':
     info = SEQUENCES
     data = on_device.load(helpers.sequence_records(200), info, layout, mesh, seed=0)
-    assert set(data) == {'sequence', 'length', 'label', 'index'} and data['sequence'].shape == (
-      8,
-      25,
-      8,
-      2,
-    )
+    assert set(data) == {'sequence', 'length', 'label', 'index'}
+    assert data['sequence'].shape == (200, 8, 2)
   else:
     info = IMAGES
     data = on_device.load(helpers.image_records(200, (16, 16, 3), 10), info, layout, mesh, seed=0)
   results = {}
-  for mapping, k in (('pmap', 2), ('shard_map', 2), ('pmap', 1)):
+  for mapping, k in (('pmap', 2), ('shard_map', 2), ('jit', 2), ('pmap', 1)):
     step, state = _dispatch(config, mesh, k, layout, mapping, info)
     state, _ = step(state, data)  # compiles
     with jax.transfer_guard('disallow'):  # no data crosses from the host per step
@@ -181,6 +172,7 @@ def test_on_device_data_pmap_equals_shard_map_and_k_steps_equal_single_steps(mod
   helpers.assert_trees_close(
     results['pmap', 2].params, results['shard_map', 2].params, rtol=1e-6, atol=1e-7
   )
+  helpers.assert_trees_close(results['pmap', 2].params, results['jit', 2].params)
   helpers.assert_trees_close(results['pmap', 2].params, results['pmap', 1].params)
 
 
@@ -196,7 +188,7 @@ def test_on_device_data_with_examples_split_over_devices():
     config.partition.parts = parts
     mesh = parallel.make_mesh(jax.devices()[:devices], parts)
     data = on_device.load(records, IMAGES, layout, mesh, seed=0)
-    assert data['image'].shape == (4, 30, 16, 16, 3)
+    assert data['image'].shape == (120, 16, 16, 3)
     step, state = _dispatch(config, mesh, 2, layout, 'shard_map')
     for _ in range(2):
       state, _ = step(state, data)
@@ -265,7 +257,7 @@ def test_stopped_and_resumed_run_equals_a_straight_one(tmp_path, data_dir, on_de
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mapping', ['pmap', 'shard_map'])
+@pytest.mark.parametrize('mapping', ['jit', 'pmap', 'shard_map'])
 def test_evaluation_kept_on_devices_equals_streamed(tmp_path, data_dir, mapping):
   # With on-device data the loop keeps the evaluation split on the devices and compiles its step
   # ahead; `evaluate_workdir` streams it from the host through the step compiled on first call.

@@ -1,4 +1,4 @@
-"""The input pipeline: per-device batch shapes, per-process shares, eval that counts every example
+"""The input pipeline: batch shapes, per-process shares, eval that counts every example
 once, and the errors a user meets first."""
 
 import dataclasses
@@ -18,12 +18,10 @@ def _images(n):
   return [{'image': np.full((4, 4, 3), i % 256, np.uint8), 'label': i} for i in range(n)]
 
 
-def test_train_batches_have_the_per_device_shape():
-  batch = next(
-    pipeline.train_iterator(_images(50), IMAGES, local_batch_size=16, local_device_count=8, seed=0)
-  )
-  assert batch['image'].shape == (8, 2, 4, 4, 3) and batch['image'].dtype == np.uint8
-  assert batch['label'].shape == (8, 2) and batch['mask'].shape == (8, 2)
+def test_train_batches_have_the_local_batch_shape():
+  batch = next(pipeline.train_iterator(_images(50), IMAGES, local_batch_size=16, seed=0))
+  assert batch['image'].shape == (16, 4, 4, 3) and batch['image'].dtype == np.uint8
+  assert batch['label'].shape == (16,) and batch['mask'].shape == (16,)
 
 
 def test_each_process_trains_on_its_own_part():
@@ -33,7 +31,6 @@ def test_each_process_trains_on_its_own_part():
       _images(40),
       IMAGES,
       local_batch_size=4,
-      local_device_count=2,
       seed=0,
       process_index=process,
       process_count=2,
@@ -45,7 +42,7 @@ def test_each_process_trains_on_its_own_part():
 
 def test_each_epoch_has_a_new_order_and_every_example():
   batches = pipeline.train_iterator(
-    _images(16), IMAGES, local_batch_size=16, local_device_count=8, seed=0
+    _images(16), IMAGES, local_batch_size=16, seed=0
   )
   first, second = (next(batches)['label'].ravel().tolist() for _ in range(2))
   assert sorted(first) == sorted(second) == list(range(16))
@@ -63,14 +60,13 @@ def test_eval_counts_every_example_exactly_once(num_examples, global_batch, proc
         _images(num_examples),
         IMAGES,
         global_batch_size=global_batch,
-        local_device_count=4,
         process_index=process,
         process_count=processes,
       )
     )
     steps.append(len(batches))
     for batch in batches:
-      assert batch['label'].shape == (4, global_batch // processes // 4)
+      assert batch['label'].shape == (global_batch // processes,)
       for label, mask in zip(batch['label'].ravel(), batch['mask'].ravel()):
         counts[label] += int(mask)
   assert len(set(steps)) == 1, 'every process must run the same number of eval steps'
@@ -81,11 +77,11 @@ def test_eval_counts_every_example_exactly_once(num_examples, global_batch, proc
 def test_sequences_are_padded_with_their_lengths():
   records = [{'sequence': np.ones((n, 2), np.float32), 'label': n % 3} for n in (1, 6, 3, 2)]
   batch = next(
-    pipeline.eval_iterator(records, SEQUENCES, global_batch_size=4, local_device_count=2)
+    pipeline.eval_iterator(records, SEQUENCES, global_batch_size=4)
   )
-  assert batch['sequence'].shape == (2, 2, 6, 2)
+  assert batch['sequence'].shape == (4, 6, 2)
   np.testing.assert_array_equal(batch['length'].ravel(), [1, 6, 3, 2])
-  np.testing.assert_array_equal(batch['sequence'][0, 0, 1:], 0)  # padding is zeros
+  np.testing.assert_array_equal(batch['sequence'][0, 1:], 0)  # padding is zeros
 
 
 def test_each_case_standardisation_uses_each_case_own_steps_only():
@@ -97,8 +93,8 @@ def test_each_case_standardisation_uses_each_case_own_steps_only():
     {'sequence': 5 + 3 * case, 'label': 1},  # shifted and scaled: the same after
     {'sequence': np.full((3, 2), 2.5, np.float32), 'label': 2},  # constant: zeros
   ]
-  batch = next(pipeline.eval_iterator(records, info, global_batch_size=3, local_device_count=1))
-  sequences = batch['sequence'][0]
+  batch = next(pipeline.eval_iterator(records, info, global_batch_size=3))
+  sequences = batch['sequence']
   np.testing.assert_allclose(sequences[0, :4].mean(0), 0, atol=1e-6)
   np.testing.assert_allclose(sequences[0, :4].std(0), 1, atol=1e-5)
   np.testing.assert_allclose(sequences[1], sequences[0], atol=1e-5)
@@ -118,7 +114,7 @@ def test_each_case_standardisation_uses_each_case_own_steps_only():
 def test_a_sequence_longer_than_max_length_is_a_clear_error():
   records = [{'sequence': np.ones((7, 2), np.float32), 'label': 0}]
   with pytest.raises(ValueError, match='7 steps, more than config.data.max_length=6'):
-    next(pipeline.eval_iterator(records, SEQUENCES, global_batch_size=2, local_device_count=2))
+    next(pipeline.eval_iterator(records, SEQUENCES, global_batch_size=2))
 
 
 def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):
@@ -131,14 +127,13 @@ def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):
 
 def test_two_processes_together_read_what_one_process_reads():
   one = pipeline.train_iterator(
-    _images(40), IMAGES, local_batch_size=8, local_device_count=8, seed=3
+    _images(40), IMAGES, local_batch_size=8, seed=3
   )
   halves = [
     pipeline.train_iterator(
       _images(40),
       IMAGES,
       local_batch_size=4,
-      local_device_count=4,
       seed=3,
       process_index=p,
       process_count=2,

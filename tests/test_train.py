@@ -2,8 +2,6 @@
 pmap and shard_map, with the state replicated or split ('fsdp'), and BatchNorm statistics end
 identical on every device."""
 
-import functools
-
 import helpers
 import jax
 import numpy as np

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dlearn.data import image_folder, ts_format
+from dlearn.errors import ConfigError
 
 VERSION = '1.0.0'
 SPLIT_FLAGS = ('train', 'validation', 'test')
@@ -62,7 +63,7 @@ def _builder_class(name: str):
 def _check_not_empty(cases: dict, validation_fraction: float):
   for split, examples in cases.items():
     if not examples:
-      raise ValueError(
+      raise ConfigError(
         f'Split {split!r} would be empty (validation_fraction='
         f'{validation_fraction} of a small train split?); pass a larger '
         '--validation_fraction, 0 for none, or a --validation path.'
@@ -219,11 +220,11 @@ def write_dataset(
   train required) and returns that directory. Every input is read and checked before anything is
   written; a failure while writing leaves no dataset behind."""
   if 'train' not in paths:
-    raise ValueError('A train split is required (--train).')
+    raise ConfigError('A train split is required (--train).')
   if not name.isidentifier() or name != name.lower():
-    raise ValueError(f'Dataset name {name!r}: use lower_case letters, digits and underscores.')
+    raise ConfigError(f'Dataset name {name!r}: use lower_case letters, digits and underscores.')
   if name in tfds.list_builders(with_community_datasets=False):
-    raise ValueError(
+    raise ConfigError(
       f'{name!r} is a tfds catalogue dataset; pick another --name (e.g. '
       f'{name}_local) so that the two never mix.'
     )

@@ -14,11 +14,13 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from dlearn.errors import UserError
+
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 ARCHIVE_SUFFIXES = ('.tar', '.tar.gz', '.tgz')
 
 
-class ImageFolderError(ValueError):
+class ImageFolderError(UserError, ValueError):
   """An image folder or archive that cannot be read; the message names the file or member."""
 
 

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from dlearn import parallel
 from dlearn.data import pipeline
+from dlearn.errors import ConfigError
 
 # At most this fraction of a device's memory may hold the data; the rest is the model's.
 MAX_MEMORY_FRACTION = 0.5
@@ -82,7 +83,7 @@ def device_memory_limit(device) -> int | None:
 def check(layout: Layout, info: pipeline.DatasetInfo, split: str, devices) -> None:
   """Refuses, before anything is read or compiled, a split that cannot live on the devices."""
   if layout.shard_size < layout.per_device_batch:
-    raise ValueError(
+    raise ConfigError(
       f'config.data.on_device=True: split {split!r} ({layout.num_examples} examples) gives each '
       f'of the {layout.num_devices} devices {layout.shard_size} examples, fewer than its batch '
       f'of {layout.per_device_batch}; use a smaller config.batch_size, or set '
@@ -92,7 +93,7 @@ def check(layout: Layout, info: pipeline.DatasetInfo, split: str, devices) -> No
   for device in devices:
     limit = device_memory_limit(device)
     if limit is not None and nbytes > MAX_MEMORY_FRACTION * limit:
-      raise ValueError(
+      raise ConfigError(
         f'config.data.on_device=True: split {split!r} needs {_size(nbytes)} on each device '
         f'({layout.shard_size} examples of {example_nbytes(info)} bytes), more than '
         f'{MAX_MEMORY_FRACTION:.0%} of the {_size(limit)} of {device.device_kind} '

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dlearn.errors import ConfigError
+
 # How many records grain reads ahead in threads; enough to hide JPEG-free numpy decoding.
 READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=256)
 
@@ -56,7 +58,7 @@ def load_split(name: str, split: str, data_dir: str | None = None):
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types for "not prepared" and for a bad split.
     if os.path.isdir(os.path.join(os.path.expanduser(data_dir), name)):
-      raise ValueError(
+      raise ConfigError(
         f'Cannot read split {split!r} of dataset {name!r} in {data_dir} ({type(e).__name__}: {e}).'
       ) from e
     raise FileNotFoundError(
@@ -109,7 +111,7 @@ def stratified_folds(
   if not 2 <= folds <= counts.min():
     smallest, count = classes[counts.argmin()], counts.min()
     remedy = f'use from 2 to {count} folds' if count >= 2 else 'no number of folds works'
-    raise ValueError(
+    raise ConfigError(
       f'{flag}={folds}: {remedy}: every fold needs an example of every class, and the smallest '
       f'class (label {smallest}) has {count} example{"s" if count > 1 else ""}.'
     )
@@ -122,7 +124,7 @@ def fold_sources(source, folds: int, fold: int, seed: int) -> tuple[Subset, Subs
   """(train, eval) of fold `fold` of `source` cut into `folds` stratified folds: the other folds,
   and that fold."""
   if not 0 <= fold < folds:
-    raise ValueError(f'config.data.fold={fold}: the folds are 0 to {folds - 1}.')
+    raise ConfigError(f'config.data.fold={fold}: the folds are 0 to {folds - 1}.')
   parts = stratified_folds(labels(source), folds, seed)
   held_out = parts.pop(fold)
   return Subset(source, np.sort(np.concatenate(parts))), Subset(source, held_out)
@@ -156,14 +158,14 @@ def dataset_info(
     metadata = source.dataset_info.metadata or {}
     max_length = max_length or metadata.get('max_length')
     if not max_length:
-      raise ValueError(
+      raise ConfigError(
         f'Dataset {name!r} holds sequences: set config.data.max_length (the length '
         'every sequence is padded to, so that batches keep one shape).'
       )
     num_features = features['sequence'].shape[-1]
     mean, std = metadata.get('feature_mean'), metadata.get('feature_std')
     if standardize not in STANDARDIZE:
-      raise ValueError(
+      raise ConfigError(
         f'config.data.standardize={standardize!r}: use one of {", ".join(STANDARDIZE)}.'
       )
     if standardize == 'auto':
@@ -178,7 +180,7 @@ def dataset_info(
       tuple(std) if std else None,
       standardize,
     )
-  raise ValueError(
+  raise ConfigError(
     f'Dataset {name!r} has features {sorted(features)}: dlearn reads datasets with '
     "an 'image' or a 'sequence' feature and a 'label'."
   )
@@ -211,7 +213,7 @@ def example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
   sequence = standardize(np.asarray(record['sequence'], np.float32), info)
   max_length = info.example_shape[0]
   if len(sequence) > max_length:
-    raise ValueError(
+    raise ConfigError(
       f'A sequence of {info.name!r} has {len(sequence)} steps, more than '
       f'config.data.max_length={max_length}: set --config.data.max_length='
       f'{len(sequence)} or more.'

@@ -24,6 +24,7 @@ import numpy as np
 
 from dlearn import parallel
 from dlearn.data import on_device, pipeline
+from dlearn.errors import ConfigError
 
 
 def create(config, source, info, mesh):
@@ -33,7 +34,7 @@ def create(config, source, info, mesh):
 
 def _check_steps_per_epoch(steps_per_epoch: int, config, source):
   if steps_per_epoch == 0:
-    raise ValueError(
+    raise ConfigError(
       f'Split {config.data.train_split!r} of {config.data.name!r} has {len(source)} examples, '
       f'fewer than one global batch (config.batch_size={config.batch_size}).'
     )

@@ -19,6 +19,8 @@ import dataclasses
 
 import numpy as np
 
+from dlearn.errors import UserError
+
 _MISSING = ('?', 'nan', 'NaN', 'NAN')
 _KNOWN_HEADERS = {
   'problemname',
@@ -39,7 +41,7 @@ _KNOWN_HEADERS = {
 UNLABELLED = -1
 
 
-class TsFormatError(ValueError):
+class TsFormatError(UserError, ValueError):
   """A `.ts` file that does not follow the format; the message names the file and line."""
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlearn.errors import ConfigError
 from dlearn.models import cnn, fast_cnn, rnn
 from dlearn.models.family import ModelFamily
 
@@ -33,7 +34,7 @@ def names() -> tuple[str, ...]:
 def family_of(config) -> ModelFamily:
   """The family of `config.model`, or a ValueError naming the known ones."""
   if config.model not in _FAMILIES:
-    raise ValueError(f'Unknown config.model {config.model!r}: choose one of {names()}.')
+    raise ConfigError(f'Unknown config.model {config.model!r}: choose one of {names()}.')
   return _FAMILIES[config.model]
 
 
@@ -59,7 +60,7 @@ def create_model(
   if config.ensemble_size <= 1:
     return make(nnx.Rngs(seed))
   if not family.ensembles or space_axis is not None:
-    raise ValueError(
+    raise ConfigError(
       f'config.ensemble_size={config.ensemble_size}: config.model={config.model!r} '
       + ('trains no ensembles' if not family.ensembles else 'with config.partition.parts > 1')
       + '; set config.ensemble_size=1.'

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from dlearn.errors import ConfigError
 from dlearn.models import layers
 from dlearn.models.family import ModelFamily, compute_dtype, own_part
 
@@ -70,7 +71,7 @@ def spatial_downsampling(model: str, stage_sizes: Sequence[int] = ()) -> int:
     return 4  # two 2x2 max pools
   if model == 'resnet':
     return 2 ** _resnet_stride_stages(stage_sizes)
-  raise ValueError(f'Spatial partitioning is for the CNNs (seed_dcnn, resnet), not {model!r}.')
+  raise ConfigError(f'Spatial partitioning is for the CNNs (seed_dcnn, resnet), not {model!r}.')
 
 
 def _resnet_stride_stages(stage_sizes: Sequence[int]) -> int:
@@ -82,7 +83,7 @@ def check_spatial_parts(image_height: int, parts: int, downsampling: int, model:
   image keep a whole number of rows at every one of the network's resolutions (H a multiple of
   parts × downsampling). One part (no partitioning) is always fine."""
   if parts < 1:
-    raise ValueError(f'Spatial parts must be positive, got {parts}.')
+    raise ConfigError(f'Spatial parts must be positive, got {parts}.')
   if parts == 1 or image_height % (parts * downsampling) == 0:
     return
   multiple = parts * downsampling
@@ -92,7 +93,7 @@ def check_spatial_parts(image_height: int, parts: int, downsampling: int, model:
   heights = sorted(
     {max(multiple, image_height // multiple * multiple), -(-image_height // multiple) * multiple}
   )
-  raise ValueError(
+  raise ConfigError(
     f'Spatial partitioning of {model}: image height {image_height} cannot be split into {parts} '
     f'bands; the height must be a multiple of parts x downsampling = {parts} x {downsampling} = '
     f'{multiple} (every band keeps whole, pool-aligned rows at every resolution; no padding '
@@ -114,7 +115,7 @@ def _halo_rows(x, space_axis: str, above: int, below: int):
   A negative `below` drops this band's last rows instead."""
   parts, band = lax.axis_size(space_axis), x.shape[1]
   if above > band or below > band:
-    raise ValueError(
+    raise ConfigError(
       f'A halo of {above} rows above and {below} below needs bands of at least that '
       f'many rows, got {band}.'
     )

@@ -21,6 +21,7 @@ from flax import nnx
 from jax import lax
 
 from dlearn.data import augment
+from dlearn.errors import ConfigError
 from dlearn.parallel import PART_AXIS
 
 DTYPES = ('float32', 'bfloat16')
@@ -29,7 +30,7 @@ DTYPES = ('float32', 'bfloat16')
 def compute_dtype(config):
   """The dtype the model computes in (`config.dtype`); parameters stay float32 either way."""
   if config.dtype not in DTYPES:
-    raise ValueError(f'Unknown config.dtype {config.dtype!r}: choose one of {DTYPES}.')
+    raise ConfigError(f'Unknown config.dtype {config.dtype!r}: choose one of {DTYPES}.')
   return jnp.dtype(config.dtype)
 
 
@@ -76,7 +77,7 @@ class ModelFamily:
   def input_shape(self, config, info) -> tuple[int, ...]:
     """One example's shape as the model takes it; refuses a dataset of another kind."""
     if info.kind not in self.kinds:
-      raise ValueError(
+      raise ConfigError(
         f'config.model={config.model!r} takes {" or ".join(self.kinds)} datasets, but '
         f'{info.name!r} holds {info.kind}s: choose a model for {info.kind}s.'
       )
@@ -107,7 +108,7 @@ class ModelFamily:
     data-parallel group."""
     del input_shape, per_device_batches
     if parts > 1:
-      raise ValueError(
+      raise ConfigError(
         f'config.model={config.model!r} cannot split examples over devices: set '
         'config.partition.parts=1.'
       )

@@ -34,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dlearn import parallel
 from dlearn.data import augment
+from dlearn.errors import ConfigError
 from dlearn.models.family import ModelFamily, compute_dtype
 from dlearn.models.layers import conv_general_dilated, max_pool_2x2
 
@@ -199,7 +201,7 @@ class FastCNN(nnx.Module):
     self.groups = nnx.List(groups)
     features = (height // 3) * (width // 3) * in_channels
     if features == 0:
-      raise ValueError(f'Images of shape {tuple(image_shape)} are too small for FastCNN.')
+      raise ConfigError(f'Images of shape {tuple(image_shape)} are too small for FastCNN.')
     self.head = nnx.Linear(
       features, num_classes, use_bias=False, kernel_init=_unit_std_init, dtype=dtype, rngs=rngs
     )
@@ -234,7 +236,7 @@ def tta_logits(model_fn: Callable, images, level: int):
   of the images reflect-padded by 1 pixel (content moved down-right, and up-left).
   """
   if level not in (0, 1, 2):
-    raise ValueError(f'TTA level must be 0, 1 or 2, got {level}.')
+    raise ConfigError(f'TTA level must be 0, 1 or 2, got {level}.')
   if level == 0:
     return model_fn(images)
 
@@ -267,7 +269,7 @@ class FastCNNFamily(ModelFamily):
     if not config.fast_cnn.sync_batch_norm and not parallel.is_per_device(config.mapping):
       raise ConfigError(
         'config.fast_cnn.sync_batch_norm=False gives each device the statistics of its own '
-        "batch, which needs the per-device step: add --config.mapping=pmap (or shard_map)."
+        'batch, which needs the per-device step: add --config.mapping=pmap (or shard_map).'
       )
     return FastCNN(
       num_classes,

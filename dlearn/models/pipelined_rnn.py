@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dlearn.errors import ConfigError
 from dlearn.models.rnn import RNNClassifier, hidden_state, zero_carry
 
 
@@ -56,16 +57,16 @@ def check_time_parts(
 ) -> None:
   """Raises ValueError, with what to do, for a partition `pipelined_logits` cannot run."""
   if parts < 1 or micro_batches < 1:
-    raise ValueError(f'Time parts ({parts}) and micro-batches ({micro_batches}) must be ≥ 1.')
+    raise ConfigError(f'Time parts ({parts}) and micro-batches ({micro_batches}) must be ≥ 1.')
   if sequence_length % parts:
     below = sequence_length // parts * parts
-    raise ValueError(
+    raise ConfigError(
       f'The sequence length {sequence_length} is not a multiple of the {parts} time parts: pad '
       f'the sequences to a multiple (config.data.max_length, e.g. {below + parts}) or choose a '
       f'number of parts that divides {sequence_length}.'
     )
   if per_device_batch % micro_batches:
-    raise ValueError(
+    raise ConfigError(
       f'The per-device batch {per_device_batch} is not a multiple of the {micro_batches} '
       f'micro-batches: choose micro-batches that divide it, or a batch size that makes it a '
       'multiple.'

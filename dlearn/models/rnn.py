@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.experimental import rnn as jax_rnn
 
+from dlearn.errors import ConfigError
 from dlearn.models.family import ModelFamily, compute_dtype, image_inputs, own_part
 
 # 'simple' is the article's Elman cell: h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h).
@@ -45,7 +46,7 @@ class TemporalConvs(nnx.Module):
 
   def __init__(self, num_features, filters, kernels, *, axis_name, dtype, rngs: nnx.Rngs):
     if len(filters) != len(kernels):
-      raise ValueError(
+      raise ConfigError(
         f'config.rnn.conv_filters={tuple(filters)} and config.rnn.conv_kernels={tuple(kernels)} '
         'need one kernel size per convolution.'
       )
@@ -89,17 +90,17 @@ class RNNClassifier(nnx.Module):
     dtype=jnp.float32,
   ):
     if not num_layers and not conv_filters:
-      raise ValueError(
+      raise ConfigError(
         'config.rnn.num_layers=0 needs config.rnn.conv_filters (a model needs a layer).'
       )
     if cell not in CELLS:
-      raise ValueError(f'Unknown RNN cell {cell!r}: choose one of {sorted(CELLS)}.')
+      raise ConfigError(f'Unknown RNN cell {cell!r}: choose one of {sorted(CELLS)}.')
     if implementation not in IMPLEMENTATIONS:
-      raise ValueError(
+      raise ConfigError(
         f'Unknown config.rnn.implementation {implementation!r}: choose one of {IMPLEMENTATIONS}.'
       )
     if implementation == 'cudnn' and (cell != 'lstm' or jnp.dtype(dtype) != jnp.float32):
-      raise ValueError(
+      raise ConfigError(
         f"config.rnn.implementation='cudnn' runs LSTMs in float32 only (JAX's cuDNN "
         f'kernel); got cell={cell!r}, dtype={jnp.dtype(dtype).name}. Use '
         "implementation='scan'."
@@ -244,7 +245,7 @@ class RNNFamily(ModelFamily):
     if parts == 1:
       return
     if config.rnn.conv_filters or not config.rnn.num_layers:
-      raise ValueError(
+      raise ConfigError(
         f'config.partition.parts={parts} pipelines the recurrent layers over time chunks; the '
         f'convolutional branch (config.rnn.conv_filters={tuple(config.rnn.conv_filters)}) needs '
         'the whole sequence: use config.partition.parts=1, or no convolutions.'
@@ -256,7 +257,7 @@ class RNNFamily(ModelFamily):
       try:
         pipelined_rnn.check_time_parts(input_shape[0], parts, micro_batches, per_device_batch)
       except ValueError as e:
-        raise ValueError(
+        raise ConfigError(
           f'config.partition (parts={parts}, micro_batches={micro_batches}), '
           f'config.{what}={config[what]}: {e}'
         ) from e

@@ -32,9 +32,8 @@ def _size_mb(path):
 def time_model(name, config, repeats):
   mesh = parallel.make_mesh()
   tx = optimizers.create(config, 1000)
-  _, state = steps_lib.create_train_state(config, CIFAR10, tx)
-  state = parallel.replicate(state, mesh)
-  _, abstract_state = steps_lib.abstract_train_state(config, CIFAR10, tx)
+  _, state = steps_lib.create_train_state(config, CIFAR10, tx, mesh)
+  _, abstract_state, shardings = steps_lib.state_shardings(config, CIFAR10, tx, mesh)
   blocking, committed, restoring = [], [], []
   with tempfile.TemporaryDirectory() as workdir:
     checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=2)
@@ -45,7 +44,7 @@ def time_model(name, config, repeats):
       checkpointer._manager.wait_until_finished()
       committed.append(time.perf_counter() - start)
       start = time.perf_counter()
-      restored, _ = checkpointer.restore(step, abstract_state, mesh)
+      restored, _ = checkpointer.restore(step, abstract_state, shardings)
       jax.block_until_ready(restored)
       restoring.append(time.perf_counter() - start)
     size = _size_mb(os.path.join(checkpoint.directory(workdir), str(repeats)))

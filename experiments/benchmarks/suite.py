@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dlearn import configs, optimizers, parallel
+from dlearn import configs, optimizers, parallel, sharding
 from dlearn import steps as steps_lib
 from dlearn.data.pipeline import DatasetInfo
 
@@ -136,26 +136,27 @@ def time_dlearn(
   info = DatasetInfo('synthetic', kind, shape, NUM_CLASSES, tuple(map(str, range(NUM_CLASSES))))
   mesh = parallel.make_mesh(jax.devices()[:1])
   tx = optimizers.create(config, 1000)
-  graphdef, state = steps_lib.create_train_state(config, info, tx)
-  state = parallel.replicate(state, mesh)
+  graphdef, state = steps_lib.create_train_state(config, info, tx, mesh)
   step_args = dict(graphdef=graphdef, tx=tx, config=config, info=info)
   body = (
     functools.partial(steps_lib.train_step, **step_args)
     if steps_per_dispatch == 1
     else functools.partial(steps_lib.train_steps, num_steps=steps_per_dispatch, **step_args)
   )
-  step = parallel.map_over_devices(body, mesh, donate_state=True)
+  step = parallel.map_over_devices(
+    body, mesh, config.mapping, state_sharding=sharding.of(state), donate_state=True
+  )
   rng = np.random.default_rng(0)
   batch = {
-    'label': rng.integers(0, NUM_CLASSES, (1, batch_size)).astype(np.int32),
-    'mask': np.ones((1, batch_size), np.float32),
+    'label': rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32),
+    'mask': np.ones((batch_size,), np.float32),
   }
   if kind == 'image':
-    batch['image'] = rng.integers(0, 256, (1, batch_size, *shape), dtype=np.uint8)
+    batch['image'] = rng.integers(0, 256, (batch_size, *shape), dtype=np.uint8)
   else:
-    batch['sequence'] = rng.normal(size=(1, batch_size, *shape)).astype(np.float32)
-    batch['length'] = np.full((1, batch_size), shape[0], np.int32)
-  if steps_per_dispatch > 1:  # [devices, K, batch, ...]: the same batch for each of the K steps
+    batch['sequence'] = rng.normal(size=(batch_size, *shape)).astype(np.float32)
+    batch['length'] = np.full((batch_size,), shape[0], np.int32)
+  if steps_per_dispatch > 1:  # [batch, K, ...]: the same batch for each of the K steps
     batch = {k: np.repeat(v[:, None], steps_per_dispatch, axis=1) for k, v in batch.items()}
   batch = parallel.to_global(batch, mesh)  # on the device once: step throughput only
   start = time.perf_counter()

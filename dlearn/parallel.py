@@ -130,10 +130,9 @@ def prefetch(items: Iterator, mesh: Mesh, size: int = 2) -> Iterator:
 def wait_for_previous(previous_outputs, outputs):
   """Blocks until the previous step is done, so that at most two mapped steps are in flight.
 
-  Enough to keep the devices busy, and it avoids a deadlock seen with forced CPU devices
-  (8 devices on 2 cores, JAX 0.10.2): with many steps queued, one device never reached an all-reduce
-  the other seven waited in, and XLA aborted the process after 40 s. Returns `outputs`, the next
-  call's `previous_outputs`.
+  Enough to keep the devices busy, and it avoids a deadlock of XLA's CPU collectives with many
+  forced devices on few cores (README, "How the parallel step works"). Returns `outputs`, the
+  next call's `previous_outputs`.
   """
   if previous_outputs is not None:
     jax.block_until_ready(previous_outputs)

@@ -149,8 +149,8 @@ def _dispatch_functions(config, mesh, data, tx, graphdef, info, timing):
 def _kept_on_devices(eval_step, batches, state, timing):
   """With config.data.on_device the evaluation split stays on the devices too (read once, like
   the training split), and its step is compiled here, before the loop's clock starts: an
-  evaluation then costs its computation only. (The fast recipe's final evaluation streamed from
-  the host took ~1 s on an H200, for milliseconds of computation.)"""
+  evaluation then costs its computation only (streamed from the host, the fast recipe's final
+  evaluation cost far more than its computation on a GPU: README, "On a GPU")."""
   with timing.timed('data_load'):
     batches = list(batches)
   with timing.timed('eval_compile'):

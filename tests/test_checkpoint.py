@@ -71,9 +71,14 @@ def _wait_for_step(process, workdir, step, timeout=240):
   raise TimeoutError(f'step {step} not reached')
 
 
-def test_sigkill_at_random_steps_then_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize(
+  'rule',
+  [(), ('--config.sharding=fsdp', '--config.fsdp_min_size_mib=0')],
+  ids=['replicate', 'fsdp'],
+)
+def test_sigkill_at_random_steps_then_resume_is_bitwise_identical(tmp_path, rule):
   steps = 36
-  overrides = (f'--config.num_train_steps={steps}', '--config.checkpoint_every_steps=2')
+  overrides = (f'--config.num_train_steps={steps}', '--config.checkpoint_every_steps=2', *rule)
   reference = str(tmp_path / 'reference')
   entry_point.run('main', *_args(reference, *overrides))
 
@@ -144,6 +149,16 @@ def test_checkpoint_from_8_devices_restores_on_4_and_1(trained_on_8_devices):
   continued = entry_point.run('main', *_args(workdir, '--config.num_train_steps=9'), devices=4)
   assert 'Resumed from the checkpoint of step 6' in continued.stderr
   assert _final_arrays(workdir)[0] == 9
+
+
+def test_a_restore_of_other_shapes_is_one_error_line(trained_on_8_devices):
+  result = entry_point.run(
+    'evaluate', f'--workdir={trained_on_8_devices}', '--set=model=resnet', check=False
+  )
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'holds a train state of other shapes' in errors[0], errors
+  assert 'in the checkpoint' in result.stderr  # the arrays that differ, on the lines below
 
 
 def test_no_pickle_in_checkpoints(trained_on_8_devices):

@@ -211,10 +211,16 @@ def test_an_ensemble_trains_each_member_as_if_alone(in_turn, monkeypatch):
 
   def trained(config, state=None):
     tx = optimizers.create(config, total_steps=10)
-    graphdef, fresh = steps_lib.create_train_state(config, info, tx)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    graphdef, fresh = steps_lib.create_train_state(config, info, tx, mesh)
     state = fresh if state is None else state.replace(opt_state=tx.init(state.params))
     step = functools.partial(
-      steps_lib.train_step, graphdef=graphdef, tx=tx, config=config, info=info
+      steps_lib.train_step,
+      graphdef=graphdef,
+      tx=tx,
+      config=config,
+      info=info,
+      axis=parallel.DataAxis(1),
     )
     mapped = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(None, 0), out_axes=None)
     for _ in range(2):
@@ -223,6 +229,7 @@ def test_an_ensemble_trains_each_member_as_if_alone(in_turn, monkeypatch):
 
   config = configs.base()
   config.model, config.optimizer, config.learning_rate = 'rnn', 'adamw', 0.01
+  config.mapping = 'pmap'  # the step below is pmapped by hand
   config.rnn.hidden_size, config.rnn.conv_filters, config.rnn.conv_kernels = 4, (5,), (3,)
   config.data.augment = False
   config.ensemble_size = 2

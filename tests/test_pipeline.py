@@ -41,9 +41,7 @@ def test_each_process_trains_on_its_own_part():
 
 
 def test_each_epoch_has_a_new_order_and_every_example():
-  batches = pipeline.train_iterator(
-    _images(16), IMAGES, local_batch_size=16, seed=0
-  )
+  batches = pipeline.train_iterator(_images(16), IMAGES, local_batch_size=16, seed=0)
   first, second = (next(batches)['label'].ravel().tolist() for _ in range(2))
   assert sorted(first) == sorted(second) == list(range(16))
   assert first != second
@@ -76,9 +74,7 @@ def test_eval_counts_every_example_exactly_once(num_examples, global_batch, proc
 
 def test_sequences_are_padded_with_their_lengths():
   records = [{'sequence': np.ones((n, 2), np.float32), 'label': n % 3} for n in (1, 6, 3, 2)]
-  batch = next(
-    pipeline.eval_iterator(records, SEQUENCES, global_batch_size=4)
-  )
+  batch = next(pipeline.eval_iterator(records, SEQUENCES, global_batch_size=4))
   assert batch['sequence'].shape == (4, 6, 2)
   np.testing.assert_array_equal(batch['length'].ravel(), [1, 6, 3, 2])
   np.testing.assert_array_equal(batch['sequence'][0, 1:], 0)  # padding is zeros
@@ -126,9 +122,7 @@ def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):
 
 
 def test_two_processes_together_read_what_one_process_reads():
-  one = pipeline.train_iterator(
-    _images(40), IMAGES, local_batch_size=8, seed=3
-  )
+  one = pipeline.train_iterator(_images(40), IMAGES, local_batch_size=8, seed=3)
   halves = [
     pipeline.train_iterator(
       _images(40),

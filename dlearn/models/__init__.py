@@ -85,9 +85,8 @@ class Ensemble(nnx.Module):
 
   # Backends that run the members one after another in the compiled step rather than vmapped. On
   # XLA's CPU backend vmap makes each convolution after the first a grouped one, which it runs
-  # slowly: a 5-member LSTM-FCN step cost 8.1x (JapaneseVowels' shape) and 8.8x (GunPoint's) one
-  # model's step vmapped, 4.0x and 4.9x in turn (experiments/benchmarks/ensemble_step.py, 2-core
-  # CPU). The results are the same either way.
+  # slowly (experiments/benchmarks/ensemble_step.py measures both; README, "Results"). The
+  # results are the same either way.
   in_turn_backends = ('cpu',)
 
   def __call__(self, *inputs, train: bool = False):

@@ -5,13 +5,16 @@ on any prepared split (the library behind `python -m dlearn.evaluate` and the no
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import os
 import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from flax import nnx
 
 from dlearn import configs, metrics, parallel, runs, steps
 from dlearn.data import pipeline
@@ -53,9 +56,24 @@ def map_eval_step(graphdef, config, info, mesh):
   )
 
 
-def restore(run_dir, config, dataset, split, data_dir, mesh):
-  """(config, source, info, graphdef, state, dataset, split): the newest checkpoint of `run_dir`
-  on `mesh`, and the split to evaluate on (by default the run's evaluation split)."""
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A work directory's newest checkpoint on a mesh, and the split to evaluate it on: what
+  evaluation, prediction and export start from."""
+
+  config: ml_collections.ConfigDict  # the run's, with any overrides
+  source: object  # the split's data source (`len`, `[i]`)
+  info: pipeline.DatasetInfo
+  graphdef: nnx.GraphDef
+  state: steps.TrainState  # placed on `mesh`
+  dataset: str
+  split: str
+  mesh: jax.sharding.Mesh
+
+
+def restore(run_dir, config, dataset, split, data_dir, mesh) -> Restored:
+  """The newest checkpoint of `run_dir` on `mesh`, and the split to evaluate on (by default the
+  run's evaluation split)."""
   # A run that split examples over devices has the same parameters as an unsplit one.
   config.partition.parts = parallel.parts(mesh)
   if config.data.folds and not (dataset or split):  # a cross-validation run: its held-out fold
@@ -68,18 +86,18 @@ def restore(run_dir, config, dataset, split, data_dir, mesh):
     source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
   info = pipeline.dataset_info(source, dataset, config.data.max_length, config.data.standardize)
   graphdef, state = runs.restore_for_evaluation(run_dir, config, info, mesh)
-  return config, source, info, graphdef, state, dataset, split
+  return Restored(config, source, info, graphdef, state, dataset, split, mesh)
 
 
-def restore_workdir(run_dir, dataset=None, split=None, data_dir=None, overrides=None, devices=None):
-  """`restore`'s (config, source, info, graphdef, state, dataset, split) and the mesh: the run's
-  config with `overrides` {'field.name': value}, on `devices` (default: every device of every
-  process), the evaluation batch checked against them first. What evaluation, prediction and
-  export start from."""
+def restore_workdir(
+  run_dir, dataset=None, split=None, data_dir=None, overrides=None, devices=None
+) -> Restored:
+  """`restore` with the run's config and `overrides` {'field.name': value}, on `devices`
+  (default: every device of every process), the evaluation batch checked against them first."""
   config = configs.override(configs.load(run_dir), overrides or {})
   mesh = parallel.make_mesh(devices, parts=config.partition.parts)
   parallel.per_device_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
-  return (*restore(run_dir, config, dataset, split, data_dir, mesh), mesh)
+  return restore(run_dir, config, dataset, split, data_dir, mesh)
 
 
 def write_confusion(path: str, confusion, class_names) -> None:
@@ -103,14 +121,14 @@ def evaluate_workdir(
   on every device; with `png`, the confusion matrix also as a picture beside the CSV.
   `overrides` {'field.name': value} change the run's config for this evaluation (e.g.
   {'fast_cnn.tta_level': 0}); a field that changes the state's shapes cannot be restored."""
-  config, source, info, graphdef, state, dataset, split, mesh = restore_workdir(
-    run_dir, dataset, split, data_dir, overrides
-  )
+  restored = restore_workdir(run_dir, dataset, split, data_dir, overrides)
+  config, info, mesh = restored.config, restored.info, restored.mesh
   summary, confusion = evaluate_split(
-    map_eval_step(graphdef, config, info, mesh),
-    state,
-    device_batches(source, info, config, mesh),
+    map_eval_step(restored.graphdef, config, info, mesh),
+    restored.state,
+    device_batches(restored.source, info, config, mesh),
   )
+  dataset, split = restored.dataset, restored.split
   name = f'confusion_{dataset}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}.csv'
   path = os.path.join(run_dir, name)
   if jax.process_index() == 0:
@@ -134,9 +152,8 @@ def predict_workdir(
   'labels', the model 'inputs' as stored ('image' uint8 or 'sequence'), 'lengths' for sequences,
   and the dataset 'info'."""
   mesh = parallel.make_mesh(jax.devices()[:1])
-  config, source, info, graphdef, state, _, _ = restore(
-    run_dir, configs.load(run_dir), dataset, split, data_dir, mesh
-  )
+  restored = restore(run_dir, configs.load(run_dir), dataset, split, data_dir, mesh)
+  config, info, graphdef, state = restored.config, restored.info, restored.graphdef, restored.state
 
   @jax.jit
   def forward(state, batch):
@@ -146,7 +163,8 @@ def predict_workdir(
 
   outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}
   key = 'image' if info.kind == 'image' else 'sequence'
-  for batch in pipeline.eval_iterator(source, info, global_batch_size=config.eval_batch_size):
+  batches = pipeline.eval_iterator(restored.source, info, global_batch_size=config.eval_batch_size)
+  for batch in batches:
     valid = batch['mask'] > 0
     outputs['logits'].append(np.asarray(forward(state, batch))[valid])
     outputs['labels'].append(batch['label'][valid])

@@ -6,12 +6,12 @@ Writes `exported/model.bin` (`jax.export`: the whole inference function, preproc
 batch size symbolic, lowered for CPU and CUDA) and `exported/classes.json` (class names in label
 order). Images: uint8 [batch, height, width, channels] in; sequences: float32
 [batch, time, channels] and int32 lengths [batch] in; class probabilities [batch, classes] out.
-The README's "Predict and export" shows how to load and run it. The library: dlearn/prediction.py.
+The README's "Predict and export" shows how to load and run it. The library: dlearn/exporting.py.
 """
 
 from absl import flags
 
-from dlearn import cli, metrics, prediction
+from dlearn import cli, exporting, metrics
 
 FLAGS = flags.FLAGS
 
@@ -26,7 +26,7 @@ def main(argv):
     cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
   metrics.quiet_library_logs()
   try:
-    output = prediction.export(
+    output = exporting.export(
       FLAGS.workdir,
       FLAGS.output,
       data_dir=FLAGS.data_dir,

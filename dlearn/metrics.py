@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -106,29 +107,65 @@ def eta(remaining: float, per_second: float) -> str:
 
 
 class Progress:
-  """One console line per report: step, steps/s, ETA, loss, accuracy."""
+  """Progress towards `total` steps or inputs on the console: how many are done, their rate and
+  the ETA. The rate counts from the clock's last `restart` (with nothing done since, from the
+  start; 0.0 while nothing is done), so a caller restarts it after compilation or an evaluation.
 
-  def __init__(self, total_steps: int, first_step: int = 0):
-    self.total_steps = total_steps
-    self.restart(first_step)
+  Training `report`s a logged line per call (step, steps/s since the last report, ETA, loss,
+  accuracy). Prediction `advance`s by each batch's inputs: a line on stderr, process 0 only,
+  redrawn at most once a second (a new line each time where stderr is not a terminal), its
+  clock restarted at the end of the first batch, which includes compilation."""
 
-  def restart(self, step: int):
-    """Starts the steps/s clock afresh at `step` (after compilation or an evaluation)."""
-    self._last_step, self._last_time = step, time.perf_counter()
+  def __init__(self, total: int, done: int = 0):
+    self.total = total
+    self._start = (done, time.perf_counter())
+    self.restart(done)
+    self._restarted = False  # by a caller or by the first `advance`
+    self._drawn = None  # when `advance` last drew its line
+    self._active = jax.process_index() == 0
+    self._redraw = '\r' if sys.stderr.isatty() else ''
+
+  def restart(self, done: int | None = None):
+    """Starts the rate's clock afresh at `done` (default: what is done now)."""
+    self.done = self.done if done is None else done
+    self._since = (self.done, time.perf_counter())
+    self._restarted = True
+
+  def rate(self) -> float:
+    """Per second since the clock's last restart; with nothing done since, since the start."""
+    done, start = self._since if self.done > self._since[0] else self._start
+    return (self.done - done) / max(time.perf_counter() - start, 1e-9) if self.done > done else 0.0
 
   def report(self, step: int, scalars: dict[str, float]) -> float:
-    """Logs a line; returns steps/s since the last report (0.0 right after a restart)."""
-    now = time.perf_counter()
-    steps = step - self._last_step
-    steps_per_second = steps / max(now - self._last_time, 1e-9) if steps else 0.0
-    self._last_step, self._last_time = step, now
-    rate = f'{steps_per_second:.2f} steps/s  ETA {eta(self.total_steps - step, steps_per_second)}'
+    """Logs a line at `step`; returns steps/s since the last report (or restart)."""
+    self.done = step
+    steps_per_second = self.rate()
+    self.restart()
     logging.info(
-      'step %d/%d  %s  loss %.4f  accuracy %.4f',
+      'step %d/%d  %.2f steps/s  ETA %s  loss %.4f  accuracy %.4f',
       step,
-      self.total_steps,
-      rate,
+      self.total,
+      steps_per_second,
+      eta(self.total - step, steps_per_second),
       scalars['loss'],
       scalars['accuracy'],
     )
     return steps_per_second
+
+  def advance(self, count: int):
+    """Counts `count` more inputs done; draws the line when a second has passed since it was last
+    drawn, or when every input is done."""
+    self.done += count
+    if not self._restarted:
+      self.restart()
+    now, finished = time.perf_counter(), self.done == self.total
+    if self._active and (self._drawn is None or now - self._drawn >= 1 or finished):
+      self._drawn = now
+      rate = self.rate()
+      print(
+        f'{self._redraw}predict: {self.done}/{self.total} inputs  {rate:.1f} inputs/s  '
+        f'ETA {eta(self.total - self.done, rate)}',
+        end='\n' if finished or not self._redraw else '',
+        file=sys.stderr,
+        flush=True,
+      )

@@ -7,7 +7,8 @@
 --input: an image folder or .tar/.tar.gz archive, flat (no labels) or laid out as
 <class>/<image> (labelled), or a .ts file (labelled, or `@classLabel false`). Writes one CSV row
 per input in input order (process 0); with labels, prints accuracy as `dlearn.evaluate` does and
-writes the confusion matrix beside the CSV. The library: dlearn/prediction.py.
+writes the confusion matrix beside the CSV. The library: dlearn/prediction.py (the inputs:
+dlearn/inputs.py).
 """
 
 import sys

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlearn import prediction
+from dlearn import exporting, prediction
 from dlearn.data import dataset_writer, image_folder, ts_format
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
@@ -236,7 +236,7 @@ def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path
     (tmp_path / 'labelled' / 'x' / 'a.png').write_bytes((folder / 'a.png').read_bytes())
     prediction.predict(str(runs / 'cnn'), str(tmp_path / 'labelled'), str(output))
   with pytest.raises(FileExistsError, match='already exists'):
-    prediction.export(str(runs / 'cnn'), str(tmp_path))
+    exporting.export(str(runs / 'cnn'), str(tmp_path))
 
 
 @pytest.mark.parametrize('model', ['cnn', 'rnn'])

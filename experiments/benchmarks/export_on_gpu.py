@@ -56,14 +56,14 @@ def parse(printed: str):
 def prepare(folder: str, specs) -> None:
   import jax
 
-  from dlearn import configs, prediction
+  from dlearn import configs, exporting
   from dlearn.data import pipeline, ts_format
 
   for spec in specs:
     name, _, rest = spec.partition('=')
     workdir, _, source = rest.partition(':')
     out = os.path.join(folder, name)
-    prediction.export(workdir, out)
+    exporting.export(workdir, out)
     if source.endswith('.ts'):
       with open(os.path.join(out, 'model.bin'), 'rb') as f:
         time_steps = jax.export.deserialize(bytearray(f.read())).in_avals[0].shape[1]

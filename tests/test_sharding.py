@@ -8,7 +8,19 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from dlearn import checkpoint, configs, optimizers, parallel, sharding, steps
+from dlearn import (
+  checkpoint,
+  configs,
+  evaluation,
+  exporting,
+  optimizers,
+  parallel,
+  prediction,
+  sharding,
+  steps,
+  train,
+)
+from dlearn.data import pipeline
 from dlearn.parallel import AXIS
 
 IMAGES = helpers.IMAGES
@@ -105,3 +117,37 @@ def test_a_restore_of_other_shapes_names_them(tmp_path):
   with pytest.raises(checkpoint.IncompatibleStateError, match=r'other shapes.*\n.*\(8,\).*\(16,\)'):
     reader.restore(0, abstract, shardings)
   reader.close()
+
+
+@pytest.mark.slow
+def test_an_fsdp_run_evaluates_predicts_and_exports_with_its_state_split(tmp_path):
+  data_dir = helpers.prepared_images(tmp_path)  # 108 train, 12 validation images of 8x8
+  config = _config('fsdp')
+  config.data.name, config.data.data_dir = 'toy_images', data_dir
+  config.data.train_split, config.data.eval_split = 'train', 'validation'
+  config.batch_size, config.eval_batch_size, config.num_train_steps = 16, 16, 3
+  config.write_plots = False
+  workdir = str(tmp_path / 'fsdp')
+  trained = train.train_and_evaluate(config, workdir)['eval']
+
+  restored = evaluation.restore_workdir(workdir)
+  specs = [leaf.sharding.spec for leaf in jax.tree.leaves(restored.state.params)]
+  assert any(AXIS in spec for spec in specs), 'evaluation restores the state split, as trained'
+  for overrides in ({}, {'sharding': 'replicate'}):
+    summary, *_ = evaluation.evaluate_workdir(workdir, overrides=overrides)
+    assert summary['count'] == trained['count'] == 12
+    assert summary['accuracy'] == trained['accuracy']
+    np.testing.assert_allclose(summary['loss'], trained['loss'], rtol=1e-5)
+  predicted = prediction.predict(workdir, None, str(tmp_path / 'p.csv'), split='validation')
+  assert predicted['count'] == 12
+  assert predicted['summary']['accuracy'] == trained['accuracy']
+  np.testing.assert_allclose(predicted['summary']['loss'], trained['loss'], rtol=1e-5)
+
+  function, _, _ = exporting.exported_function(workdir)
+  source = pipeline.load_split('toy_images', 'validation', data_dir)
+  images = np.stack([np.asarray(source[i]['image']) for i in range(len(source))])
+  labels = np.asarray([int(source[i]['label']) for i in range(len(source))])
+  probabilities = np.asarray(jax.jit(function)(images))
+  loss = -np.mean(np.log(probabilities[np.arange(len(labels)), labels]))
+  assert np.mean(probabilities.argmax(-1) == labels) == trained['accuracy']
+  np.testing.assert_allclose(loss, trained['loss'], rtol=1e-5)

@@ -107,7 +107,7 @@ def base() -> ml_collections.ConfigDict:
   # Where the train state lives (dlearn/sharding.py): 'replicate', a copy on every device; 'fsdp',
   # each array of at least fsdp_min_size_mib split over the devices (config.mapping='jit').
   config.sharding = 'replicate'
-  config.fsdp_min_size_mib = 4.0
+  config.fsdp_min_size_mib = 0.0625  # 64 KiB: BatchNorm vectors and biases stay whole
   # K train steps per dispatch, in a lax.scan on the device: less launch and Python overhead for
   # small models. The steps before a log/eval/checkpoint boundary (or the end) that is not a
   # multiple of K run one per dispatch, so any interval works; multiples of K are fastest.

@@ -54,7 +54,7 @@ def _error(tmp_path, module, *args):
     ),
     (
       ('--config.mapping=shard_map', '--config.partition.parts=3'),
-      'config.partition.parts=3 must divide the 1 devices of each process',
+      'config.partition.parts=3 must divide the 8 devices of each process',
     ),
   ],
 )

@@ -13,7 +13,7 @@ state), these workloads, per-device batch fixed (weak scaling):
   resnet18-32    the same at 32x32, 10 classes (CIFAR-shaped), 128/device, replicate;
   wide-224       the ResNet-18 layout at --wide_width (102M parameters at 192), 224x224, 1000
                  classes, --wide_per_device_batch/device, replicate and fsdp (dlearn's default
-                 fsdp_min_size_mib=4).
+                 fsdp_min_size_mib, 64 KiB).
 From each compiled step: the collectives of its HLO (`compiled.as_text()`; count, and bytes from
 their result shapes) and its FLOPs per device (`compiled.cost_analysis()`).
 
@@ -53,15 +53,7 @@ Where the model is crude:
 
 Results: experiments/benchmarks/results/scaling_estimate-<machine kind>.json.
 
-Findings (2-core CPU, jax 0.10.2; see the JSON). The gradient all-reduce is float32 also in bf16
-(46.8 MB for ResNet-18, 408 MB for the 102M model; 35 all-reduces, most BatchNorm's). At 224x224
-dlearn's ResNets are compute-bound at every n (>= 0.81 without overlap, flat ring); the
-CIFAR-shaped ResNet-18 at 128/device is not: 0.94 ms of compute at 40 % against 1.7-1.8 ms of
-all-reduce on the 50 GB/s bound (0.41 at n = 256; 0.84 with the 2-level bound). The H200 measured
-that step at 3.25 ms (bf16) and 4.89 ms (float32) for 373 GFLOP: 11.6 % of bf16 peak and 15.4 %
-of TF32 peak, well under the assumed 40 %. The FLOPs behind nvidia-h200.json's own TFLOP/s column
-are 1.9-2.9 G per step, 130-195x fewer than counted here: XLA GPU's cost analysis there does not
-seem to count the convolutions, so that column understates the CNNs' FLOP/s.
+Findings: README, "Sharding".
 """
 
 from __future__ import annotations

@@ -54,13 +54,16 @@ def config_for(
   width=64,
   stage_sizes=(2, 2, 2, 2),
   rule='replicate',
-  fsdp_min_size_mib=4.0,
+  fsdp_min_size_mib=None,
   optimizer='adamw',
   dtype='float32',
 ):
   """dlearn's base config for a CIFAR-style ResNet (dlearn/models/cnn.py: 3x3 stem, no pooling
-  before the stages) under `rule`; no augmentation (the step as suite.py times it)."""
+  before the stages) under `rule` (fsdp_min_size_mib None: dlearn's default); no augmentation
+  (the step as suite.py times it)."""
   config = configs.base()
+  if fsdp_min_size_mib is None:
+    fsdp_min_size_mib = config.fsdp_min_size_mib
   config.model, config.optimizer, config.dtype = 'resnet', optimizer, dtype
   config.resnet.width, config.resnet.stage_sizes = width, tuple(stage_sizes)
   config.mapping, config.sharding, config.fsdp_min_size_mib = 'jit', rule, fsdp_min_size_mib

@@ -3,13 +3,13 @@
 and, with --step_time, what the rules cost per step on this machine.
 
   python experiments/benchmarks/sharding_memory.py [--device_counts=1,2,4,8] [--image=224]
-      [--per_device_batch=2] [--wide_width=192] [--fsdp_min_size_mib=4,0] [--step_time]
+      [--per_device_batch=2] [--wide_width=192] [--fsdp_min_size_mib=0.0625,0] [--step_time]
       [--nomemory]
 
 Memory: for each device count (one subprocess each: forced CPU devices are fixed when jax starts),
 each model (ResNet-18: stages 2,2,2,2, width 64, 11.7M parameters; 'wide': the same layout at
 --wide_width, 102M parameters at 192) and each rule (replicate; fsdp at each
---fsdp_min_size_mib, 4 being dlearn's default), AdamW, float32, --image square images with 1000
+--fsdp_min_size_mib, 0.0625 (64 KiB) being dlearn's default), AdamW, float32, --image square images with 1000
 classes, --per_device_batch images per device. dlearn's ResNet is CIFAR-style (3x3 stem, stride 1,
 no max pooling), so at 224x224 it computes ~49x its CIFAR FLOPs. Every number comes from abstract
 shapes only: the state of `steps.state_shardings` as `jax.ShapeDtypeStruct`s carrying their
@@ -27,14 +27,7 @@ cores, so this shows the overhead of the rules' collectives on a CPU, not a spee
 
 Results: experiments/benchmarks/results/sharding_memory-<machine kind>.json.
 
-Findings (2-core CPU, jax 0.10.2; see the JSON). State per device under fsdp with
-fsdp_min_size_mib=0 is total / N to 3 decimals at N = 2, 4, 8 for both models. With the default 4
-MiB, most of ResNet-18's arrays stay whole (ratio 3.05 at N = 8: 51.0 of 133.7 MiB); the 102M model
-gets 1.024 / 1.071 / 1.165 at N = 2 / 4 / 8, so only at N = 2 within 5 %. Temporaries do not fall
-with fsdp (ResNet-18 ~740 MiB at every N; the wide model 2,474 MiB replicated, 2,609-2,637 fsdp):
-XLA CPU gathers the sharded parameters (twice: forward and backward) and all-reduces their whole
-gradients before slicing them (no reduce-scatter in its HLO; scaling_estimate.py). The step times
-(ResNet-18 width 16) of the two rules are within this machine's noise, with the same first loss.
+Findings: README, "Sharding".
 """
 
 from __future__ import annotations
@@ -69,7 +62,9 @@ flags.DEFINE_integer('wide_width', 192, "The 'wide' model's width (ResNet-18 lay
 flags.DEFINE_integer('image', 224, 'Square image size of the memory rows.')
 flags.DEFINE_integer('num_classes', 1000, 'Classes of the memory rows.')
 flags.DEFINE_integer('per_device_batch', 2, 'Images per device per step (memory rows).')
-flags.DEFINE_list('fsdp_min_size_mib', ['4', '0'], "config.fsdp_min_size_mib of the 'fsdp' rows.")
+flags.DEFINE_list(
+  'fsdp_min_size_mib', ['0.0625', '0'], "config.fsdp_min_size_mib of the 'fsdp' rows."
+)
 flags.DEFINE_bool('memory', True, 'Compile and report the memory rows.')
 flags.DEFINE_bool('step_time', False, 'Also time the small ResNet-18 on 8 devices.')
 flags.DEFINE_integer('repeats', 5, 'Timed steps per rule (--step_time).')

@@ -148,10 +148,10 @@ def evaluate_workdir(
 def predict_workdir(
   run_dir: str, dataset: str | None = None, split: str | None = None, data_dir: str | None = None
 ) -> dict:
-  """Per-example results on one device, for looking at a model (notebooks): 'logits',
+  """Per-example results in this process, for looking at a model (notebooks): 'logits',
   'labels', the model 'inputs' as stored ('image' uint8 or 'sequence'), 'lengths' for sequences,
-  and the dataset 'info'."""
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  and the dataset 'info'. The state stays on this process's devices as its rule places it."""
+  mesh = parallel.make_mesh(jax.local_devices())
   restored = restore(run_dir, configs.load(run_dir), dataset, split, data_dir, mesh)
   config, info, graphdef, state = restored.config, restored.info, restored.graphdef, restored.state
 

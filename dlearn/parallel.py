@@ -148,12 +148,6 @@ class DataAxis:
   size: int
   per_device: bool = True
 
-  @property
-  def name(self) -> str | None:
-    """The axis name a model's BatchNorm averages over: AXIS per device, None for the global
-    batch (whose statistics are already those of every example)."""
-    return AXIS if self.per_device else None
-
   def mean(self, tree, axes=AXIS):
     """The mean over every device of a per-device value; the value itself under 'jit'."""
     return lax.pmean(tree, axes) if self.per_device else tree
@@ -187,7 +181,8 @@ def is_per_device(mapping: str) -> bool:
 
 
 def model_axis_name(mapping: str) -> str | None:
-  """The axis name the models' BatchNorm layers are built with under `mapping`."""
+  """The axis name the models' BatchNorm layers average their statistics over under `mapping`:
+  AXIS per device, None for the global batch (whose statistics are every example's already)."""
   return AXIS if is_per_device(mapping) else None
 
 

@@ -36,7 +36,7 @@ class TrainState:
 # State
 # ----------------------------------------------------------------------------------------------
 def _new_state(config, info, tx):
-  """(graphdef, state, model) of a fresh model, before any data-dependent initialisation."""
+  """(graphdef, state) of a fresh model, before any data-dependent initialisation."""
   family = models.family_of(config)
   model = models.create_model(
     config,
@@ -130,21 +130,20 @@ def metric_sums(logits, labels, per_example_loss, mask, axis):
 
 def _combine_over_devices(loss, grads, model_state, config, axis):
   """The global batch's loss and gradient from every device's, and the BatchNorm statistics
-  averaged (under 'jit' the body computed them from the global batch already). With config.loss_reduction='mean' each device's loss is its examples' mean (the
-  devices hold equal shares), so the mean over devices is the global mean; with 'sum' the sum over
-  devices is the global sum. With partitioned examples each device's gradient is `parts` times
+  averaged (under 'jit' the body computed them from the global batch already). With
+  config.loss_reduction='mean' each device's loss is its examples' mean (the devices hold equal
+  shares), so the mean over devices is the global mean; with 'sum' the sum over devices is the
+  global sum. With partitioned examples each device's gradient is `parts` times
   its part's share (the psum that combines the parts transposes to a psum), so the mean over
   PART_AXIS is the whole gradient (tests/test_spatial.py, test_pipelined_rnn.py)."""
-  if not axis.per_device:
-    return loss, grads, model_state
-  parts = config.partition.parts
-  model_state = lax.pmean(model_state, (AXIS, PART_AXIS) if parts > 1 else AXIS)
+  axes = (AXIS, PART_AXIS) if config.partition.parts > 1 else AXIS
+  model_state = axis.mean(model_state, axes)
   if config.loss_reduction == 'mean':
-    loss, grads = lax.pmean((loss, grads), (AXIS, PART_AXIS) if parts > 1 else AXIS)
+    loss, grads = axis.mean((loss, grads), axes)
     return loss, grads, model_state
-  loss, grads = lax.psum((loss, grads), AXIS)
-  if parts > 1:
-    loss, grads = lax.pmean((loss, grads), PART_AXIS)
+  loss, grads = axis.sum((loss, grads))
+  if config.partition.parts > 1:
+    loss, grads = axis.mean((loss, grads), PART_AXIS)
   return loss, grads, model_state
 
 

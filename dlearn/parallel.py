@@ -85,11 +85,6 @@ def per_device_batch_size(global_batch_size: int, mesh: Mesh, what: str = 'batch
   return global_batch_size // devices
 
 
-def replicate(tree, mesh: Mesh):
-  """Places a copy of `tree` on every device of `mesh`, as global jax.Arrays."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
 def as_global(tree, mesh: Mesh):
   """Replicated pmap outputs are host-local arrays in a multi-process job (each process holds
   only its devices' copies); orbax saves global ones. A no-op for one process."""

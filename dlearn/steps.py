@@ -83,12 +83,11 @@ def create_train_state(config, info, tx, mesh, source=None):
   one restores such values from its checkpoint)."""
   graphdef, _, shardings = state_shardings(config, info, tx, mesh)
   state = jax.jit(lambda: _new_state(config, info, tx)[1], out_shardings=shardings)()
-  family = models.family_of(config)
-  if source is not None and type(family).init_from_data is not models.ModelFamily.init_from_data:
-    # The family sets values computed from data on the placed model; they are placed in turn, and
-    # the optimizer state is made again for the new parameters.
+  if source is not None:
+    # The family sets values computed from data on the placed model (the default sets none); they
+    # are placed in turn, and the optimizer state is made again for the new parameters.
     model = nnx.merge(graphdef, state.params, state.model_state)
-    family.init_from_data(model, config, source, info)
+    models.family_of(config).init_from_data(model, config, source, info)
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     params, model_state = jax.device_put(
       (params, model_state), (shardings.params, shardings.model_state)

@@ -62,12 +62,6 @@ import json
 import os
 import sys
 
-if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-  # Only the host (CPU) platform reads this flag. The workers get theirs from run_workers.
-  os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
-  ).strip()
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 

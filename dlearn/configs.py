@@ -88,6 +88,19 @@ def base() -> ml_collections.ConfigDict:
   config.data.scaling = 0.0
   config.data.window_slice = 1.0
   config.data.crop_padding = 4
+  # Images of the encoded store (`dlearn.prepare --store=encoded`, tfds' imagenet2012): decoded,
+  # cropped and resized to image_size x image_size on the host, in worker processes
+  # (dlearn/data/image_codec.py). Training: a random-resized crop of crop_scale of the area and
+  # crop_ratio (width/height), then a flip ('center': evaluation's crop, no flip; data.augment
+  # False does the same); evaluation: a centre crop of center_crop_fraction of the shorter side.
+  config.data.image_size = 224
+  config.data.train_crop = 'random_resized'
+  config.data.crop_scale = (0.08, 1.0)
+  config.data.crop_ratio = (3 / 4, 4 / 3)
+  config.data.center_crop_fraction = 0.875
+  # Processes making the host's batches (grain's worker processes); 0: threads of this process;
+  # -1: one per CPU core for encoded images, 0 for arrays.
+  config.data.worker_count = -1
   # True: the whole train split resident on the devices (each holds a shard; the remainder that the
   # devices do not divide is dropped), batches drawn and augmented inside the compiled step, no
   # host transfer per step. Refused if it takes more than half a device's memory. Evaluation

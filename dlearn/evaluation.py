@@ -20,16 +20,18 @@ from dlearn import configs, metrics, parallel, runs, steps
 from dlearn.data import pipeline
 
 
-def device_batches(source, info, config, mesh):
+def device_batches(source, info, config, mesh, workers: int | None = None):
   """This process's share of every global batch of config.eval_batch_size examples of `source`,
   in order, on its way to the devices: every example once over every device of every process
-  (`pipeline.eval_iterator`)."""
+  (`pipeline.eval_iterator`), made in `workers` processes (default: config.data.worker_count's;
+  0 for a source that cannot travel to another process)."""
   batches = pipeline.eval_iterator(
     source,
     info,
     global_batch_size=config.eval_batch_size,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
+    workers=pipeline.worker_count(config.data.worker_count, info) if workers is None else workers,
   )
   return (batch for batch, _ in parallel.prefetch(((batch, None) for batch in batches), mesh))
 
@@ -84,7 +86,9 @@ def restore(run_dir, config, dataset, split, data_dir, mesh) -> Restored:
     dataset = dataset or config.data.name
     split = split or config.data.eval_split
     source = pipeline.load_split(dataset, split, data_dir or config.data.data_dir)
-  info = pipeline.dataset_info(source, dataset, config.data.max_length, config.data.standardize)
+  info = pipeline.dataset_info(
+    source, dataset, config.data.max_length, config.data.standardize, config.data
+  )
   graphdef, state = runs.restore_for_evaluation(run_dir, config, info, mesh)
   return Restored(config, source, info, graphdef, state, dataset, split, mesh)
 

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from dlearn.data import image_folder, ts_format
+from dlearn.data import image_codec, image_folder, ts_format
 from dlearn.errors import ConfigError
 
 # Labels of inputs without one, and of inputs that could not be read (a placeholder example).
@@ -19,8 +19,9 @@ UNREADABLE = -2
 
 class ImageInputs:
   """Every file of an image folder or archive as a data source (`len`, `[i]`), flat (no labels)
-  or laid out as <class>/<image> (labels by class name), converted as `dlearn.prepare` converts:
-  RGB or grey and the trained size. A file that cannot be read becomes a placeholder labelled
+  or laid out as <class>/<image> (labels by class name), converted as the model's examples were:
+  RGB or grey and the trained size (resized as `dlearn.prepare` resizes, or, for a model trained
+  on encoded images, through evaluation's centre crop). A file that cannot be read becomes a placeholder labelled
   UNREADABLE, its reason kept in `errors`, so that every process keeps the same steps."""
 
   def __init__(self, path: str, info, resize: bool):
@@ -61,6 +62,14 @@ class ImageInputs:
 
   def __getitem__(self, i):
     height, width, channels = self.info.example_shape
+    if self.info.transform is not None:  # a model trained on encoded images: evaluation's crop
+      try:
+        content = self.files.read(i)
+        image_codec.checked(content, channels)  # OpenCV passes a truncated JPEG in silence
+        return {'image': self.info.transform.evaluate(content), 'label': self.labels[i]}
+      except (OSError, ValueError) as e:
+        self.errors[i] = f'{self.path}: {self.files.names[i]}: {e}'
+        return {'image': np.zeros(self.info.example_shape, np.uint8), 'label': UNREADABLE}
     try:
       image = image_folder.decode(
         self.path,

@@ -15,7 +15,7 @@ import numpy as np
 
 from dlearn import evaluation, metrics, parallel, steps
 from dlearn.data import image_folder
-from dlearn.inputs import UNLABELLED, UNREADABLE, open_inputs
+from dlearn.inputs import UNLABELLED, UNREADABLE, SplitInputs, open_inputs
 
 
 def _predict_step(state, batch, *, graphdef, config, info, axis):
@@ -54,7 +54,9 @@ def predictions(inputs, info, state, graphdef, config, mesh, progress=None):
     yield from zip(indices.tolist(), probabilities, labels.tolist())
 
   pending = None  # the previous step's output, read while the next one runs
-  for batch in evaluation.device_batches(inputs, info, config, mesh):
+  # New inputs are read in this process (threads): they keep their errors and open files here.
+  workers = None if isinstance(inputs, SplitInputs) else 0
+  for batch in evaluation.device_batches(inputs, info, config, mesh, workers):
     out = mapped(state, batch)
     if pending is not None:
       yield from rows(pending)

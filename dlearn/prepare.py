@@ -48,7 +48,21 @@ def define_flags():
   flags.DEFINE_list(
     'image_size',
     None,
-    'Images: H,W to resize every image to (default: keep; all images must then have one size).',
+    'Images: H,W to resize every image to, into the fixed-size store (default: keep each size).',
+  )
+  flags.DEFINE_enum(
+    'store',
+    'auto',
+    list(dataset_writer.STORES),
+    'Images: "array", decoded once into uint8 arrays of one size (CIFAR-10); "encoded", each '
+    'file\'s JPEG/PNG bytes, decoded and cropped while training (ImageNet); "auto": array when '
+    f'every image has one size of at most {dataset_writer.ARRAY_STORE_MAX_PIXELS:,} pixels or '
+    '--image_size is given, else encoded.',
+  )
+  flags.DEFINE_bool(
+    'skip_bad_inputs',
+    False,
+    'Images: leave out (and list) the files that cannot be used, instead of stopping at the first.',
   )
   flags.DEFINE_enum('channels', '3', ['1', '3'], 'Images: 3 (RGB) or 1 (grey).')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing dataset of this name.')
@@ -77,6 +91,7 @@ def main(argv):
     os.makedirs(data_dir, exist_ok=True)
   except OSError as e:
     cli.fail(f'--data_dir={FLAGS.data_dir}: cannot be created ({e}); choose a writable folder.')
+  skipped = []
   try:
     target = dataset_writer.write_dataset(
       FLAGS.name,
@@ -85,10 +100,17 @@ def main(argv):
       validation_fraction=FLAGS.validation_fraction,
       channels=int(FLAGS.channels),
       image_size=size,
+      store=FLAGS.store,
+      skip_bad_inputs=FLAGS.skip_bad_inputs,
+      skipped=skipped,
       overwrite=FLAGS.overwrite,
     )
   except cli.USER_ERRORS as e:
     cli.fail(e)  # the message names the file and what to do; no traceback
+  for name, reason in skipped:
+    print(f'skipped {name}: {reason}')
+  if skipped:
+    print(f'{len(skipped)} file(s) left out (--skip_bad_inputs).')
   print(f'Prepared {FLAGS.name} in {target}')
 
 

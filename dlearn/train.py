@@ -206,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config.batch_size = derived_batch_size(len(train_source), mesh.shape[parallel.AXIS])
     logging.info('config.batch_size=0: %d from the train split.', config.batch_size)
   info = pipeline.dataset_info(
-    train_source, config.data.name, config.data.max_length, config.data.standardize
+    train_source, config.data.name, config.data.max_length, config.data.standardize, config.data
   )
   check_data(config, info)
   check_partition(config, info, mesh)

@@ -37,7 +37,7 @@ class TinyFamily(ModelFamily):
 
   def inputs(self, batch, config, info, *, rng, run_rng, train, epoch):
     self.inputs_calls.append(train)
-    return (image_inputs(batch['image'], config, rng, train=False),)
+    return (image_inputs(batch['image'], config, info, rng, train=False),)
 
   def logits(self, model, inputs, config, *, train):
     (x,) = inputs

@@ -136,10 +136,10 @@ def test_a_prepared_dataset_trains_and_evaluates(tmp_path, kind):
 
 
 # ---- bad input: clear errors, and nothing left that looks like a dataset ----------------------
-def _assert_fails_cleanly(tmp_path, paths, error, match):
+def _assert_fails_cleanly(tmp_path, paths, error, match, **kwargs):
   data_dir = tmp_path / 'tfds'
   with pytest.raises(error, match=match):
-    dataset_writer.write_dataset('bad', paths, str(data_dir))
+    dataset_writer.write_dataset('bad', paths, str(data_dir), **kwargs)
   assert not (data_dir / 'bad').exists()
 
 
@@ -168,13 +168,23 @@ def test_archive_layout_must_be_split_class_image(tmp_path):
   )
 
 
-def test_images_of_different_sizes_ask_for_image_size(tmp_path):
+def test_images_of_different_sizes_are_stored_encoded_or_ask_for_image_size(tmp_path):
   folder = helpers.image_folder(tmp_path / 'images')
   with open(os.path.join(folder, 'train', 'dog', '004.jpg'), 'wb') as f:
     f.write(helpers.image_bytes(0, '.jpg', size=(9, 9)))
   _assert_fails_cleanly(
-    tmp_path, {'train': folder}, image_folder.ImageFolderError, r'004.jpg is 9x9.*--image_size'
+    tmp_path,
+    {'train': folder},
+    image_folder.ImageFolderError,
+    r'images of 2 sizes \(6x5, 9x9, ...\): the fixed-size store \(--store=array\) needs '
+    r'--image_size',
+    store='array',
   )
+  data_dir = str(tmp_path / 'tfds')
+  dataset_writer.write_dataset('pets', {'train': folder}, data_dir)  # no flag: encoded
+  source = pipeline.load_split('pets', 'train', data_dir)
+  assert source.dataset_info.metadata['store'] == 'encoded' and pipeline.is_encoded(source)
+  assert all(isinstance(source[i]['image'], bytes) for i in range(len(source)))
 
 
 def test_empty_image_split(tmp_path):

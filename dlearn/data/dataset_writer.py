@@ -1,6 +1,10 @@
 """Turns an image folder (or archive) or UEA/UCR `.ts` files into a tfds dataset of ArrayRecord
 files, read back with `tfds.data_source` (see pipeline.py). Neither writing nor reading needs
-TensorFlow: images are decoded once here and stored as uint8 arrays, so training never decodes.
+TensorFlow. Images go to one of two stores (`choose_store`): small images of one size decoded once
+here into uint8 arrays (training never decodes), or every image's encoded bytes (JPEG and PNG as
+given) in a tfds `Image` feature of any size, as tfds' own ImageNet is, decoded and cropped by the
+input pipeline's workers (dlearn/data/image_codec.py). Archives and folders are read one image at
+a time, twice: once to check every image, once to write.
 
 Splits come from paths named per split. Without a validation path, a validation split is carved
 from train by a fixed rule: within each class, in file order (images: sorted member names; .ts:
@@ -17,7 +21,7 @@ import types
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dlearn.data import image_folder, ts_format
+from dlearn.data import image_codec, image_folder, ts_format
 from dlearn.errors import ConfigError
 
 VERSION = '1.0.0'
@@ -40,6 +44,9 @@ class _PreparedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       features=self._features,
       description=self._description,
       metadata=tfds.core.MetadataDict(self._metadata),
+      # tfds shuffles the records while writing in a buffer of up to 1 GB; encoded images are
+      # written in file order instead, so that preparing holds one image at a time.
+      disable_shuffling=self._metadata.get('store') == 'encoded',
     )
 
   def _split_generators(self, dl_manager):
@@ -146,15 +153,41 @@ def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
 # ----------------------------------------------------------------------------------------------
 # Images
 # ----------------------------------------------------------------------------------------------
+STORES = ('auto', 'array', 'encoded')
+# store='auto': the fixed-size uint8 store when every image has one size of at most this many
+# pixels (CIFAR-10's 32x32 is 1,024), where decoding once beats decoding every epoch; else encoded.
+ARRAY_STORE_MAX_PIXELS = 128 * 128
+
+
+def choose_store(store: str, sizes: set, image_size) -> str:
+  """'array' or 'encoded' for --store=`store` given the images' (height, width) `sizes`."""
+  if store not in STORES:
+    raise ConfigError(f'--store={store}: use one of {", ".join(STORES)}.')
+  if store == 'encoded' and image_size is not None:
+    raise ConfigError(
+      '--image_size resizes into the fixed-size store; the encoded store keeps every image as '
+      'it is (the model size is config.data.image_size): drop one of the two flags.'
+    )
+  if store != 'auto':
+    return store
+  if image_size is not None:
+    return 'array'
+  (height, width), *others = sorted(sizes)
+  return 'array' if not others and height * width <= ARRAY_STORE_MAX_PIXELS else 'encoded'
+
+
 def _image_dataset(
   paths: dict[str, str],
   validation_fraction: float,
   channels: int,
   image_size: tuple[int, int] | None,
+  store: str,
+  skip_bad_inputs: bool,
+  skipped: list,
 ):
   folders = {split: image_folder.read_split(path, split) for split, path in paths.items()}
-  class_names = sorted(folders['train'])
-  for split, classes in folders.items():
+  class_names = sorted(folders['train'][1])
+  for split, (_, classes) in folders.items():
     unknown = sorted(set(classes) - set(class_names))
     if unknown:
       raise image_folder.ImageFolderError(
@@ -162,39 +195,72 @@ def _image_dataset(
       )
   cases = {
     split: [
-      (class_names.index(cls), name, content)
-      for cls, files in classes.items()
-      for name, content in files
+      (class_names.index(cls), name, files, position)
+      for cls, members in classes.items()
+      for name, position in members
     ]
-    for split, classes in folders.items()
+    for split, (files, classes) in folders.items()
   }
   if 'validation' not in cases and validation_fraction > 0:
     train_index, validation_index = _carve([c[0] for c in cases['train']], validation_fraction)
     cases['validation'] = [cases['train'][i] for i in validation_index]
     cases['train'] = [cases['train'][i] for i in train_index]
     paths = {**paths, 'validation': paths['train']}  # for messages: where its images came from
-  _check_not_empty(cases, validation_fraction)
 
-  label, name, content = cases['train'][0]
-  shape = image_folder.decode(
-    paths['train'], name, content, channels=channels, size=image_size
-  ).shape
-  metadata = {'kind': 'image', 'source': dict(paths), 'validation_fraction': validation_fraction}
+  # Every image is read and decoded once before anything is written: a bad one stops the run
+  # here (or is left out, with skip_bad_inputs), and the store is chosen from every image's size.
+  sizes = set()
+  for split in cases:
+    usable = []
+    for case in cases[split]:
+      try:
+        _, height, width = image_codec.checked(case[2].read(case[3]), channels)
+      except ValueError as e:
+        if not skip_bad_inputs:
+          raise image_folder.ImageFolderError(
+            f'{paths[split]}: {case[1]}: {e}; remove it, or pass --skip_bad_inputs to leave '
+            'out every such file.'
+          ) from e
+        skipped.append((f'{paths[split]}: {case[1]}', str(e)))
+        continue
+      sizes.add((height, width))
+      usable.append(case)
+    cases[split] = usable
+  _check_not_empty(cases, validation_fraction)
+  store = choose_store(store, sizes, image_size)
+  metadata = {
+    'kind': 'image',
+    'store': store,
+    'source': dict(paths),
+    'validation_fraction': validation_fraction,
+    'skipped_inputs': [name for name, _ in skipped],
+  }
+  if store == 'encoded':
+    image_feature = tfds.features.Image(shape=(None, None, channels), encoding_format='jpeg')
+    metadata['image_sizes'] = {'min': list(min(sizes)), 'max': list(max(sizes))}
+  else:
+    shape = (*image_size, channels) if image_size else (*next(iter(sizes)), channels)
+    if len(sizes) > 1 and image_size is None:
+      (h0, w0), (h1, w1) = sorted(sizes)[:2]
+      raise image_folder.ImageFolderError(
+        f'{paths["train"]}: images of {len(sizes)} sizes ({h0}x{w0}, {h1}x{w1}, ...): the '
+        'fixed-size store (--store=array) needs --image_size=H,W to resize all; '
+        '--store=encoded (the default for these) keeps them as they are.'
+      )
+    image_feature = tfds.features.Tensor(shape=shape, dtype=np.uint8)
   features = tfds.features.FeaturesDict(
-    {
-      'image': tfds.features.Tensor(shape=shape, dtype=np.uint8),
-      'label': tfds.features.ClassLabel(names=class_names),
-    }
+    {'image': image_feature, 'label': tfds.features.ClassLabel(names=class_names)}
   )
 
   def examples(split):
     def generate():
-      for label, name, content in cases[split]:
-        image = image_folder.decode(paths[split], name, content, channels=channels, size=image_size)
-        if image.shape != shape:
-          raise image_folder.ImageFolderError(
-            f'{paths[split]}: {name} is {image.shape[0]}x{image.shape[1]}, but the images '
-            f'before it are {shape[0]}x{shape[1]}: pass --image_size=H,W to resize all.'
+      for label, name, files, position in cases[split]:
+        content = files.read(position)
+        if store == 'encoded':
+          image = image_codec.checked(content, channels)[0]
+        else:
+          image = image_folder.decode(
+            paths[split], name, content, channels=channels, size=shape[:2]
           )
         yield name, {'image': image, 'label': label}
 
@@ -214,11 +280,16 @@ def write_dataset(
   validation_fraction: float = 0.1,
   channels: int = 3,
   image_size: tuple[int, int] | None = None,
+  store: str = 'auto',
+  skip_bad_inputs: bool = False,
+  skipped: list | None = None,
   overwrite: bool = False,
 ) -> str:
   """Writes dataset `name` to `data_dir/name/VERSION` from `paths` ({split: file or folder},
   train required) and returns that directory. Every input is read and checked before anything is
-  written; a failure while writing leaves no dataset behind."""
+  written; a failure while writing leaves no dataset behind. Images: `store` (`choose_store`);
+  with `skip_bad_inputs` an image that cannot be used is left out and appended to `skipped` as
+  (file, reason) instead of stopping the run."""
   if 'train' not in paths:
     raise ConfigError('A train split is required (--train).')
   if not name.isidentifier() or name != name.lower():
@@ -238,7 +309,15 @@ def write_dataset(
   if paths['train'].endswith('.ts'):
     features, splits, metadata = _sequence_dataset(paths, validation_fraction)
   else:
-    features, splits, metadata = _image_dataset(paths, validation_fraction, channels, image_size)
+    features, splits, metadata = _image_dataset(
+      paths,
+      validation_fraction,
+      channels,
+      image_size,
+      store,
+      skip_bad_inputs,
+      skipped if skipped is not None else [],
+    )
   description = f'Prepared by dlearn from {paths}.'
   builder = _builder_class(name)(
     features=features,

@@ -28,18 +28,6 @@ def _is_hidden(name: str) -> bool:
   return any(part.startswith('.') for part in name.split('/'))
 
 
-def _archive_members(path: str):
-  """(name, bytes) of every regular file of a tar archive, in one sequential pass (a .tar.gz
-  cannot seek cheaply)."""
-  try:
-    with tarfile.open(path, 'r:*') as archive:
-      for member in archive:
-        if member.isfile():
-          yield member.name.lstrip('./'), archive.extractfile(member).read()
-  except (tarfile.TarError, OSError, EOFError) as e:
-    raise ImageFolderError(f'{path}: not a readable tar archive ({e}).') from e
-
-
 def _directory_members(path: str):
   for root, _, files in sorted(os.walk(path)):
     for name in sorted(files):
@@ -100,25 +88,29 @@ class ImageFiles:
     offset, size = self._files[i]
     return os.pread(self._fd, size, offset)
 
+  def read(self, i: int) -> bytes:
+    """File i's bytes."""
+    content = self.content(i)
+    if isinstance(content, bytes):
+      return content
+    with open(content, 'rb') as f:
+      return f.read()
 
-def read_split(path: str, split: str) -> dict[str, list[tuple[str, bytes | str]]]:
-  """{class name: [(member name, bytes or file path), ...]} of split folder `split` in `path`
-  (or of its only split folder, whatever its name). Checks the layout, not the images."""
-  if os.path.isdir(path):
-    members = _directory_members(path)
-  elif path.endswith(ARCHIVE_SUFFIXES):
-    if not os.path.exists(path):
-      raise ImageFolderError(f'{path}: no such file.')
-    members = _archive_members(path)
-  else:
+
+def read_split(path: str, split: str) -> tuple[ImageFiles, dict[str, list[tuple[str, int]]]]:
+  """(the files of `path`, {class name: [(member name, its position in the files), ...]}) of
+  split folder `split` in `path` (or of its only split folder, whatever its name). Checks the
+  layout, not the images, and holds no image's bytes: they are read by position when needed."""
+  if not os.path.exists(path):
+    raise ImageFolderError(f'{path}: no such file or folder.')
+  if not os.path.isdir(path) and not path.endswith(ARCHIVE_SUFFIXES):
     raise ImageFolderError(
       f'{path}: expected a directory or a {"/".join(ARCHIVE_SUFFIXES)} '
       'archive laid out as <split>/<class>/<image>.'
     )
+  files = ImageFiles(path)
   by_split = collections.defaultdict(lambda: collections.defaultdict(list))
-  for name, content in members:
-    if _is_hidden(name):
-      continue
+  for position, name in enumerate(files.names):
     parts = name.split('/')
     if len(parts) != 3:
       raise ImageFolderError(f'{path}: {name!r} is not laid out as <split>/<class>/<image>.')
@@ -126,7 +118,7 @@ def read_split(path: str, split: str) -> dict[str, list[tuple[str, bytes | str]]
       raise ImageFolderError(
         f'{path}: {name!r} is not an image file ({", ".join(IMAGE_SUFFIXES)}).'
       )
-    by_split[parts[0]][parts[1]].append((name, content))
+    by_split[parts[0]][parts[1]].append((name, position))
   if split in by_split:
     chosen = by_split[split]
   elif len(by_split) == 1:
@@ -138,7 +130,7 @@ def read_split(path: str, split: str) -> dict[str, list[tuple[str, bytes | str]]
       f'{path}: holds split folders {sorted(by_split)}, none named '
       f'{split!r}; name one on the command line per split.'
     )
-  return {name: sorted(files) for name, files in sorted(chosen.items())}
+  return files, {name: sorted(members) for name, members in sorted(chosen.items())}
 
 
 def decode(

@@ -82,6 +82,12 @@ def device_memory_limit(device) -> int | None:
 
 def check(layout: Layout, info: pipeline.DatasetInfo, split: str, devices) -> None:
   """Refuses, before anything is read or compiled, a split that cannot live on the devices."""
+  if info.transform is not None:
+    raise ConfigError(
+      f'config.data.on_device=True: split {split!r} holds encoded images, decoded and cropped '
+      'anew every epoch on the host; set config.data.on_device=False (or prepare the dataset '
+      'with --store=array --image_size=H,W to keep decoded arrays).'
+    )
   if layout.shard_size < layout.per_device_batch:
     raise ConfigError(
       f'config.data.on_device=True: split {split!r} ({layout.num_examples} examples) gives each '

@@ -9,14 +9,16 @@ the last batch is padded with masked examples, and every process runs the same n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 
 import grain
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
+from dlearn.data import image_codec
 from dlearn.errors import ConfigError
 
 # How many records grain reads ahead in threads; enough to hide JPEG-free numpy decoding.
@@ -37,6 +39,9 @@ class DatasetInfo:
   feature_mean: tuple[float, ...] | None = None
   feature_std: tuple[float, ...] | None = None
   standardize: str = 'train_split'  # config.data.standardize, 'auto' resolved
+  # Images of the encoded store: what decodes them to example_shape on the host (training's
+  # random-resized crop, evaluation's centre crop); None: stored arrays, augmented on the device.
+  transform: image_codec.ImageTransform | None = None
 
 
 # What `tfds build` of a catalogue dataset needs beyond dlearn's own dependencies (tfds 4.9.10:
@@ -55,7 +60,16 @@ def load_split(name: str, split: str, data_dir: str | None = None):
   the dataset when it is not there."""
   data_dir = data_dir or _default_data_dir()
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    if is_encoded(source):  # the bytes, for the pipeline's workers to decode and crop
+      source = tfds.data_source(
+        name,
+        split=split,
+        data_dir=data_dir,
+        download=False,
+        decoders={'image': tfds.decode.SkipDecoding()},
+      )
+    return source
   except Exception as e:  # tfds raises several types for "not prepared" and for a bad split.
     if os.path.isdir(os.path.join(os.path.expanduser(data_dir), name)):
       raise ConfigError(
@@ -71,6 +85,55 @@ def load_split(name: str, split: str, data_dir: str | None = None):
       f'or, for your own image folder or UEA/UCR .ts files, with `python -m dlearn.prepare`; '
       f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).'
     ) from e
+
+
+def is_encoded(source) -> bool:
+  """Whether the images of `source` are stored encoded, of any size (dlearn.prepare's encoded
+  store, tfds' imagenet2012): a tfds Image feature without a fixed height and width."""
+  features = source.dataset_info.features
+  image = features['image'] if 'image' in features else None
+  return isinstance(image, tfds.features.Image) and None in image.shape[:2]
+
+
+def image_transform(data, channels: int) -> image_codec.ImageTransform:
+  """The host transform config.data (`data`) sets for encoded images of `channels` channels."""
+  if data.train_crop not in image_codec.TRAIN_CROPS:
+    raise ConfigError(
+      f'config.data.train_crop={data.train_crop!r}: use one of {", ".join(image_codec.TRAIN_CROPS)}.'
+    )
+  if not (isinstance(data.image_size, int) and data.image_size > 0):
+    raise ConfigError(
+      f'config.data.image_size={data.image_size!r}: the side in pixels of the square the model '
+      'takes (e.g. 224).'
+    )
+  scale, ratio = tuple(data.crop_scale), tuple(data.crop_ratio)
+  if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+    raise ConfigError(
+      f'config.data.crop_scale={scale} and crop_ratio={ratio}: give (low, high) ranges, the '
+      'scale within (0, 1] (e.g. (0.08, 1.0) and (0.75, 1.333)).'
+    )
+  if not 0 < data.center_crop_fraction <= 1:
+    raise ConfigError(
+      f'config.data.center_crop_fraction={data.center_crop_fraction}: a fraction in (0, 1] '
+      '(0.875: the references).'
+    )
+  return image_codec.ImageTransform(
+    size=(data.image_size, data.image_size),
+    channels=channels,
+    train_crop=data.train_crop if data.augment else 'center',
+    scale=scale,
+    ratio=ratio,
+    center_fraction=data.center_crop_fraction,
+    flip=bool(data.augment),
+  )
+
+
+def worker_count(config_value: int, info: DatasetInfo) -> int:
+  """Processes decoding examples (config.data.worker_count): -1, one per CPU core for encoded
+  images (decoding is the work) and none for arrays (grain's threads keep up)."""
+  if config_value >= 0:
+    return config_value
+  return (os.cpu_count() or 1) if info.transform is not None else 0
 
 
 class Subset:
@@ -145,14 +208,29 @@ STANDARDIZE = ('train_split', 'each_case', 'auto')
 
 
 def dataset_info(
-  source, name: str, max_length: int | None, standardize: str = 'train_split'
+  source, name: str, max_length: int | None, standardize: str = 'train_split', data=None
 ) -> DatasetInfo:
+  """What the model and the loop need to know of `source`; `data` (config.data) sets the host
+  transform of encoded images (default: `configs.base()`'s)."""
   features = source.dataset_info.features
   label = features['label']
   class_names = tuple(label.names)
   if 'image' in features:
+    shape = tuple(features['image'].shape)
+    if not is_encoded(source):
+      return DatasetInfo(name, 'image', shape, label.num_classes, class_names)
+    if data is None:
+      from dlearn import configs  # the defaults; configs imports nothing of the pipeline
+
+      data = configs.base().data
+    transform = image_transform(data, shape[-1])
     return DatasetInfo(
-      name, 'image', tuple(features['image'].shape), label.num_classes, class_names
+      name,
+      'image',
+      (*transform.size, shape[-1]),
+      label.num_classes,
+      class_names,
+      transform=transform,
     )
   if 'sequence' in features:
     metadata = source.dataset_info.metadata or {}
@@ -192,7 +270,10 @@ def standardize(sequence, info: DatasetInfo, valid=None):
   none), or by each case's own mean and std over its steps, those where `valid` [..., time, 1] is
   true (default: all). A constant channel becomes zeros."""
   if info.standardize == 'each_case':
-    xp = np if isinstance(sequence, np.ndarray) else jnp
+    if isinstance(sequence, np.ndarray):
+      xp = np
+    else:
+      import jax.numpy as xp  # here: the pipeline's worker processes never import jax
     if valid is None:
       valid = xp.ones((*sequence.shape[:-1], 1), bool)
     steps = xp.maximum(valid.sum(-2, keepdims=True), 1).astype(sequence.dtype)
@@ -204,12 +285,19 @@ def standardize(sequence, info: DatasetInfo, valid=None):
   return (sequence - np.float32(info.feature_mean)) / np.float32(info.feature_std)
 
 
-def example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
-  """One record as fixed-shape numpy arrays. Images stay uint8: normalisation and augmentation run
-  on the device inside the step, which moves 4x fewer bytes to it."""
+def example(record, info: DatasetInfo, rng: np.random.Generator | None = None):
+  """One record as fixed-shape numpy arrays. Images stay uint8: normalisation (and the
+  augmentation of stored arrays) runs on the device inside the step, which moves 4x fewer bytes
+  to it. An encoded image is decoded here by `info.transform`: training's with `rng` (its
+  random stream), evaluation's without."""
   label = np.int32(record['label'])
   if info.kind == 'image':
-    return {'image': np.asarray(record['image'], np.uint8), 'label': label}
+    image = record['image']
+    if isinstance(image, bytes):
+      image = (
+        info.transform.train(image, rng) if rng is not None else info.transform.evaluate(image)
+      )
+    return {'image': np.asarray(image, np.uint8), 'label': label}
   sequence = standardize(np.asarray(record['sequence'], np.float32), info)
   max_length = info.example_shape[0]
   if len(sequence) > max_length:
@@ -223,6 +311,24 @@ def example(record, info: DatasetInfo) -> dict[str, np.ndarray]:
   return {'sequence': padded, 'length': np.int32(len(sequence)), 'label': label}
 
 
+def _indexed_example(index, rng=None, *, source, info):
+  return {**example(source[index], info, rng), 'index': np.int32(index), 'mask': np.float32(1)}
+
+
+def _iterate(dataset: grain.MapDataset, workers: int):
+  """An iterator over `dataset`, computed in `workers` processes (grain's mp_prefetch: each
+  worker makes whole batches, and the iterator's state holds every worker's position, so that
+  resume is exact) or, with 0, in this process's threads."""
+  dataset = dataset.to_iter_dataset(READ_OPTIONS)
+  if workers:
+    if not flags.FLAGS.is_parsed():
+      # grain's workers read absl flags; a program that is not an absl app (a notebook, a test)
+      # has none to parse.
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(dataset)
+
+
 def train_iterator(
   source,
   info: DatasetInfo,
@@ -231,30 +337,38 @@ def train_iterator(
   seed: int,
   process_index: int = 0,
   process_count: int = 1,
+  workers: int = 0,
 ):
   """Endless, shuffled (a new order each epoch), checkpointable iterator of this process's
   training batches, [local_batch_size, ...] each (`parallel.to_global` splits them over the
-  devices).
+  devices), made in `workers` processes (0: threads).
 
   Every process shuffles the whole split with the same seed, so the sequence of global batches
   does not depend on how many processes share it: global batch s is the s-th run of
   `local_batch_size * process_count` examples, and process p reads only its p-th slice of it.
   So 2 processes x 4 devices train on exactly what 1 process x 8 devices does, and an iterator
-  position (a count of global batches) means the same on any number of processes.
+  position (a count of global batches) means the same on any number of processes. An encoded
+  image's crop and flip are drawn from grain's random stream for its position in the endless
+  sequence (seeded by `seed`): a new crop every epoch, the same on resume and on any number of
+  processes or workers.
   """
-  dataset = (
-    grain.MapDataset.range(len(source))
-    .seed(seed)
-    .shuffle()
-    .repeat(None)
-    .map(lambda i: {**example(source[i], info), 'index': np.int32(i), 'mask': np.float32(1)})
-    .batch(local_batch_size, drop_remainder=True)[process_index::process_count]
-  )
-  return iter(dataset.to_iter_dataset(READ_OPTIONS))
+  records = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat(None)
+  load = functools.partial(_indexed_example, source=source, info=info)
+  examples = records.map(load) if info.transform is None else records.random_map(load)
+  batches = examples.batch(local_batch_size, drop_remainder=True)[process_index::process_count]
+  return _iterate(batches, workers)
 
 
 def eval_steps(num_examples: int, global_batch_size: int) -> int:
   return math.ceil(num_examples / global_batch_size)
+
+
+def _eval_example(position, *, source, info, local_batch_size, global_batch_size, process_index):
+  step, offset = divmod(position, local_batch_size)
+  index = step * global_batch_size + process_index * local_batch_size + offset
+  valid = index < len(source)
+  index = index if valid else 0
+  return {**example(source[index], info), 'index': np.int32(index), 'mask': np.float32(valid)}
 
 
 def eval_iterator(
@@ -264,21 +378,21 @@ def eval_iterator(
   global_batch_size: int,
   process_index: int = 0,
   process_count: int = 1,
+  workers: int = 0,
 ):
   """This process's share of every evaluation batch, [global_batch_size / processes, ...], in
-  order. Global batch s holds examples
+  order, made in `workers` processes (0: threads). Global batch s holds examples
   [s*G, (s+1)*G); process p takes its contiguous slice of it. Positions past the end of the split
   repeat example 0 with mask 0, so they count for nothing."""
-  num_examples = len(source)
   local_batch_size = global_batch_size // process_count
-  steps = eval_steps(num_examples, global_batch_size)
-
-  def load(position):
-    step, offset = divmod(position, local_batch_size)
-    index = step * global_batch_size + process_index * local_batch_size + offset
-    valid = index < num_examples
-    index = index if valid else 0
-    return {**example(source[index], info), 'index': np.int32(index), 'mask': np.float32(valid)}
-
+  steps = eval_steps(len(source), global_batch_size)
+  load = functools.partial(
+    _eval_example,
+    source=source,
+    info=info,
+    local_batch_size=local_batch_size,
+    global_batch_size=global_batch_size,
+    process_index=process_index,
+  )
   dataset = grain.MapDataset.range(steps * local_batch_size).map(load).batch(local_batch_size)
-  return iter(dataset.to_iter_dataset(READ_OPTIONS))
+  return _iterate(dataset, workers)

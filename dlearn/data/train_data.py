@@ -57,6 +57,7 @@ class HostTrainData:
       seed=config.seed,
       process_index=jax.process_index(),
       process_count=jax.process_count(),
+      workers=pipeline.worker_count(config.data.worker_count, info),
     )
 
   def load(self):

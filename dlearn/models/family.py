@@ -34,10 +34,11 @@ def compute_dtype(config):
   return jnp.dtype(config.dtype)
 
 
-def image_inputs(images, config, rng, train: bool):
+def image_inputs(images, config, info, rng, train: bool):
   """uint8 images [B, H, W, C] → normalised float32, randomly cropped and flipped when training
-  with `config.data.augment` (the standard CIFAR augmentation, `dlearn.data.augment`)."""
-  if train and config.data.augment:
+  with `config.data.augment` (the standard CIFAR augmentation, `dlearn.data.augment`) unless the
+  host has augmented them already (encoded images: `info.transform`)."""
+  if train and config.data.augment and info.transform is None:
     images = augment.random_crop_and_flip(rng, images, config.data.crop_padding)
   return augment.normalize(images, config.data.mean, config.data.std)
 
@@ -100,7 +101,7 @@ class ModelFamily:
     del run_rng, epoch
     if info.kind == 'sequence':
       return sequence_inputs(batch['sequence'], batch['length'], config, rng, train)
-    return (image_inputs(batch['image'], config, rng, train),)
+    return (image_inputs(batch['image'], config, info, rng, train),)
 
   def check_partition(self, config, input_shape, parts: int, per_device_batches: dict) -> None:
     """Refuses, before anything is compiled, a partition (`parts` > 1 devices per example) the

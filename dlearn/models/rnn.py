@@ -237,7 +237,7 @@ class RNNFamily(ModelFamily):
   def inputs(self, batch, config, info, *, rng, run_rng, train: bool, epoch):
     if info.kind == 'sequence':
       return super().inputs(batch, config, info, rng=rng, run_rng=run_rng, train=train, epoch=epoch)
-    images = image_inputs(batch['image'], config, rng, train)
+    images = image_inputs(batch['image'], config, info, rng, train)
     batch_size, height = images.shape[:2]
     return images.reshape(batch_size, height, -1), jnp.full((batch_size,), height, jnp.int32)
 

@@ -3,8 +3,10 @@ files, read back with `tfds.data_source` (see pipeline.py). Neither writing nor 
 TensorFlow. Images go to one of two stores (`choose_store`): small images of one size decoded once
 here into uint8 arrays (training never decodes), or every image's encoded bytes (JPEG and PNG as
 given) in a tfds `Image` feature of any size, as tfds' own ImageNet is, decoded and cropped by the
-input pipeline's workers (dlearn/data/image_codec.py). Archives and folders are read one image at
-a time, twice: once to check every image, once to write.
+input pipeline's workers (dlearn/data/image_codec.py), written by `_write_unshuffled` in a fixed
+shuffled order (so that a slice such as train[:10%] holds every class, as tfds' shuffled records
+do). Archives and folders are read one image at a time, twice: once to check every image, once to
+write.
 
 Splits come from paths named per split. Without a validation path, a validation split is carved
 from train by a fixed rule: within each class, in file order (images: sorted member names; .ts:
@@ -20,6 +22,8 @@ import types
 
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from tensorflow_datasets.core import example_serializer
 
 from dlearn.data import image_codec, image_folder, ts_format
 from dlearn.errors import ConfigError
@@ -44,9 +48,6 @@ class _PreparedDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       features=self._features,
       description=self._description,
       metadata=tfds.core.MetadataDict(self._metadata),
-      # tfds shuffles the records while writing in a buffer of up to 1 GB; encoded images are
-      # written in file order instead, so that preparing holds one image at a time.
-      disable_shuffling=self._metadata.get('store') == 'encoded',
     )
 
   def _split_generators(self, dl_manager):
@@ -157,6 +158,9 @@ STORES = ('auto', 'array', 'encoded')
 # store='auto': the fixed-size uint8 store when every image has one size of at most this many
 # pixels (CIFAR-10's 32x32 is 1,024), where decoding once beats decoding every epoch; else encoded.
 ARRAY_STORE_MAX_PIXELS = 128 * 128
+# tfds' writer (the array store's) holds up to 1 GB of records and spills the rest to disk through
+# TensorFlow; a dataset that would spill is refused before anything is written.
+ARRAY_STORE_MAX_BYTES = 900 << 20
 
 
 def choose_store(store: str, sizes: set, image_size) -> str:
@@ -248,21 +252,34 @@ def _image_dataset(
         '--store=encoded (the default for these) keeps them as they are.'
       )
     image_feature = tfds.features.Tensor(shape=shape, dtype=np.uint8)
-  features = tfds.features.FeaturesDict(
-    {'image': image_feature, 'label': tfds.features.ClassLabel(names=class_names)}
-  )
+    nbytes = sum(len(split_cases) for split_cases in cases.values()) * int(np.prod(shape))
+    if nbytes > ARRAY_STORE_MAX_BYTES:
+      raise ConfigError(
+        f'{paths["train"]}: {nbytes / 2**30:.1f} GiB of decoded {shape[0]}x{shape[1]} images is '
+        'more than the fixed-size store can be written without TensorFlow (tfds spills beyond '
+        f'{ARRAY_STORE_MAX_BYTES / 2**20:.0f} MiB through it): use --store=encoded, or a smaller '
+        '--image_size.'
+      )
+  features = {'image': image_feature, 'label': tfds.features.ClassLabel(names=class_names)}
+  if store == 'encoded':  # each image's size: the crop is drawn before the image is decoded
+    features['height'] = features['width'] = tfds.features.Scalar(dtype=np.int32)
+  features = tfds.features.FeaturesDict(features)
 
   def examples(split):
     def generate():
-      for label, name, files, position in cases[split]:
+      order = range(len(cases[split]))
+      if store == 'encoded':  # a fixed shuffle, as tfds shuffles the array store's records
+        order = np.random.default_rng(0).permutation(len(cases[split]))
+      for label, name, files, position in (cases[split][i] for i in order):
         content = files.read(position)
         if store == 'encoded':
-          image = image_codec.checked(content, channels)[0]
+          image, height, width = image_codec.checked(content, channels)
+          yield name, {'image': image, 'label': label, 'height': height, 'width': width}
         else:
           image = image_folder.decode(
             paths[split], name, content, channels=channels, size=shape[:2]
           )
-        yield name, {'image': image, 'label': label}
+          yield name, {'image': image, 'label': label}
 
     return generate
 
@@ -272,6 +289,48 @@ def _image_dataset(
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
+SHARD_BYTES = 256 << 20  # ArrayRecord files of about this size
+
+
+def _write_unshuffled(name, target, features, splits, metadata, description):
+  """Writes the splits into `target` as tfds does (ArrayRecord shards, dataset_info.json), in the
+  order given, one example at a time. tfds' own writer keeps up to 1 GB of records in memory and
+  needs TensorFlow to spill the rest to disk; this one needs neither."""
+  os.makedirs(target)
+  serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+  split_infos = []
+  for split, examples in splits.items():
+    shards, lengths, total = [], [], 0
+    writer = None
+    for _, example in examples():
+      record = serializer.serialize_example(features.encode_example(example))
+      if writer is None or shard_bytes > SHARD_BYTES:
+        if writer is not None:
+          writer.close()
+        shards.append(os.path.join(target, f'{name}-{split}.array_record-shard{len(shards)}'))
+        writer = array_record_module.ArrayRecordWriter(shards[-1], 'group_size:1')
+        lengths.append(0)
+        shard_bytes = 0
+      writer.write(record)
+      lengths[-1] += 1
+      shard_bytes += len(record)
+      total += len(record)
+    if writer is not None:
+      writer.close()
+    for i, shard in enumerate(shards):  # tfds' names, once the count is known
+      os.rename(shard, f'{shard.rsplit("-", 1)[0]}-{i:05d}-of-{len(shards):05d}')
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=total))
+  tfds.folder_dataset.write_metadata(
+    data_dir=target,
+    features=features,
+    split_infos=split_infos,
+    check_data=False,  # tfds' check reads through TensorFlow
+    description=description,
+    metadata=tfds.core.MetadataDict(metadata),
+    disable_shuffling=True,
+  )
+
+
 def write_dataset(
   name: str,
   paths: dict[str, str],
@@ -319,16 +378,19 @@ def write_dataset(
       skipped if skipped is not None else [],
     )
   description = f'Prepared by dlearn from {paths}.'
-  builder = _builder_class(name)(
-    features=features,
-    splits=splits,
-    metadata=metadata,
-    description=description,
-    data_dir=data_dir,
-    file_format='array_record',
-  )
   try:
-    builder.download_and_prepare()
+    if metadata.get('store') == 'encoded':
+      _write_unshuffled(name, target, features, splits, metadata, description)
+    else:
+      builder = _builder_class(name)(
+        features=features,
+        splits=splits,
+        metadata=metadata,
+        description=description,
+        data_dir=data_dir,
+        file_format='array_record',
+      )
+      builder.download_and_prepare()
   except BaseException:
     # tfds writes into a temporary folder and renames it when complete; make sure nothing of a
     # failed run stays that could look like a dataset.

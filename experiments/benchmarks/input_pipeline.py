@@ -5,8 +5,13 @@
 as dlearn's), both with `--workers` worker processes, over the same folder of JPEGs
 (`imagenet_like.py`: CIFAR-10 images upscaled to 200-500 px, quality 90).
 
-  pip install -e ".[benchmark]"
-  python experiments/benchmarks/input_pipeline.py [--workers=2 --count=2000 --batches=40]
+  python experiments/benchmarks/input_pipeline.py [--workers=2 --count=2000 --batches=100] \
+      [--torch_python=PYTHON]
+
+The torchvision side runs in `--torch_python` (default: this Python), any environment with
+torch, torchvision and Pillow: on a machine whose torch is a CPU build from outside PyPI (this
+project's), PyPI's torchvision does not load, so give a venv of PyPI's own torch and torchvision
+(`python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch torchvision`).
 
 Prints images/s and images/s per worker for each side (the median of `--repeats` interleaved runs
 of `--batches` batches, timed from the second batch: worker start-up excluded), and writes
@@ -73,6 +78,20 @@ def torchvision_rate(folder: str, workers: int, batch_size: int, batches: int, s
   return batches * batch_size / (time.perf_counter() - start)
 
 
+def _torchvision_in(
+  python: str, folder: str, workers: int, batch_size: int, batches: int, seed: int
+):
+  result = subprocess.run(
+    [python, os.path.abspath(__file__), '--side=torchvision', f'--folder={folder}',
+     f'--workers={workers}', f'--batch_size={batch_size}', f'--batches={batches}', f'--seed={seed}'],
+    capture_output=True, text=True, check=False,
+  )  # fmt: skip
+  if result.returncode:
+    raise SystemExit(f'error: the torchvision side failed in {python}:\n{result.stderr[-2000:]}')
+  rate, *versions = result.stdout.split()
+  return float(rate), dict(v.split('=') for v in versions)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--folder', default='data/imagenet_like')
@@ -80,10 +99,26 @@ def main():
   parser.add_argument('--count', type=int, default=2000)
   parser.add_argument('--workers', type=int, default=os.cpu_count())
   parser.add_argument('--batch_size', type=int, default=64)
-  parser.add_argument('--batches', type=int, default=40)
+  parser.add_argument('--batches', type=int, default=100)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--machine', default=None)
+  parser.add_argument('--torch_python', default=sys.executable)
+  parser.add_argument('--side', default='both', choices=['both', 'torchvision'])
+  parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
+  if args.side == 'torchvision':  # one run of the torchvision side, printed for the parent
+    import PIL
+    import torch
+    import torchvision
+
+    rate = torchvision_rate(args.folder, args.workers, args.batch_size, args.batches, args.seed)
+    print(
+      rate,
+      f'torch={torch.__version__}',
+      f'torchvision={torchvision.__version__}',
+      f'pillow_torchvision={PIL.__version__}',
+    )
+    return
   folder = imagenet_like.make_folder(args.folder, args.count)
   if not os.path.isdir(os.path.join(args.data_dir, NAME)):
     subprocess.run(
@@ -96,17 +131,16 @@ def main():
     rates['dlearn'].append(
       dlearn_rate(args.data_dir, args.workers, args.batch_size, args.batches, repeat)
     )
-    rates['torchvision'].append(
-      torchvision_rate(folder, args.workers, args.batch_size, args.batches, repeat)
+    rate, versions = _torchvision_in(
+      args.torch_python, folder, args.workers, args.batch_size, args.batches, repeat
     )
+    rates['torchvision'].append(rate)
     print(
       f'run {repeat}: dlearn {rates["dlearn"][-1]:.0f} images/s, '
       f'torchvision {rates["torchvision"][-1]:.0f} images/s'
     )
   import cv2
   import PIL
-  import torch
-  import torchvision
   from results_file import machine_kind, write
 
   rows = {}
@@ -135,12 +169,7 @@ def main():
       'rows': rows,
       'dlearn_over_torchvision': ratio,
     },
-    {
-      'torch': torch.__version__,
-      'torchvision': torchvision.__version__,
-      'pillow': PIL.__version__,
-      'opencv': cv2.__version__,
-    },
+    {**versions, 'pillow': PIL.__version__, 'opencv': cv2.__version__},
   )
   print(path)
 

@@ -137,7 +137,10 @@ def opencv_decoders():
     pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags[scale])
     t, lft, hh, ww = (round(v / scale) for v in box)
     region = pixels[t : t + hh, lft : lft + ww]
-    return cv2.cvtColor(cv2.resize(region, (SIZE, SIZE), interpolation=cv2.INTER_AREA), 4)
+    # dlearn's rule (image_codec.AREA_FACTOR): area interpolation from 2x shrinking, else bilinear
+    area = min(region.shape[:2]) >= 2 * SIZE
+    interpolation = cv2.INTER_AREA if area else cv2.INTER_LINEAR
+    return cv2.cvtColor(cv2.resize(region, (SIZE, SIZE), interpolation=interpolation), 4)
 
   return {'opencv': (cv2.__version__, decode, crop)}
 
@@ -145,7 +148,9 @@ def opencv_decoders():
 def turbojpeg_decoders():
   try:
     import turbojpeg
-
+  except ImportError:
+    return {}
+  try:
     jpeg = turbojpeg.TurboJPEG()
   except Exception as e:  # the wheel has no libturbojpeg; it needs the system's
     return {'pyturbojpeg': (f'unusable: {e}'.splitlines()[0], None, None)}

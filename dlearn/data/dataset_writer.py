@@ -300,7 +300,7 @@ def _write_unshuffled(name, target, features, splits, metadata, description):
   serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
   split_infos = []
   for split, examples in splits.items():
-    shards, lengths, total = [], [], 0
+    shards, lengths, total, shard_bytes = [], [], 0, 0
     writer = None
     for _, example in examples():
       record = serializer.serialize_example(features.encode_example(example))

@@ -123,7 +123,7 @@ def main():
   if not os.path.isdir(os.path.join(args.data_dir, NAME)):
     subprocess.run(
       [sys.executable, '-m', 'dlearn.prepare', f'--name={NAME}', f'--train={folder}',
-       f'--data_dir={args.data_dir}', '--validation_fraction=0'],
+       f'--data_dir={args.data_dir}'],  # the README's command: its train split is timed
       check=True,
     )  # fmt: skip
   rates = {'dlearn': [], 'torchvision': []}

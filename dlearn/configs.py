@@ -190,10 +190,14 @@ def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections
 
 
 def _known(saved: dict, defaults: ml_collections.ConfigDict, prefix: str = '') -> dict:
-  """`saved` without the fields `defaults` does not have (written by an older dlearn)."""
+  """`saved` without the fields `defaults` does not have (written by an older dlearn), except a
+  whole top-level section: a plug-in model's own settings (e.g. `config.my_model`, set by its
+  experiment config), which its family reads again at evaluation, prediction and export."""
   known = {}
   for key, value in saved.items():
-    if key not in defaults:
+    if key not in defaults and not prefix and isinstance(value, dict):
+      known[key] = ml_collections.ConfigDict(value)
+    elif key not in defaults:
       logging.warning(
         'Ignoring config field %s%s, which this version of dlearn does not have.', prefix, key
       )
@@ -208,7 +212,10 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
   """A config as written to a work directory's config.json, read back on top of `base()`: every
   field exists, with its default where the saved config predates it."""
   config = base()
-  config.update(_known(saved, config))
+  known = _known(saved, config)
+  for key in [key for key in known if key not in config]:
+    config[key] = known.pop(key)  # update() sets only fields the config has
+  config.update(known)
   return config
 
 

@@ -6,11 +6,12 @@ import os
 
 import helpers
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from dlearn import configs, evaluation, models, parallel, train
+from dlearn import configs, evaluation, exporting, models, parallel, prediction, train
 from dlearn.models.family import ModelFamily, image_inputs
 
 
@@ -41,9 +42,11 @@ class TinyFamily(ModelFamily):
 
   def logits(self, model, inputs, config, *, train):
     (x,) = inputs
+    # The family's own config section, which must survive config.json for evaluation.
+    scale = config.tiny_linear.logit_scale
     if train:
-      return model(x, train=True)
-    return (model(x, train=False) + model(x[:, :, ::-1], train=False)) / 2
+      return scale * model(x, train=True)
+    return scale * (model(x, train=False) + model(x[:, :, ::-1], train=False)) / 2
 
   def init_from_data(self, model, config, source, info):
     images = np.stack([source[i]['image'] for i in range(len(source))]).astype(np.float32)
@@ -71,6 +74,7 @@ def _config(data_dir, **overrides):
   config.batch_size, config.eval_batch_size = 16, 16
   config.num_train_steps, config.log_every_steps = 12, 4
   config.learning_rate, config.write_plots = 0.05, False
+  config.tiny_linear = ml_collections.ConfigDict({'logit_scale': 2.0})
   config.update(overrides)
   return config
 
@@ -88,6 +92,12 @@ def test_a_registered_model_trains_resumes_and_evaluates(tmp_path, data_dir, tin
   assert np.abs(mean).sum() > 0
   summary, _, _, _ = evaluation.evaluate_workdir(workdir)
   assert summary == pytest.approx(result['eval'])
+  # The plug-in's config section came back from config.json: predict and export read it too.
+  assert configs.load(workdir).tiny_linear.logit_scale == 2.0
+  predicted = prediction.predict(workdir, None, str(tmp_path / 'p.csv'), split='validation')
+  assert predicted['summary'] == pytest.approx(result['eval'])
+  function, specs, _ = exporting.exported_function(workdir)
+  assert function(np.zeros((1, *specs[0].shape[1:]), np.uint8)).shape == (1, 3)
 
 
 @pytest.mark.slow
@@ -116,3 +126,15 @@ def test_a_model_that_cannot_split_examples_says_so(data_dir, tiny):
 def test_an_unknown_model_names_the_registered_ones(tmp_path, data_dir):
   with pytest.raises(ValueError, match=r"Unknown config.model 'tiny_lin'.*'seed_dcnn'"):
     train.train_and_evaluate(_config(data_dir, model='tiny_lin'), str(tmp_path / 'run'))
+
+
+def test_a_saved_config_keeps_a_plug_in_section_and_drops_retired_fields():
+  saved = configs.base().to_dict()
+  saved['tiny_linear'] = {'logit_scale': 3.0, 'widths': [4, 8]}
+  saved['retired_flag'] = True  # a field an older dlearn wrote: ignored
+  saved['data']['retired_field'] = 1
+  config = configs.from_dict(saved)
+  assert config.tiny_linear.logit_scale == 3.0 and list(config.tiny_linear.widths) == [4, 8]
+  assert 'retired_flag' not in config and 'retired_field' not in config.data
+  configs.override(config, {'tiny_linear.logit_scale': 0.5})  # --set reaches it
+  assert config.tiny_linear.logit_scale == 0.5

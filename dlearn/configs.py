@@ -143,6 +143,9 @@ def base() -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.nesterov = False
   config.weight_decay = 0.0
+  # 'all': every parameter decays; 'matrices': kernels only (not norms, biases, embeddings).
+  config.weight_decay_mask = 'all'
+  config.grad_clip_norm = 0.0  # > 0: gradients clipped to this global norm (any optimizer)
   config.schedule = 'constant'  # 'constant' | 'cosine'
   config.warmup_steps = 0
   config.label_smoothing = 0.0

@@ -51,10 +51,34 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
   raise ConfigError(f"Unknown config.schedule {config.schedule!r}: 'constant' or 'cosine'.")
 
 
+WEIGHT_DECAY_MASKS = ('all', 'matrices')
+
+
+def _is_matrix(path, leaf) -> bool:
+  names = [name.lower() for name in _path_names(path)]
+  embedding = any('embed' in name or name in ('cls', 'class_token') for name in names)
+  return len(leaf.shape) > 1 and not embedding
+
+
+def weight_decay_mask(config):
+  """What `config.weight_decay` applies to (`config.weight_decay_mask`): None for every
+  parameter ('all'), or a function of the parameters giving True for the matrices and kernels
+  only ('matrices': not the scales and biases of norms, other biases, embeddings, position
+  embeddings or class tokens, by shape and by name), as ViT and DeiT recipes decay."""
+  if config.weight_decay_mask not in WEIGHT_DECAY_MASKS:
+    raise ConfigError(
+      f'Unknown config.weight_decay_mask {config.weight_decay_mask!r}: one of '
+      f'{WEIGHT_DECAY_MASKS}.'
+    )
+  if config.weight_decay_mask == 'all':
+    return None
+  return lambda params: jax.tree_util.tree_map_with_path(_is_matrix, params)
+
+
 def sgd(config, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
   del steps_per_epoch
   return optax.chain(
-    optax.add_decayed_weights(config.weight_decay),
+    optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask(config)),
     optax.sgd(
       learning_rate_schedule(config, total_steps),
       momentum=config.momentum or None,
@@ -65,7 +89,11 @@ def sgd(config, total_steps: int, steps_per_epoch: int) -> optax.GradientTransfo
 
 def adamw(config, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
   del steps_per_epoch
-  return optax.adamw(learning_rate_schedule(config, total_steps), weight_decay=config.weight_decay)
+  return optax.adamw(
+    learning_rate_schedule(config, total_steps),
+    weight_decay=config.weight_decay,
+    mask=weight_decay_mask(config),
+  )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -285,4 +313,11 @@ def create(config, total_steps: int, steps_per_epoch: int = 1) -> optax.Gradient
     raise ConfigError(
       f'Unknown config.optimizer {config.optimizer!r}: choose one of {tuple(_OPTIMIZERS)}.'
     )
-  return _OPTIMIZERS[config.optimizer](config, total_steps, steps_per_epoch)
+  tx = _OPTIMIZERS[config.optimizer](config, total_steps, steps_per_epoch)
+  if config.grad_clip_norm < 0:
+    raise ConfigError(
+      f'config.grad_clip_norm={config.grad_clip_norm}: a global norm > 0, or 0 for no clipping.'
+    )
+  if config.grad_clip_norm:  # every optimizer's gradients, clipped before it sees them
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx

@@ -88,6 +88,11 @@ def base() -> ml_collections.ConfigDict:
   config.data.scaling = 0.0
   config.data.window_slice = 1.0
   config.data.crop_padding = 4
+  # Images, in training: mixup and CutMix (each example with the batch's reverse, one
+  # Beta(alpha, alpha) ratio a batch, one of the two a batch when both are set; timm's defaults
+  # for DeiT: 0.8 and 1.0), on the device, with soft targets. 0: off.
+  config.data.mixup_alpha = 0.0
+  config.data.cutmix_alpha = 0.0
   # Images of the encoded store (`dlearn.prepare --store=encoded`, tfds' imagenet2012): decoded,
   # cropped and resized to image_size x image_size on the host, in worker processes
   # (dlearn/data/image_codec.py). Training: a random-resized crop of crop_scale of the area and

@@ -67,8 +67,7 @@ def weight_decay_mask(config):
   embeddings or class tokens, by shape and by name), as ViT and DeiT recipes decay."""
   if config.weight_decay_mask not in WEIGHT_DECAY_MASKS:
     raise ConfigError(
-      f'Unknown config.weight_decay_mask {config.weight_decay_mask!r}: one of '
-      f'{WEIGHT_DECAY_MASKS}.'
+      f'Unknown config.weight_decay_mask {config.weight_decay_mask!r}: one of {WEIGHT_DECAY_MASKS}.'
     )
   if config.weight_decay_mask == 'all':
     return None

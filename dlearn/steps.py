@@ -18,7 +18,12 @@ from flax import nnx
 from jax import lax
 
 from dlearn import models, parallel, sharding
+from dlearn.data import augment
 from dlearn.parallel import AXIS, PART_AXIS
+
+# Folded into a device's step key for mixup/CutMix, so that the model's own augmentation draws
+# what it drew before they existed.
+MIX_STREAM = 0x6D6978
 
 LOSS_REDUCTIONS = ('mean', 'sum')
 
@@ -109,10 +114,28 @@ def device_rng(base_key_data, step):
 
 
 def cross_entropy(logits, labels, label_smoothing: float):
-  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  """Per example; `labels` are class ids [B] or soft targets [B, classes] (mixup, CutMix)."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1]) if labels.ndim == 1 else labels
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits, targets)
+
+
+def _mixed(rng, batch, num_classes: int, config):
+  """(batch, targets): the images mixed and their soft targets with config.data.mixup_alpha or
+  cutmix_alpha (images only), else the batch as it is and its labels."""
+  data = config.data
+  if 'image' not in batch or not (data.mixup_alpha > 0 or data.cutmix_alpha > 0):
+    return batch, batch['label']
+  targets = jax.nn.one_hot(batch['label'], num_classes)
+  images, targets = augment.mix(
+    jax.random.fold_in(rng, MIX_STREAM),
+    batch['image'],
+    targets,
+    data.mixup_alpha,
+    data.cutmix_alpha,
+  )
+  return {**batch, 'image': images}, targets
 
 
 def metric_sums(logits, labels, per_example_loss, mask, axis):
@@ -157,17 +180,20 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info, axis, st
   family = models.family_of(config)
 
   def device_inputs(batch):
-    return family.inputs(
+    rng = device_rng(state.rng, state.step)
+    batch, targets = _mixed(rng, batch, info.num_classes, config)
+    inputs = family.inputs(
       batch,
       config,
       info,
-      rng=device_rng(state.rng, state.step),
+      rng=rng,
       run_rng=jax.random.wrap_key_data(state.rng),
       train=True,
       epoch=state.step // steps_per_epoch,
     )
+    return inputs, targets
 
-  inputs = axis.each_device(device_inputs, batch)
+  inputs, targets = axis.each_device(device_inputs, batch)
   labels, mask = batch['label'], batch['mask']
 
   def loss_fn(params):
@@ -175,7 +201,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx, config, info, axis, st
     # The loss in float32 also under bf16 (config.dtype).
     logits = family.logits(model, inputs, config, train=True).astype(jnp.float32)
     # An ensemble's logits carry a leading member axis: each member's loss, summed over members.
-    per_example = cross_entropy(logits, labels, config.label_smoothing)
+    per_example = cross_entropy(logits, targets, config.label_smoothing)
     loss = jnp.sum(per_example * mask)
     if config.loss_reduction == 'mean':
       loss = loss / jnp.maximum(jnp.sum(mask), 1.0)

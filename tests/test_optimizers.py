@@ -66,6 +66,6 @@ def test_gradients_are_clipped_to_the_global_norm():
     config = _config(optimizer='sgd', learning_rate=1.0, momentum=0.0, grad_clip_norm=clip)
     tx = optimizers.create(config, total_steps=1)
     updates, _ = tx.update(gradient, tx.init(params), params)
-    assert float(optax.global_norm(updates)) == pytest.approx(norm, rel=1e-5)
+    assert float(optax.tree.norm(updates)) == pytest.approx(norm, rel=1e-5)
   with pytest.raises(ValueError, match='config.grad_clip_norm=-1'):
     optimizers.create(_config(grad_clip_norm=-1.0), total_steps=1)

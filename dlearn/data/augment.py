@@ -91,3 +91,53 @@ def window_slice(rng, sequences, lengths, fraction: float):
   steps = jnp.minimum(starts[:, None] + jnp.arange(sequences.shape[1]), sequences.shape[1] - 1)
   windows = jnp.take_along_axis(sequences, steps[..., None], axis=1)
   return jnp.where(_valid_steps(windows, new_lengths), windows, 0), new_lengths
+
+
+# Images [B, H, W, C] with soft targets [B, classes] (one-hot labels, or already mixed).
+
+
+def mix(rng, images, targets, mixup_alpha: float, cutmix_alpha: float):
+  """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019), as timm applies them per batch: each
+  example mixed with the batch's reverse, one ratio lam ~ Beta(alpha, alpha) for the batch;
+  with both alphas set, one of the two per batch, each with probability 1/2. Mixup blends the
+  images, lam of the example's own; CutMix pastes a box of about (1 - lam) of the area from the
+  other image, lam then the uncovered fraction. The targets are blended by lam: soft, summing
+  to 1. Returns (images as float32, targets)."""
+  choice_key, mixup_key, cutmix_key, box_key = jax.random.split(rng, 4)
+  images = images.astype(jnp.float32)
+  other_images, other_targets = images[::-1], targets[::-1]
+  _, height, width, _ = images.shape
+
+  def mixup():
+    lam = jax.random.beta(mixup_key, mixup_alpha, mixup_alpha)
+    return lam * images + (1 - lam) * other_images, lam
+
+  def cutmix():
+    lam = jax.random.beta(cutmix_key, cutmix_alpha, cutmix_alpha)
+    cut = jnp.sqrt(1 - lam)
+    centre_y, centre_x = jax.random.uniform(box_key, (2,)) * jnp.array([height, width])
+    half_h, half_w = cut * height / 2, cut * width / 2
+    rows, columns = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    top, bottom = (
+      jnp.clip(jnp.round(centre_y - half_h), 0, height),
+      jnp.clip(jnp.round(centre_y + half_h), 0, height),
+    )
+    left, right = (
+      jnp.clip(jnp.round(centre_x - half_w), 0, width),
+      jnp.clip(jnp.round(centre_x + half_w), 0, width),
+    )
+    inside = (rows >= top) & (rows < bottom) & (columns >= left) & (columns < right)
+    lam = 1 - (bottom - top) * (right - left) / (height * width)
+    return jnp.where(inside[None, :, :, None], other_images, images), lam
+
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    use_cutmix = jax.random.bernoulli(choice_key)
+    (mixed_up, lam_up), (cut, lam_cut) = mixup(), cutmix()
+    images, lam = jnp.where(use_cutmix, cut, mixed_up), jnp.where(use_cutmix, lam_cut, lam_up)
+  elif mixup_alpha > 0:
+    images, lam = mixup()
+  elif cutmix_alpha > 0:
+    images, lam = cutmix()
+  else:
+    return images, targets
+  return images, lam * targets + (1 - lam) * other_targets

@@ -10,9 +10,11 @@ import os
 import shutil
 
 import jax
+import numpy as np
+from flax import nnx
 
 from dlearn import checkpoint as checkpoint_lib
-from dlearn import configs, optimizers, steps
+from dlearn import configs, models, optimizers, steps
 
 
 class IncompatibleConfigError(checkpoint_lib.IncompatibleStateError):
@@ -122,6 +124,8 @@ def restore_or_create(config, info, tx, mesh, checkpointer, data, source):
     logging.info('Resumed from the checkpoint of step %d in %s.', latest, checkpointer.directory)
     return graphdef, state
   graphdef, state = steps.create_train_state(config, info, tx, mesh, source)
+  if config.init_from.endswith('.npz'):
+    return graphdef, _from_torch_weights(config, graphdef, state, info, tx, mesh)
   if config.init_from:
     initial = checkpoint_lib.Checkpointer(config.init_from, read_only=True)
     step = initial.latest_step()
@@ -136,6 +140,29 @@ def restore_or_create(config, info, tx, mesh, checkpointer, data, source):
     state = state.replace(params=restored.params, model_state=restored.model_state)
     logging.info('Initialised parameters from step %d of %s.', step, config.init_from)
   return graphdef, state
+
+
+def _from_torch_weights(config, graphdef, state, info, tx, mesh):
+  """The state with its parameters and statistics from the PyTorch state_dict in the .npz file
+  config.init_from (`np.savez(path, **{k: v.numpy() for k, v in state_dict.items()})`), read by
+  the family's `load_torch_state_dict`."""
+  if not os.path.isfile(config.init_from):
+    raise FileNotFoundError(
+      f'config.init_from={config.init_from!r}: no such file; name a .npz of a PyTorch '
+      'state_dict, or a work directory.'
+    )
+  with np.load(config.init_from) as arrays:
+    state_dict = dict(arrays)
+  # Writable host copies: the loader assigns into the model's arrays.
+  model = nnx.merge(graphdef, *jax.tree.map(np.array, (state.params, state.model_state)))
+  models.family_of(config).load_torch_state_dict(model, state_dict, config)
+  _, _, shardings = steps.state_shardings(config, info, tx, mesh)
+  params, model_state = nnx.state(model, nnx.Param, ...)
+  logging.info('Initialised parameters from the PyTorch weights in %s.', config.init_from)
+  return state.replace(
+    params=jax.device_put(params, shardings.params),
+    model_state=jax.device_put(model_state, shardings.model_state),
+  )
 
 
 def restore_for_evaluation(workdir: str, config, info, mesh):

@@ -70,3 +70,38 @@ def test_a_torchvision_state_dict_loads_into_every_parameter_and_statistic():
   broken['fc.weight'] = np.zeros((3, 3))
   with pytest.raises(ValueError, match=r'fc.weight: shape \(3, 3\)'):
     imagenet_resnet.load_torchvision(make(2), broken)
+
+
+@pytest.mark.slow  # a short training run
+@pytest.mark.parametrize('classes', [3, 10])  # the dataset's 3, or a head to start afresh
+def test_init_from_takes_pytorch_weights(tmp_path, classes):
+  import helpers
+  import ml_collections
+
+  from dlearn import configs, train
+
+  data_dir = helpers.prepared_images(tmp_path, per_class=8)
+  section = {'stage_sizes': (1, 1), 'width': 4, 'zero_init_last_norm': False}
+  weights = imagenet_resnet.ImageNetResNet(
+    classes, (8, 8, 3), rngs=nnx.Rngs(5), stage_sizes=(1, 1), width=4
+  )
+  state = _as_torch(weights)
+  np.savez(tmp_path / 'weights.npz', **state)
+  config = configs.base()
+  config.model, config.imagenet_resnet = 'resnet50', ml_collections.ConfigDict(section)
+  config.data.name, config.data.data_dir = 'toy_images', data_dir
+  config.data.train_split, config.data.eval_split = 'train', 'validation'
+  config.batch_size, config.eval_batch_size, config.num_train_steps = 8, 8, 1
+  config.learning_rate, config.write_plots = 0.0, False  # the step leaves the weights as loaded
+  config.init_from = str(tmp_path / 'weights.npz')
+  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  params = result['state'].params
+  np.testing.assert_allclose(
+    np.asarray(params['stem']['kernel'][...]).transpose(3, 2, 0, 1),
+    state['conv1.weight'],
+    rtol=1e-6,
+  )
+  head = np.asarray(params['head']['kernel'][...]).T
+  assert (head.shape == state['fc.weight'].shape) == (classes == 3)
+  if classes == 3:
+    np.testing.assert_allclose(head, state['fc.weight'], rtol=1e-6)

@@ -120,6 +120,15 @@ class ModelFamily:
     over PART_AXIS."""
     return model(*inputs, train=train)
 
+  def load_torch_state_dict(self, model, state_dict: dict, config) -> None:
+    """Sets `model`'s parameters from a PyTorch reference's `state_dict` (numpy arrays), for
+    `config.init_from=WEIGHTS.npz`; families with a reference implementation override it."""
+    del model, state_dict
+    raise ConfigError(
+      f'config.model={config.model!r} cannot read PyTorch weights: config.init_from=*.npz is for '
+      'models with a PyTorch reference (resnet50); give a work directory instead.'
+    )
+
   def init_from_data(self, model, config, source, info) -> None:
     """Sets what the model computes from training data (e.g. a whitening layer) on a freshly
     created model; `source` is the train split. Not called when resuming: such values are in the

@@ -13,6 +13,7 @@ identity.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -146,6 +147,21 @@ class ImageNetResNetFamily(ModelFamily):
     )
 
 
+  def load_torch_state_dict(self, model, state_dict, config):
+    head = state_dict.get('fc.weight')
+    if head is not None and head.shape != model.head.kernel.shape[::-1]:
+      # Fine-tuning on other classes: everything but the head, which keeps its initialisation.
+      logging.info(
+        'PyTorch weights for %d classes, the dataset has %d: the head starts afresh.',
+        head.shape[0],
+        model.head.kernel.shape[1],
+      )
+      state_dict = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
+      load_torchvision(model, state_dict, skip=('head',))
+    else:
+      load_torchvision(model, state_dict)
+
+
 # ------------------------------------------------------------------------------------------------
 # torchvision's weights
 # ------------------------------------------------------------------------------------------------
@@ -168,11 +184,12 @@ def _torch_names(model: ImageNetResNet) -> dict:
   return names
 
 
-def load_torchvision(model: ImageNetResNet, state_dict: dict) -> None:
+def load_torchvision(model: ImageNetResNet, state_dict: dict, skip=()) -> None:
   """Sets `model`'s parameters and BatchNorm statistics from torchvision's `resnet50` (or any
   ResNet v1.5 of this layout) `state_dict` of numpy arrays: convolution kernels OIHW to HWIO,
   the head's weight transposed, BatchNorm weight/bias/running_mean/running_var to
-  scale/bias/mean/var. A missing or extra name, or a shape that differs, is a ValueError."""
+  scale/bias/mean/var; the modules named in `skip` (e.g. 'head') are left as they are. A missing
+  or extra name, or a shape that differs, is a ValueError."""
   used = set()
 
   def take(name, shape):
@@ -185,6 +202,8 @@ def load_torchvision(model: ImageNetResNet, state_dict: dict) -> None:
     return jnp.asarray(value)
 
   for path, torch_name in _torch_names(model).items():
+    if path[0] in skip:
+      continue
     module = model
     for key in path:
       module = module[key] if isinstance(key, int) else getattr(module, key)

@@ -146,7 +146,6 @@ class ImageNetResNetFamily(ModelFamily):
       dtype=compute_dtype(config),
     )
 
-
   def load_torch_state_dict(self, model, state_dict, config):
     head = state_dict.get('fc.weight')
     if head is not None and head.shape != model.head.kernel.shape[::-1]:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlearn.errors import ConfigError
-from dlearn.models import cnn, fast_cnn, imagenet_resnet, rnn
+from dlearn.models import cnn, fast_cnn, imagenet_resnet, rnn, vit
 from dlearn.models.family import ModelFamily
 
 _FAMILIES: dict[str, ModelFamily] = {
@@ -20,6 +20,7 @@ _FAMILIES: dict[str, ModelFamily] = {
   'rnn': rnn.RNNFamily(),
   'fast_cnn': fast_cnn.FastCNNFamily(),
   'resnet50': imagenet_resnet.ImageNetResNetFamily(),
+  'vit': vit.ViTFamily(),
 }
 
 

@@ -1,0 +1,48 @@
+"""ViT-S/16 on ImageNet-class data, DeiT's recipe (Touvron et al. 2021) as far as dlearn has it:
+AdamW at 5e-4 x batch/512, weight decay 0.05 on the matrices only, 5 epochs of warm-up then
+cosine decay, 300 epochs, batch 1,024, label smoothing 0.1, mixup 0.8 and CutMix 1.0 (one of the
+two per batch), random-resized 224x224 crops and flips decoded on the host.
+
+  python -m dlearn.main --config=experiments/configs/imagenet_vit.py --workdir=workdirs/vit_s16
+  python -m dlearn.main --config=experiments/configs/imagenet_vit.py:smoke --workdir=workdirs/vit_smoke
+
+DeiT reports 79.8% top-1 for this model (DeiT-S) with its whole recipe, which also has
+RandAugment, random erasing, repeated augmentation and stochastic depth (0.1): dlearn has none of
+these yet, so expect less. Not run here: no ImageNet and no accelerator on this project's
+machines. `:smoke` is 20 steps of a ViT-Ti with 8x8 patches on the CIFAR-10 JPEG data.
+"""
+
+import ml_collections
+
+from dlearn import configs
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def get_config(arg=None):
+  config = configs.base()
+  config.model = 'vit'
+  config.vit = ml_collections.ConfigDict({'size': 'S', 'patch': 16, 'pool': 'token'})
+  config.data.name, config.data.data_dir = 'imagenet', 'data/tfds'
+  config.data.train_split, config.data.eval_split = 'train', 'validation'
+  config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
+  config.data.image_size = 224
+  config.data.mixup_alpha, config.data.cutmix_alpha = 0.8, 1.0
+  config.batch_size = 1024
+  config.eval_batch_size = 1024
+  config.optimizer = 'adamw'
+  config.learning_rate = 5e-4 * config.batch_size / 512
+  config.weight_decay = 0.05
+  config.weight_decay_mask = 'matrices'
+  config.schedule = 'cosine'
+  config.warmup_steps = 5 * IMAGENET_TRAIN_IMAGES // config.batch_size  # 5 epochs
+  config.label_smoothing = 0.1
+  config.num_epochs = 300
+  config.log_every_steps = 100
+  if arg == 'smoke':
+    configs.use_cifar10_jpeg(config)
+    config.vit.size, config.vit.patch = 'Ti', 8
+    config.warmup_steps = 5
+  return configs.finish(config, arg)

@@ -70,6 +70,13 @@ def test_timm_weights_load_and_position_embeddings_follow_the_image_size():
   assert abs(pos[0, 1:].reshape(6, 6, 192).mean() - grid.mean()) < 0.01  # a smooth resize
   with pytest.raises(ValueError, match='no place for'):
     vit.load_timm(same, {**state, 'extra': np.zeros(2)})
+  # Weights for 1,000 classes on a model of 10: all but the head.
+  other = {**state, 'head.weight': np.zeros((1000, 192)), 'head.bias': np.zeros(1000)}
+  fresh = vit.ViT(10, (64, 64, 3), rngs=nnx.Rngs(2), size='Ti', patch=16)
+  head_before = np.asarray(fresh.head.kernel[...]).copy()
+  vit.ViTFamily().load_torch_state_dict(fresh, other, None)
+  np.testing.assert_array_equal(fresh.head.kernel[...], head_before)
+  np.testing.assert_allclose(fresh.pos_embed[...], state['pos_embed'], rtol=1e-6)
   with pytest.raises(ValueError, match='does not divide'):
     vit.ViT(10, (40, 40, 3), rngs=nnx.Rngs(0), size='Ti', patch=16)
 

@@ -136,7 +136,12 @@ class ViTFamily(ModelFamily):
     )
 
   def load_torch_state_dict(self, model, state_dict, config):
-    load_timm(model, state_dict)
+    head = state_dict.get('head.weight')
+    fresh_head = head is not None and head.shape != model.head.kernel.shape[::-1]
+    if fresh_head:  # fine-tuning on other classes: everything but the head
+      logging.info('timm weights for %d classes: the head starts afresh.', head.shape[0])
+      state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
+    load_timm(model, state_dict, head=not fresh_head)
 
 
 def _interpolated(pos_embed: np.ndarray, tokens: int, has_cls: bool) -> np.ndarray:
@@ -151,10 +156,11 @@ def _interpolated(pos_embed: np.ndarray, tokens: int, has_cls: bool) -> np.ndarr
   return np.concatenate([cls, grid.reshape(1, new * new, -1)], axis=1)
 
 
-def load_timm(model: ViT, state_dict: dict) -> None:
+def load_timm(model: ViT, state_dict: dict, head: bool = True) -> None:
   """Sets `model`'s parameters from timm's `vit_*` `state_dict` (numpy arrays): the patch
   embedding's kernel OIHW to HWIO, linear weights transposed, position embeddings interpolated
-  when the grid differs. A missing or extra name, or another shape, is a ValueError."""
+  when the grid differs; `head` False leaves the head as it is. A missing or extra name, or
+  another shape, is a ValueError."""
   used = set()
 
   def take(name, shape=None):
@@ -194,7 +200,8 @@ def load_timm(model: ViT, state_dict: dict) -> None:
     linear(block.fc1, f'{prefix}.mlp.fc1')
     linear(block.fc2, f'{prefix}.mlp.fc2')
   norm(model.norm, 'norm' if model.pool == 'token' else 'fc_norm')
-  linear(model.head, 'head')
+  if head:
+    linear(model.head, 'head')
   unused = sorted(set(state_dict) - used)
   if unused:
     raise ValueError(f'timm state_dict names this model has no place for: {unused[:5]}')

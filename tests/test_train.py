@@ -4,6 +4,7 @@ identical on every device."""
 
 import helpers
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -19,6 +20,7 @@ def _config(model):
   config.model = model
   config.resnet.stage_sizes, config.resnet.width = (1, 1), 8
   config.rnn.hidden_size = 16
+  config.vit = ml_collections.ConfigDict({'size': 'Ti', 'patch': 8})
   config.data.augment = False  # augmentation folds in the device index: it differs by design
   config.batch_size = GLOBAL_BATCH
   config.learning_rate = 0.05
@@ -42,6 +44,7 @@ def _train(model, num_devices, mapping='pmap', steps=3, config=None, parts=1, ru
     'seed_dcnn',
     pytest.param('resnet', marks=pytest.mark.slow),
     pytest.param('rnn', marks=pytest.mark.slow),
+    pytest.param('vit', marks=pytest.mark.slow),  # no dropout yet: nothing random in the step
   ],
 )
 def test_one_and_eight_devices_give_the_same_parameters(model):

@@ -99,3 +99,51 @@ def test_a_small_vit_trains_on_a_prepared_dataset(tmp_path):
   config.write_plots = False
   result = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert np.isfinite(result['eval']['loss']) and result['eval']['count'] > 0
+
+
+def test_dropout_and_stochastic_depth_draw_from_each_examples_key():
+  model = vit.ViT(
+    10, (32, 32, 3), rngs=nnx.Rngs(0), size='Ti', patch=16, dropout=0.1, drop_path=0.2
+  )
+  rng = np.random.default_rng(0)
+  model.head.kernel[...] = rng.normal(0, 0.1, model.head.kernel.shape).astype(np.float32)  # not 0
+  images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(0), 4)
+  first, again = model(images, train=True, keys=keys), model(images, train=True, keys=keys)
+  np.testing.assert_array_equal(first, again)  # the same keys, the same masks
+  other = model(images, train=True, keys=jax.random.split(jax.random.key(1), 4))
+  assert not np.allclose(first, other)  # other keys (another step or device), other masks
+  # An example's output depends on its own key only: the batch's other keys change nothing.
+  mixed = jax.numpy.concatenate([keys[:1], jax.random.split(jax.random.key(2), 3)])
+  np.testing.assert_allclose(model(images, train=True, keys=mixed)[0], first[0], rtol=1e-6)
+  evaluation = model(images, train=False)
+  np.testing.assert_array_equal(evaluation, model(images, train=False, keys=keys))  # no noise
+  assert model.drop_paths[0] == 0.0 and model.drop_paths[-1] == pytest.approx(0.2)
+
+
+@pytest.mark.slow  # training runs
+def test_with_dropout_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+  import helpers
+  import ml_collections
+
+  from dlearn import configs, train
+
+  data_dir = helpers.prepared_images(tmp_path, per_class=8, size=(16, 16))
+
+  def run(workdir, steps):
+    config = configs.base()
+    config.model = 'vit'
+    config.vit = ml_collections.ConfigDict(
+      {'size': 'Ti', 'patch': 8, 'dropout': 0.1, 'drop_path': 0.1}
+    )
+    config.data.name, config.data.data_dir = 'toy_images', data_dir
+    config.data.train_split, config.data.eval_split = 'train', 'validation'
+    config.optimizer, config.learning_rate = 'adamw', 1e-3
+    config.batch_size, config.eval_batch_size, config.num_train_steps = 8, 8, steps
+    config.checkpoint_every_steps, config.write_plots = 2, False
+    return train.train_and_evaluate(config, str(workdir))['state'].params
+
+  run(tmp_path / 'resumed', 2)
+  resumed = run(tmp_path / 'resumed', 4)
+  uninterrupted = run(tmp_path / 'once', 4)
+  helpers.assert_trees_close(resumed, uninterrupted, rtol=0, atol=0)

@@ -5,9 +5,11 @@ blocks of multi-head self-attention and a GELU MLP, a final LayerNorm, a linear 
 epsilon 1e-6, as timm's.
 
 `config.model='vit'` reads `config.vit` (a plug-in section: `size` 'Ti' | 'S' | 'B' | 'L',
-`patch`, `pool` 'token' | 'avg'; defaults below when absent). `vit.load_timm(model,
-state_dict)` reads timm's weights, the position embeddings interpolated (bicubic, as timm) when
-the image size differs. Dropout and stochastic depth are not in yet (issue 26's note).
+`patch`, `pool` 'token' | 'avg', `dropout`, `drop_path`: the stochastic-depth rate of the last
+block, rising linearly from 0 as timm's; defaults below when absent). Dropout and stochastic depth
+draw from one key per example (`ViTFamily.inputs`). `vit.load_timm(model, state_dict)` reads
+timm's weights, the position embeddings interpolated (bicubic, as timm) when the image size
+differs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from dlearn.models.family import ModelFamily, compute_dtype
 
 # (width, depth, heads) of each size; the MLP is 4x the width.
 SIZES = {'Ti': (192, 12, 3), 'S': (384, 12, 6), 'B': (768, 12, 12), 'L': (1024, 24, 16)}
-DEFAULTS = ml_collections.ConfigDict({'size': 'B', 'patch': 16, 'pool': 'token'})
+DEFAULTS = ml_collections.ConfigDict(
+  {'size': 'B', 'patch': 16, 'pool': 'token', 'dropout': 0.0, 'drop_path': 0.0}
+)
+DROPOUT_STREAM = 0x64726F70  # folded into the device's step key for the model's own noise
 POOLS = ('token', 'avg')
 
 
@@ -58,9 +63,34 @@ class Block(nnx.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
     return self.proj(jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, tokens, width))
 
-  def __call__(self, x):
-    x = x + self.attention(self.norm1(x))
-    return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+  def __call__(self, x, noise=None):
+    """`noise`: None, or (keys [B] of this block, dropout rate, drop-path rate) in training."""
+    if noise is None:
+      x = x + self.attention(self.norm1(x))
+      return x + self.fc2(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False))
+    keys, rate, drop_path = noise
+    site = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+    y = _dropout(self.attention(self.norm1(x)), site(0), rate)
+    x = x + _drop_path(y, site(1), drop_path)
+    y = _dropout(jax.nn.gelu(self.fc1(self.norm2(x)), approximate=False), site(2), rate)
+    y = _dropout(self.fc2(y), site(3), rate)
+    return x + _drop_path(y, site(4), drop_path)
+
+
+def _dropout(x, keys, rate: float):
+  """Each example's own dropout mask, from its own key (keys [B])."""
+  if not rate:
+    return x
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1 - rate, x.shape[1:]))(keys)
+  return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype)
+
+
+def _drop_path(x, keys, rate: float):
+  """Stochastic depth: the whole branch of an example dropped with probability `rate`."""
+  if not rate:
+    return x
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1 - rate))(keys)
+  return jnp.where(keep[:, None, None], x / (1 - rate), 0).astype(x.dtype)
 
 
 class ViT(nnx.Module):
@@ -73,9 +103,14 @@ class ViT(nnx.Module):
     size: str = 'B',
     patch: int = 16,
     pool: str = 'token',
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
     dtype=jnp.float32,
   ):
     width, depth, heads = SIZES[size]
+    self.dropout = dropout
+    # timm's rule: stochastic depth rising linearly from 0 at the first block to `drop_path`
+    self.drop_paths = tuple(float(r) for r in np.linspace(0, drop_path, depth))
     height, image_width, channels = image_shape
     if height % patch or image_width % patch:
       raise ConfigError(
@@ -95,8 +130,9 @@ class ViT(nnx.Module):
       width, num_classes, dtype=dtype, kernel_init=nnx.initializers.zeros, rngs=rngs
     )
 
-  def __call__(self, x, *, train: bool = False):
-    del train  # no dropout yet
+  def __call__(self, x, *, train: bool = False, keys=None):
+    """`keys`: one random key per example (in training, for dropout and stochastic depth), so
+    that each example's masks depend on its own key only."""
     x = self.patch_embed(x)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     if self.pool == 'token':
@@ -104,8 +140,13 @@ class ViT(nnx.Module):
         [jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1])), x], 1
       )
     x = x + self.pos_embed[...]
-    for block in self.blocks:
-      x = block(x)
+    noisy = train and keys is not None and (self.dropout > 0 or max(self.drop_paths) > 0)
+    if noisy:  # the embedding's site after the blocks' 0 .. depth-1
+      site = len(self.blocks)
+      x = _dropout(x, jax.vmap(lambda k: jax.random.fold_in(k, site))(keys), self.dropout)
+    for index, block in enumerate(self.blocks):
+      block_keys = jax.vmap(lambda k, i=index: jax.random.fold_in(k, i))(keys) if noisy else None
+      x = block(x, (block_keys, self.dropout, self.drop_paths[index]) if noisy else None)
     if self.pool == 'token':
       return self.head(self.norm(x)[:, 0])
     return self.head(self.norm(x.mean(axis=1)))  # timm's fc_norm for 'avg'
@@ -122,6 +163,7 @@ def settings(config) -> ml_collections.ConfigDict:
 
 
 class ViTFamily(ModelFamily):
+  ensembles = False  # its logits hand the model its dropout keys, which Ensemble does not pass
   def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
     del axis_name, part_axis  # no BatchNorm
     section = settings(config)
@@ -132,8 +174,27 @@ class ViTFamily(ModelFamily):
       size=section.size,
       patch=section.patch,
       pool=section.pool,
+      dropout=section.dropout,
+      drop_path=section.drop_path,
       dtype=compute_dtype(config),
     )
+
+  def inputs(self, batch, config, info, *, rng, run_rng, train, epoch):
+    """The images and, in training, one key per example from this device's key for this step
+    (`steps.device_rng`: the step and the device folded in, so a resumed run draws the same
+    masks, and the model holds no random state for the step to average over devices)."""
+    (images,) = super().inputs(
+      batch, config, info, rng=rng, run_rng=run_rng, train=train, epoch=epoch
+    )
+    if not train:
+      return (images,)
+    keys = jax.random.split(jax.random.fold_in(rng, DROPOUT_STREAM), images.shape[0])
+    return images, jax.random.key_data(keys)
+
+  def logits(self, model, inputs, config, *, train):
+    images, *keys = inputs
+    keys = jax.random.wrap_key_data(keys[0]) if keys else None
+    return model(images, train=train, keys=keys)
 
   def load_torch_state_dict(self, model, state_dict, config):
     head = state_dict.get('head.weight')

@@ -17,6 +17,9 @@ from dlearn.errors import ConfigError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def base() -> ml_collections.ConfigDict:
@@ -182,6 +185,15 @@ def use_cifar10_jpeg(config: ml_collections.ConfigDict) -> None:
   config.data.data_dir = 'data/tfds'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
+
+
+def use_imagenet(config: ml_collections.ConfigDict) -> None:
+  """ImageNet as `dlearn.prepare --name=imagenet` writes it from the train and val folders
+  (encoded store) into data/tfds, normalised with its own statistics, 224x224 crops."""
+  config.data.name, config.data.data_dir = 'imagenet', 'data/tfds'
+  config.data.train_split, config.data.eval_split = 'train', 'validation'
+  config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
+  config.data.image_size = 224
 
 
 def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

@@ -164,6 +164,7 @@ def settings(config) -> ml_collections.ConfigDict:
 
 class ViTFamily(ModelFamily):
   ensembles = False  # its logits hand the model its dropout keys, which Ensemble does not pass
+
   def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
     del axis_name, part_axis  # no BatchNorm
     section = settings(config)

@@ -19,10 +19,6 @@ import ml_collections
 
 from dlearn import configs
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 
 def get_config(arg=None):
   config = configs.base()
@@ -30,10 +26,7 @@ def get_config(arg=None):
   config.imagenet_resnet = ml_collections.ConfigDict(
     {'stage_sizes': (3, 4, 6, 3), 'width': 64, 'zero_init_last_norm': True}
   )
-  config.data.name, config.data.data_dir = 'imagenet', 'data/tfds'
-  config.data.train_split, config.data.eval_split = 'train', 'validation'
-  config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
-  config.data.image_size = 224
+  configs.use_imagenet(config)
   config.batch_size = 1024
   config.eval_batch_size = 1024
   config.optimizer = 'sgd'
@@ -42,7 +35,7 @@ def get_config(arg=None):
   config.nesterov = True
   config.weight_decay = 1e-4
   config.schedule = 'cosine'
-  config.warmup_steps = 5 * IMAGENET_TRAIN_IMAGES // config.batch_size  # 5 epochs
+  config.warmup_steps = 5 * configs.IMAGENET_TRAIN_IMAGES // config.batch_size  # 5 epochs
   config.num_epochs = 100
   config.log_every_steps = 100
   if arg == 'smoke':

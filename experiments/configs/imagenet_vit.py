@@ -16,19 +16,12 @@ import ml_collections
 
 from dlearn import configs
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 
 def get_config(arg=None):
   config = configs.base()
   config.model = 'vit'
   config.vit = ml_collections.ConfigDict({'size': 'S', 'patch': 16, 'pool': 'token'})
-  config.data.name, config.data.data_dir = 'imagenet', 'data/tfds'
-  config.data.train_split, config.data.eval_split = 'train', 'validation'
-  config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
-  config.data.image_size = 224
+  configs.use_imagenet(config)
   config.data.mixup_alpha, config.data.cutmix_alpha = 0.8, 1.0
   config.batch_size = 1024
   config.eval_batch_size = 1024
@@ -37,7 +30,7 @@ def get_config(arg=None):
   config.weight_decay = 0.05
   config.weight_decay_mask = 'matrices'
   config.schedule = 'cosine'
-  config.warmup_steps = 5 * IMAGENET_TRAIN_IMAGES // config.batch_size  # 5 epochs
+  config.warmup_steps = 5 * configs.IMAGENET_TRAIN_IMAGES // config.batch_size  # 5 epochs
   config.label_smoothing = 0.1
   config.num_epochs = 300
   config.log_every_steps = 100

@@ -23,12 +23,7 @@ def test_resnet50_has_torchvisions_parameter_count():
 def _as_torch(model):
   """The model's weights in torchvision's names and layouts (what load_torchvision reads)."""
   state = {}
-  for path, name in imagenet_resnet._torch_names(model).items():
-    module = model
-    for key in path:
-      module = module[key] if isinstance(key, int) else getattr(module, key)
-    if module is None:
-      continue
+  for _, module, name in imagenet_resnet.torch_modules(model):
     if isinstance(module, nnx.Conv):
       state[f'{name}.weight'] = np.asarray(module.kernel[...]).transpose(3, 2, 0, 1)
     elif isinstance(module, nnx.Linear):

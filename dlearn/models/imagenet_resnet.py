@@ -183,6 +183,16 @@ def _torch_names(model: ImageNetResNet) -> dict:
   return names
 
 
+def torch_modules(model: ImageNetResNet):
+  """(path, module, torchvision's name) of every convolution, BatchNorm and linear layer."""
+  for path, torch_name in _torch_names(model).items():
+    module = model
+    for key in path:
+      module = module[key] if isinstance(key, int) else getattr(module, key)
+    if module is not None:  # a block without a projection shortcut
+      yield path, module, torch_name
+
+
 def load_torchvision(model: ImageNetResNet, state_dict: dict, skip=()) -> None:
   """Sets `model`'s parameters and BatchNorm statistics from torchvision's `resnet50` (or any
   ResNet v1.5 of this layout) `state_dict` of numpy arrays: convolution kernels OIHW to HWIO,
@@ -200,13 +210,8 @@ def load_torchvision(model: ImageNetResNet, state_dict: dict, skip=()) -> None:
     used.add(name)
     return jnp.asarray(value)
 
-  for path, torch_name in _torch_names(model).items():
+  for path, module, torch_name in torch_modules(model):
     if path[0] in skip:
-      continue
-    module = model
-    for key in path:
-      module = module[key] if isinstance(key, int) else getattr(module, key)
-    if module is None:
       continue
     if isinstance(module, nnx.Conv):
       height, width, in_features, out_features = module.kernel.shape

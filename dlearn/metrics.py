@@ -116,8 +116,11 @@ class Progress:
   redrawn at most once a second (a new line each time where stderr is not a terminal), its
   clock restarted at the end of the first batch, which includes compilation."""
 
-  def __init__(self, total: int, done: int = 0):
+  def __init__(
+    self, total: float, done: float = 0, label='predict', unit='inputs', per_unit: float = 1
+  ):
     self.total = total
+    self._label, self._unit, self._per_unit = label, unit, per_unit
     self._start = (done, time.perf_counter())
     self.restart(done)
     self._restarted = False  # by a caller or by the first `advance`
@@ -152,19 +155,22 @@ class Progress:
     )
     return steps_per_second
 
-  def advance(self, count: int):
-    """Counts `count` more inputs done; draws the line when a second has passed since it was last
-    drawn, or when every input is done."""
+  def advance(self, count: float):
+    """Counts `count` more inputs (or bytes, ...) done; draws the line when a second has passed
+    since it was last drawn, or when all are done. A total of 0: not known (no ETA)."""
     self.done += count
     if not self._restarted:
       self.restart()
     now, finished = time.perf_counter(), self.done == self.total
     if self._active and (self._drawn is None or now - self._drawn >= 1 or finished):
       self._drawn = now
-      rate = self.rate()
+      rate, per = self.rate(), self._per_unit
+      decimals = 0 if per == 1 else 1
+      of = f'/{self.total / per:.{decimals}f}' if self.total else ''
+      left = f'  ETA {eta(self.total - self.done, rate)}' if self.total else ''
       print(
-        f'{self._redraw}predict: {self.done}/{self.total} inputs  {rate:.1f} inputs/s  '
-        f'ETA {eta(self.total - self.done, rate)}',
+        f'{self._redraw}{self._label}: {self.done / per:.{decimals}f}{of} {self._unit}  '
+        f'{rate / per:.1f} {self._unit}/s{left}',
         end='\n' if finished or not self._redraw else '',
         file=sys.stderr,
         flush=True,

@@ -4,6 +4,7 @@
       --data_dir=data/tfds
   python -m dlearn.prepare --name=japanese_vowels --train=../shared/data/JapaneseVowels_TRAIN.ts \
       --data_dir=data/tfds [--test=JapaneseVowels_TEST.ts]
+  python -m dlearn.prepare --fetch=cifar10 --data_dir=data/tfds     # or mnist, ArrowHead, ...
 
 Then train with --config.data.name=NAME --config.data.data_dir=DIR.
 """
@@ -13,18 +14,24 @@ import os
 from absl import flags
 
 from dlearn import cli
-from dlearn.data import dataset_writer
+from dlearn.data import dataset_writer, fetch
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string('name', None, 'Dataset name (lower_case).', required=True)
+  flags.DEFINE_string(
+    'fetch',
+    None,
+    f'Download and prepare a standard dataset by name instead: {", ".join(fetch.IMAGE_FILES)}, '
+    'or a UEA/UCR name (ArrowHead); written as cifar10_fetched, ..., arrow_head. Mirror: '
+    f'${fetch.download.MIRROR_ENV}.',
+  )
+  flags.DEFINE_string('name', None, 'Dataset name (lower_case); required with --train.')
   flags.DEFINE_string(
     'train',
     None,
     'Train split: a .ts file, or a folder / .tar(.gz) archive laid out as <split>/<class>/<image>.',
-    required=True,
   )
   flags.DEFINE_string(
     'validation',
@@ -71,6 +78,10 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
+  if FLAGS.fetch:
+    return _fetch()
+  if not (FLAGS.name and FLAGS.train):
+    cli.fail('give --name and --train (a .ts file or image folder), or --fetch=NAME.')
   paths = {
     split: getattr(FLAGS, split) for split in dataset_writer.SPLIT_FLAGS if getattr(FLAGS, split)
   }
@@ -112,6 +123,29 @@ def main(argv):
   if skipped:
     print(f'{len(skipped)} file(s) left out (--skip_bad_inputs).')
   print(f'Prepared {FLAGS.name} in {target}')
+
+
+def _fetch():
+  given = [
+    f'--{f}' for f in ('name', 'train', 'validation', 'test', 'image_size') if FLAGS[f].value
+  ]
+  if given:
+    cli.fail(
+      f"--fetch prepares the archive's own splits under its own name: drop {' '.join(given)}."
+    )
+  data_dir = os.path.expanduser(FLAGS.data_dir)
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    target = fetch.fetch(
+      FLAGS.fetch,
+      data_dir,
+      validation_fraction=FLAGS.validation_fraction,
+      overwrite=FLAGS.overwrite,
+    )
+  except cli.USER_ERRORS as e:
+    cli.fail(e)
+  name = fetch.prepared_name(FLAGS.fetch)
+  print(f'Prepared {name} in {target}; train on it with --config.data.name={name}.')
 
 
 def run():

@@ -30,7 +30,7 @@ from dlearn import (
 )
 from dlearn import steps as steps_lib
 from dlearn.bookkeeping import NonFiniteError  # noqa: F401  (raised by the loop; callers catch it)
-from dlearn.data import pipeline, train_data
+from dlearn.data import fetch, pipeline, train_data
 from dlearn.errors import ConfigError
 from dlearn.models.family import compute_dtype
 from dlearn.runs import IncompatibleConfigError  # noqa: F401  (likewise)
@@ -201,6 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # training data's steps per epoch.
   # ---------------------------------------------------------------------------------------------
   runs.prepare(config, workdir)
+  fetch.prepare_if_missing(config.data.name, config.data.data_dir or pipeline.default_data_dir())
   train_source, eval_source = pipeline.run_sources(config)
   if not config.batch_size:
     config.batch_size = derived_batch_size(len(train_source), mesh.shape[parallel.AXIS])

@@ -343,17 +343,85 @@ def write_dataset(
   skip_bad_inputs: bool = False,
   skipped: list | None = None,
   overwrite: bool = False,
+  metadata: dict | None = None,
 ) -> str:
   """Writes dataset `name` to `data_dir/name/VERSION` from `paths` ({split: file or folder},
   train required) and returns that directory. Every input is read and checked before anything is
   written; a failure while writing leaves no dataset behind. Images: `store` (`choose_store`);
   with `skip_bad_inputs` an image that cannot be used is left out and appended to `skipped` as
-  (file, reason) instead of stopping the run."""
+  (file, reason) instead of stopping the run. `metadata` is added to the dataset's own."""
   if 'train' not in paths:
     raise ConfigError('A train split is required (--train).')
+  target = _target(name, data_dir, overwrite)
+  if paths['train'].endswith('.ts'):
+    features, splits, own = _sequence_dataset(paths, validation_fraction)
+  else:
+    features, splits, own = _image_dataset(
+      paths,
+      validation_fraction,
+      channels,
+      image_size,
+      store,
+      skip_bad_inputs,
+      skipped if skipped is not None else [],
+    )
+  _write(name, data_dir, target, features, splits, {**own, **(metadata or {})}, paths)
+  return target
+
+
+def write_arrays(
+  name: str,
+  arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+  class_names,
+  data_dir: str,
+  *,
+  validation_fraction: float = 0.1,
+  source: dict | None = None,
+) -> str:
+  """Writes images already decoded, {split: (uint8 images NHWC, labels)} with train required,
+  as the array store (validation carved from train by the same rule); returns its directory."""
+  target = _target(name, data_dir, overwrite=False, catalogue_ok=True)
+  arrays = dict(arrays)
+  if 'validation' not in arrays and validation_fraction > 0:
+    images, labels = arrays['train']
+    train_index, validation_index = _carve(labels, validation_fraction)
+    arrays['validation'] = images[validation_index], labels[validation_index]
+    arrays['train'] = images[train_index], labels[train_index]
+  _check_not_empty({split: range(len(y)) for split, (_, y) in arrays.items()}, validation_fraction)
+  shape = arrays['train'][0].shape[1:]
+  features = tfds.features.FeaturesDict(
+    {
+      'image': tfds.features.Tensor(shape=shape, dtype=np.uint8),
+      'label': tfds.features.ClassLabel(names=list(class_names)),
+    }
+  )
+  metadata = {
+    'kind': 'image',
+    'store': 'array',
+    'source': source or {},
+    'validation_fraction': validation_fraction,
+    'skipped_inputs': [],
+  }
+
+  def examples(split):
+    def generate():
+      images, labels = arrays[split]
+      for i in range(len(labels)):
+        yield f'{split}{i}', {'image': images[i], 'label': int(labels[i])}
+
+    return generate
+
+  splits = {split: examples(split) for split in arrays}
+  _write(name, data_dir, target, features, splits, metadata, source)
+  return target
+
+
+def _target(name: str, data_dir: str, overwrite: bool, catalogue_ok: bool = False) -> str:
+  """data_dir/name/VERSION, checked: a lower_case name, not tfds' (unless `catalogue_ok`: fetch's
+  names end in _fetched), not there yet unless `overwrite`."""
   if not name.isidentifier() or name != name.lower():
     raise ConfigError(f'Dataset name {name!r}: use lower_case letters, digits and underscores.')
-  if name in tfds.list_builders(with_community_datasets=False):
+  if not catalogue_ok and name in tfds.list_builders(with_community_datasets=False):
     raise ConfigError(
       f'{name!r} is a tfds catalogue dataset; pick another --name (e.g. '
       f'{name}_local) so that the two never mix.'
@@ -365,19 +433,11 @@ def write_dataset(
         f'{target} already exists: pass --overwrite to replace it, or a new --name.'
       )
     shutil.rmtree(target)
-  if paths['train'].endswith('.ts'):
-    features, splits, metadata = _sequence_dataset(paths, validation_fraction)
-  else:
-    features, splits, metadata = _image_dataset(
-      paths,
-      validation_fraction,
-      channels,
-      image_size,
-      store,
-      skip_bad_inputs,
-      skipped if skipped is not None else [],
-    )
-  description = f'Prepared by dlearn from {paths}.'
+  return target
+
+
+def _write(name, data_dir, target, features, splits, metadata, source) -> None:
+  description = f'Prepared by dlearn from {source}.'
   try:
     if metadata.get('store') == 'encoded':
       _write_unshuffled(name, target, features, splits, metadata, description)
@@ -399,4 +459,3 @@ def write_dataset(
     if os.path.isdir(os.path.join(data_dir, name)) and not os.listdir(os.path.join(data_dir, name)):
       os.rmdir(os.path.join(data_dir, name))
     raise
-  return target

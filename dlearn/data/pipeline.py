@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from dlearn.data import image_codec
+from dlearn.data import fetch, image_codec
 from dlearn.errors import ConfigError
 
 # How many records grain reads ahead in threads; enough to hide JPEG-free numpy decoding.
@@ -51,14 +51,14 @@ TFDS_BUILD_PACKAGES = (
 )
 
 
-def _default_data_dir() -> str:
+def default_data_dir() -> str:
   return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
 
 
 def load_split(name: str, split: str, data_dir: str | None = None):
   """`tfds.data_source(name, split)`, with an error that says where it looked and how to prepare
   the dataset when it is not there."""
-  data_dir = data_dir or _default_data_dir()
+  data_dir = data_dir or default_data_dir()
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     if is_encoded(source):  # the bytes, for the pipeline's workers to decode and crop
@@ -83,8 +83,18 @@ def load_split(name: str, split: str, data_dir: str | None = None):
       f'  python3 -m venv tfds-env && tfds-env/bin/pip install {TFDS_BUILD_PACKAGES}\n'
       f'  tfds-env/bin/tfds build {name} --file_format=array_record --data_dir={data_dir}\n'
       f'or, for your own image folder or UEA/UCR .ts files, with `python -m dlearn.prepare`; '
-      f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).'
+      f'then pass --config.data.data_dir=DIR (or set TFDS_DATA_DIR).{_fetch_hint(name)}'
     ) from e
+
+
+def _fetch_hint(name: str) -> str:
+  """For a name dlearn can fetch: the prepared name that training fetches by itself."""
+  if fetch.archive_name(name) is None:
+    return ''
+  return (
+    f' dlearn fetches and prepares this dataset itself, without TensorFlow, as '
+    f'--config.data.name={fetch.prepared_name(name)} (or `python -m dlearn.prepare --fetch={name}`).'
+  )
 
 
 def is_encoded(source) -> bool:

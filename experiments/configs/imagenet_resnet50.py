@@ -38,8 +38,17 @@ def get_config(arg=None):
   config.warmup_steps = 5 * configs.IMAGENET_TRAIN_IMAGES // config.batch_size  # 5 epochs
   config.num_epochs = 100
   config.log_every_steps = 100
+  if arg == 'cifar10':  # the same network on 32x32 images, as run on this project's CPU
+    configs.use_cifar10_jpeg(config)
+    config.batch_size, config.eval_batch_size = 128, 500
+    config.learning_rate = 0.1
+    config.weight_decay = 5e-4
+    config.label_smoothing = 0.1
+    config.warmup_steps = 100
+    config.num_epochs = 2
+    config.log_every_steps = 50
   if arg == 'smoke':
     configs.use_cifar10_jpeg(config)
     config.imagenet_resnet.width = 8
     config.warmup_steps = 5
-  return configs.finish(config, arg)
+  return configs.finish(config, None if arg == 'cifar10' else arg)

@@ -10,8 +10,10 @@ file it was cross-validated on).
   python -m dlearn.main --config=experiments/configs/rnn_uea.py:gun_point --workdir=workdirs/gun_point
   python -m dlearn.evaluate --workdir=workdirs/gun_point --split=validation
 
-The config argument is the prepared dataset's name (default japanese_vowels), optionally with
-',smoke' (a few steps). To train the final model on the whole training file, as for a test split:
+The config argument is the prepared dataset's name (default japanese_vowels), or a UEA/UCR
+archive name (`rnn_uea.py:ArrowHead`, the same as `:arrow_head`), which training fetches and
+prepares first when the data directory lacks it (dlearn/data/fetch.py); optionally with ',smoke'
+(a few steps). To train the final model on the whole training file, as for a test split:
 `--config.data.train_split=train+validation`. To estimate accuracy on the training file:
 `python -m dlearn.cross_validate --config=experiments/configs/rnn_uea.py:gun_point
 --workdir=workdirs/cv_gun_point --folds=5`. LSTM-FCN (an LSTM of 64 units beside the
@@ -20,6 +22,7 @@ convolutions): `--config.rnn.num_layers=1`; the article's recurrent network alon
 """
 
 from dlearn import configs
+from dlearn.data import fetch
 
 
 def get_config(arg=None):
@@ -35,7 +38,7 @@ def get_config(arg=None):
   config.rnn.num_layers = 0
   config.rnn.conv_filters = (128, 256, 128)  # FCN's (Wang et al. 2017)
   config.rnn.conv_kernels = (8, 5, 3)
-  config.data.name = dataset
+  config.data.name = fetch.prepared_name(dataset) if fetch.archive_name(dataset) else dataset
   config.data.data_dir = 'data/tfds'
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'

@@ -256,6 +256,26 @@ def test_uea_zip_is_prepared_under_its_lower_case_name(tmp_path, serve):
   assert 'ArrowHead.zip' in splits['train'].dataset_info.metadata['sha256']
 
 
+def test_a_fetch_that_fails_while_writing_leaves_no_dataset(tmp_path, serve, monkeypatch):
+  archive, _ = _cifar10_archive()
+  _pin(monkeypatch, 'cifar10', {'cifar-10-python.tar.gz': archive})
+  serve({'/cifar10/cifar-10-python.tar.gz': archive})
+  data_dir = tmp_path / 'tfds'
+  (data_dir / '.fetching-cifar10_fetched-999999999').mkdir(parents=True)  # a killed fetch's
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(fetch.dataset_writer, '_write', killed)
+  with pytest.raises(KeyboardInterrupt):
+    fetch.fetch('cifar10', str(data_dir))
+  assert sorted(os.listdir(data_dir)) == ['downloads']  # the archive, kept; nothing else
+  monkeypatch.undo()
+  _pin(monkeypatch, 'cifar10', {'cifar-10-python.tar.gz': archive})
+  fetch.fetch('cifar10', str(data_dir))  # from the kept archive, no download
+  assert fetch.is_prepared('cifar10_fetched', str(data_dir))
+
+
 def test_names_that_cannot_be_fetched(tmp_path):
   with pytest.raises(fetch.FetchError, match='dlearn fetches cifar10, cifar100, mnist'):
     fetch.fetch('imagenet2012', str(tmp_path))

@@ -19,6 +19,7 @@ file system.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import gzip
 import io
 import os
@@ -282,8 +283,8 @@ def fetch(name: str, data_dir: str, *, validation_fraction: float = 0.1, overwri
   files = IMAGE_FILES.get(key) or (File(f'{key}.zip', (UEA_UCR_URL.format(key),), None),)
   paths = {f.name: download.fetch(key, f.name, f.origins, f.sha256, downloads) for f in files}
   source = {f.name: f.origins[0] for f in files}
+  _remove_abandoned(data_dir, target_name)
   work = os.path.join(data_dir, f'.fetching-{target_name}-{os.getpid()}')
-  shutil.rmtree(work, ignore_errors=True)
   os.makedirs(work)
   try:
     if key in IMAGE_FILES:
@@ -316,6 +317,21 @@ def fetch(name: str, data_dir: str, *, validation_fraction: float = 0.1, overwri
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return target
+
+
+def _remove_abandoned(data_dir: str, target_name: str) -> None:
+  """Removes the work folders of fetches of `target_name` whose process is gone (killed)."""
+  for folder in glob.glob(os.path.join(data_dir, f'.fetching-{target_name}-*')):
+    pid = int(folder.rsplit('-', 1)[1])
+    try:
+      os.kill(pid, 0)
+      alive = pid != os.getpid()
+    except ProcessLookupError:
+      alive = False
+    except PermissionError:  # another user's live process
+      alive = True
+    if not alive:
+      shutil.rmtree(folder, ignore_errors=True)
 
 
 def prepare_if_missing(name: str, data_dir: str) -> None:

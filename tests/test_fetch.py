@@ -285,7 +285,8 @@ def test_names_that_cannot_be_fetched(tmp_path):
 
 @pytest.mark.slow  # subprocesses
 def test_training_fetches_a_missing_dataset_first(tmp_path, serve):
-  serve({'/GunPoint/GunPoint.zip': _uea_zip(tmp_path, 'GunPoint')})
+  serve({'/GunPoint/GunPoint.zip': _uea_zip(tmp_path, 'GunPoint'),
+         '/Coffee/Coffee.zip': _uea_zip(tmp_path, 'Coffee')})  # fmt: skip
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   data_dir = tmp_path / 'tfds'
   run = subprocess.run(
@@ -298,6 +299,12 @@ def test_training_fetches_a_missing_dataset_first(tmp_path, serve):
   assert run.returncode == 0, run.stderr[-3000:]
   assert os.path.isdir(data_dir / 'gun_point' / '1.0.0')
   assert os.path.exists(tmp_path / 'run' / 'final_metrics.json')
+  cli = subprocess.run(
+    [sys.executable, '-m', 'dlearn.prepare', '--fetch=Coffee', f'--data_dir={data_dir}'],
+    capture_output=True, text=True, timeout=300, env=env,
+  )  # fmt: skip
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  assert 'Prepared coffee' in cli.stdout and 'download Coffee.zip' in cli.stderr
   cli = subprocess.run(
     [sys.executable, '-m', 'dlearn.prepare', '--fetch=nowhere', f'--data_dir={data_dir}'],
     capture_output=True, text=True, timeout=300, env=env,

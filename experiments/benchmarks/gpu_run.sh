@@ -32,6 +32,8 @@
 #   bf16       suite.py, bfloat16 (autocast in PyTorch), eager and compile
 #   unroll     suite.py's LSTM rows with --rnn_unroll=8 (results/<card>-unroll8.json), eager only
 #   ensemble   ensemble_step.py: the UEA recipe's 5 FCNs vmapped against in turn, two shapes
+#   imagenet   suite.py's ResNet-50 and ViT-B/16 training steps, bf16, batch 256, against
+#              torchvision's and timm's (both in the image), eager and compile (not yet run)
 # BUDGET (default 570 s) bounds the whole script: each step gets at most its own limit and what is
 # left of the budget, so a slow step costs the later ones, never the call's output. Everything
 # lands in $OUT: log.txt, prepare.log, probe.log and the results JSON files, which go into
@@ -41,7 +43,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/dlearn-gpu}
 BUDGET=${BUDGET:-570}
 SMOKE=${SMOKE:-0}
-STEPS=" ${*:-checks suite recipe reference export epoch bf16 unroll ensemble} "
+STEPS=" ${*:-checks suite recipe reference export epoch bf16 unroll ensemble imagenet} "
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 began_at=$(mktemp)  # results files newer than this one are this call's
@@ -65,6 +67,7 @@ step() {
     PY=python
     kind=(--machine_kind=smoke)  # results/smoke*.json, removed at the end
     suite_args=("${kind[@]}" --repeats=1 --steps=2 --only='seed_dcnn b32,lstm T29' --nocompile)
+    imagenet_args=("${kind[@]}" --repeats=1 --steps=1 --imagenet_batch=2 --nocompile)
     recipe_args=("${kind[@]}" --smoke --runs=1)
     epoch_args=("${kind[@]}" --steps=8 --variants=host:1,device:1)
     reference=(echo "reference: needs a GPU and torch.compile; not run in SMOKE mode")
@@ -76,7 +79,8 @@ step() {
     [ -d /tmp/site/grain ] || $PY -m pip install -q --no-index --no-deps --no-compile \
       --no-cache-dir --target /tmp/site .whl/*.whl \
       || { echo "error: installing .whl failed"; exit 1; }
-    suite_args=(--repeats=3 --steps=10 --noplain_layers)
+    suite_args=(--repeats=3 --steps=10 --noplain_layers --only=seed_dcnn,resnet18,lstm,elman)
+    imagenet_args=(--repeats=3 --steps=5 --imagenet_batch=256)
     recipe_args=(--runs=5)
     epoch_args=(--repeats=1)
     ensemble_args=(--repeats=20)
@@ -170,6 +174,9 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
       step 40 ensemble $PY experiments/benchmarks/ensemble_step.py $shape "${ensemble_args[@]}"
     done
   fi
+  wants imagenet && XLA_PYTHON_CLIENT_PREALLOCATE=false step 200 imagenet \
+    $PY experiments/benchmarks/suite.py --dtype=bfloat16 --peak_tflops=989 --only=resnet50,vit_b16 \
+    --results_suffix=-imagenet "${imagenet_args[@]}"
   echo "== done at $((SECONDS - start))s"
 } 2>&1 | tee -a "$OUT/log.txt"
 # The results files this call wrote (each script names its file after the device).

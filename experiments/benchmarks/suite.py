@@ -2,7 +2,7 @@
 
   pip install -e ".[benchmark]"      # PyTorch; here: pip install torch==2.13.0 (CPU build on disk)
   python experiments/benchmarks/suite.py [--repeats=5] [--steps=5] [--only=lstm,elman] [--nocompile]
-      [--dtype=bfloat16] [--noplain_layers]
+      [--dtype=bfloat16] [--noplain_layers] [--imagenet_batch=8]
 
 Per workload and framework: examples/s and step time (median, and min-max over repeats of
 `--steps` steps, synthetic data already on the device), the first call's time (compilation included;
@@ -27,6 +27,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app, flags
 
@@ -64,16 +65,41 @@ flags.DEFINE_float(
   '989 for H100 bf16 dense); 0 leaves it out.',
 )
 
-# name, model, batch, shape of one example, {config overrides}
-WORKLOADS = [
-  ('seed_dcnn b32', 'seed_dcnn', 32, (32, 32, 3), {}),
-  ('seed_dcnn b1024', 'seed_dcnn', 1024, (32, 32, 3), {}),
-  ('resnet18 b128', 'resnet', 128, (32, 32, 3), {}),
-  ('lstm T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'lstm', 'hidden_size': 256}),
-  ('lstm T29 F12 H128 b64', 'rnn', 64, (29, 12), {'cell': 'lstm', 'hidden_size': 128}),
-  ('lstm T1024 F3 H128 b256', 'rnn', 256, (1024, 3), {'cell': 'lstm', 'hidden_size': 128}),
-  ('elman T32 F96 H256 b256', 'rnn', 256, (32, 96), {'cell': 'simple', 'hidden_size': 256}),
-]
+flags.DEFINE_string('results_suffix', '', 'Appended to the results file name (e.g. -imagenet).')
+flags.DEFINE_integer(
+  'imagenet_batch', 8, 'Batch of the 224x224 workloads (ResNet-50, ViT-B/16): small on a CPU.'
+)
+
+
+def workloads():
+  """(name, model, batch, shape of one example, {config section: overrides})."""
+  b = FLAGS.imagenet_batch
+  return [
+    ('seed_dcnn b32', 'seed_dcnn', 32, (32, 32, 3), {}),
+    ('seed_dcnn b1024', 'seed_dcnn', 1024, (32, 32, 3), {}),
+    ('resnet18 b128', 'resnet', 128, (32, 32, 3), {}),
+    ('lstm T32 F96 H256 b256', 'rnn', 256, (32, 96), {'rnn': {'cell': 'lstm', 'hidden_size': 256}}),
+    ('lstm T29 F12 H128 b64', 'rnn', 64, (29, 12), {'rnn': {'cell': 'lstm', 'hidden_size': 128}}),
+    (
+      'lstm T1024 F3 H128 b256',
+      'rnn',
+      256,
+      (1024, 3),
+      {'rnn': {'cell': 'lstm', 'hidden_size': 128}},
+    ),
+    (
+      'elman T32 F96 H256 b256',
+      'rnn',
+      256,
+      (32, 96),
+      {'rnn': {'cell': 'simple', 'hidden_size': 256}},
+    ),
+    (f'resnet50 224px b{b}', 'resnet50', b, (224, 224, 3), {}),
+    (f'vit_b16 224px b{b}', 'vit', b, (224, 224, 3), {'vit': {'size': 'B', 'patch': 16}}),
+  ]
+
+
+PLAIN_LAYER_MODELS = ('seed_dcnn', 'resnet')  # the CNNs built on dlearn/models/layers.py
 NUM_CLASSES = 10
 SMALL = ('seed_dcnn b32', 'lstm T29 F12 H128 b64')  # where launch overhead can matter
 
@@ -85,7 +111,8 @@ def training_flops(model, batch_size, shape, overrides):
   if model != 'rnn':
     return None
   steps, features = shape
-  hidden, gates = overrides['hidden_size'], {'lstm': 4, 'gru': 3, 'simple': 1}[overrides['cell']]
+  rnn = overrides['rnn']
+  hidden, gates = rnn['hidden_size'], {'lstm': 4, 'gru': 3, 'simple': 1}[rnn['cell']]
   multiply_adds = steps * gates * hidden * (features + hidden) + hidden * NUM_CLASSES
   return 6 * batch_size * multiply_adds
 
@@ -129,7 +156,11 @@ def time_dlearn(
   config.model, config.data.augment, config.learning_rate = model, False, 0.01
   config.plain_layers = plain_layers
   config.dtype = FLAGS.dtype
-  config.rnn.update(overrides)
+  for section, values in overrides.items():
+    if section in config:
+      config[section].update(values)
+    else:  # a plug-in model's own section
+      config[section] = ml_collections.ConfigDict(values)
   config.rnn.unroll = FLAGS.rnn_unroll
   config.rnn.implementation = rnn_implementation
   kind = 'image' if len(shape) == 3 else 'sequence'
@@ -187,10 +218,11 @@ def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
     network = torch_reference.SeedDCNN(NUM_CLASSES, shape)
   elif model == 'resnet':
     network = torch_reference.ResNet(NUM_CLASSES)
-  else:
-    network = torch_reference.RNNClassifier(
-      NUM_CLASSES, shape[-1], overrides['hidden_size'], overrides['cell']
-    )
+  elif model == 'rnn':
+    rnn = overrides['rnn']
+    network = torch_reference.RNNClassifier(NUM_CLASSES, shape[-1], rnn['hidden_size'], rnn['cell'])
+  else:  # torchvision's resnet50, timm's ViTs
+    network = torch_reference.imagenet_model(model, NUM_CLASSES, overrides.get(model, {}))
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   # float32 matmuls in TF32, as JAX does by default on this GPU (cuDNN convolutions already are).
   torch.backends.cuda.matmul.allow_tf32 = True
@@ -269,7 +301,7 @@ def main(argv):
     flush=True,
   )
   print(header, flush=True)
-  for name, model, batch_size, shape, overrides in WORKLOADS:
+  for name, model, batch_size, shape, overrides in workloads():
     if FLAGS.only and not any(part in name for part in FLAGS.only):
       continue
     first, per_step, flops = time_dlearn(
@@ -277,7 +309,7 @@ def main(argv):
     )
     ours = _row(name, 'dlearn', batch_size, first, per_step, _peak_memory_mb(), flops)
     results = [ours]
-    if FLAGS.plain_layers and model != 'rnn':
+    if FLAGS.plain_layers and model in PLAIN_LAYER_MODELS:
       first, per_step, _ = time_dlearn(
         model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps, plain_layers=True
       )
@@ -306,7 +338,7 @@ def main(argv):
         )
       )
     if (
-      overrides.get('cell') == 'lstm'
+      overrides.get('rnn', {}).get('cell') == 'lstm'
       and jax.default_backend() == 'gpu'
       and (FLAGS.dtype == 'float32')
     ):  # JAX's cuDNN LSTM (on a CPU it would time a reference)
@@ -351,8 +383,10 @@ def main(argv):
 def _write(kind, rows):
   import torch
 
-  suffix = ('' if FLAGS.dtype == 'float32' else f'-{FLAGS.dtype}') + (
-    f'-unroll{FLAGS.rnn_unroll}' if FLAGS.rnn_unroll > 1 else ''
+  suffix = (
+    ('' if FLAGS.dtype == 'float32' else f'-{FLAGS.dtype}')
+    + (f'-unroll{FLAGS.rnn_unroll}' if FLAGS.rnn_unroll > 1 else '')
+    + FLAGS.results_suffix
   )
   return results_file.write(
     f'{kind}{suffix}',

@@ -1,5 +1,6 @@
-"""PyTorch versions of dlearn's benchmark models, layer for layer, for timing side by side.
-Benchmark-only: `pip install -e ".[benchmark]"`; nothing in dlearn imports this."""
+"""PyTorch versions of dlearn's benchmark models, layer for layer, for timing side by side, and
+the reference implementations of the ImageNet models (torchvision, timm). Benchmark-only:
+`pip install -e ".[benchmark]"`; nothing in dlearn imports this."""
 
 import torch
 from torch import nn
@@ -87,3 +88,18 @@ class RNNClassifier(nn.Module):
     _, state = self.rnn(x)
     hidden = state[0] if isinstance(state, tuple) else state
     return self.head(hidden[-1])
+
+
+def imagenet_model(model, num_classes, settings):
+  """torchvision's resnet50 (model 'resnet50') or timm's ViT of `settings` (size, patch; as
+  config.vit), randomly initialised: the networks dlearn's imagenet_resnet.py and vit.py equal."""
+  if model == 'resnet50':
+    import torchvision
+
+    return torchvision.models.resnet50(num_classes=num_classes)
+  import timm
+
+  size = {'Ti': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large'}[settings.get('size', 'S')]
+  return timm.create_model(
+    f'vit_{size}_patch{settings.get("patch", 16)}_224', num_classes=num_classes, pretrained=False
+  )

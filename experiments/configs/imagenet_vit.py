@@ -41,7 +41,7 @@ def get_config(arg=None):
     config.batch_size, config.eval_batch_size = 128, 500
     config.learning_rate = 1e-3
     config.warmup_steps = 100
-    config.num_epochs = 1
+    config.num_epochs = 2
     config.log_every_steps = 50
   if arg == 'smoke':
     configs.use_cifar10_jpeg(config)

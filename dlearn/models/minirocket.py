@@ -1,0 +1,161 @@
+"""MiniRocket's transform (Dempster, Schmidt and Webb 2021) in JAX: 84 fixed kernels of length 9
+(weights -1, and 2 at three of the nine taps), dilated, each (kernel, dilation) summed over its
+own random subset of channels, and per bias the proportion of positive values (PPV) of the
+convolution minus that bias. Biases are quantiles of the convolutions of random training cases.
+
+The parameters are those of aeon's `MiniRocket` (`Parameters`, its `parameters` tuple), so a
+transform fitted by aeon can be run here and the features compared (tests/test_minirocket.py).
+The transform is one jitted function over a batch of cases, so the cases can be sharded over
+devices like any batch.
+
+Variable lengths: each case's convolution is that of the case alone (zero padding around it, as
+MiniRocket pads every series), since the zeros after a shorter case in the batch are exactly that
+padding; its PPV counts only the positions of the case itself (`lengths`). Where a short case
+leaves no interior for a kernel's 'valid' positions (fewer than 8 x dilation + 1 steps), that
+feature counts all of the case's positions instead.
+
+Issue 29's first part: the classifier family, MultiRocket and Hydra are not built yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KERNEL_LENGTH = 9
+# The 84 kernels: which three of the nine taps weigh 2 (the others -1), in aeon's order.
+KERNEL_INDICES = np.array(list(itertools.combinations(range(KERNEL_LENGTH), 3)), np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameters:
+  """aeon's `MiniRocket.parameters`, in its order: per (dilation, kernel) combination the number
+  of channels and their indices (concatenated), the dilations, features per dilation (per
+  kernel), and one bias per feature (dilation-major, then kernel, then feature)."""
+
+  channels_per_combination: np.ndarray
+  channel_indices: np.ndarray
+  dilations: np.ndarray
+  features_per_dilation: np.ndarray
+  biases: np.ndarray
+
+  @property
+  def num_features(self) -> int:
+    return len(KERNEL_INDICES) * int(np.sum(self.features_per_dilation))
+
+
+def fit_dilations(length: int, num_features: int = 10_000, max_dilations: int = 32):
+  """(dilations, features per dilation) for series of `length` steps: exponentially spaced up to
+  the largest a 9-tap kernel fits, as the reference chooses them."""
+  per_kernel = num_features // len(KERNEL_INDICES)
+  count = min(per_kernel, max_dilations)
+  multiplier = per_kernel / count
+  max_exponent = np.log2((length - 1) / (KERNEL_LENGTH - 1))
+  dilations, per_dilation = np.unique(
+    np.logspace(0, max_exponent, count, base=2).astype(np.int32), return_counts=True
+  )
+  per_dilation = (per_dilation * multiplier).astype(np.int32)
+  for i in range(per_kernel - int(per_dilation.sum())):  # the remainder, round-robin
+    per_dilation[i % len(per_dilation)] += 1
+  return dilations, per_dilation
+
+
+def quantiles(count: int) -> np.ndarray:
+  """The low-discrepancy quantiles the biases are drawn at: (i x golden ratio) mod 1."""
+  return np.array([(i * ((np.sqrt(5) + 1) / 2)) % 1 for i in range(1, count + 1)], np.float32)
+
+
+def _weights(params: Parameters, num_channels: int) -> list[np.ndarray]:
+  """Per dilation: [84, channels, 9] kernel weights, zero on the channels a combination leaves
+  out (a kernel summed over its channels is one convolution over all of them)."""
+  taps = -np.ones((len(KERNEL_INDICES), KERNEL_LENGTH), np.float32)
+  np.put_along_axis(taps, KERNEL_INDICES, 2.0, axis=1)
+  ends = np.cumsum(params.channels_per_combination)
+  weights, combination = [], 0
+  for _ in params.dilations:
+    w = np.zeros((len(KERNEL_INDICES), num_channels, KERNEL_LENGTH), np.float32)
+    for k in range(len(KERNEL_INDICES)):
+      start = ends[combination] - params.channels_per_combination[combination]
+      w[k, params.channel_indices[start : ends[combination]]] = taps[k]
+      combination += 1
+    weights.append(w)
+  return weights
+
+
+def transform(x, lengths, params: Parameters) -> jax.Array:
+  """Features [cases, params.num_features] of `x` [cases, channels, steps] (float), each case
+  `lengths[i]` steps long (the rest of its row is ignored)."""
+  x = jnp.asarray(x, jnp.float32)
+  lengths = jnp.asarray(lengths, jnp.int32)
+  x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
+  weights = [jnp.asarray(w) for w in _weights(params, x.shape[1])]
+  dilations = tuple(int(d) for d in params.dilations)
+  counts = tuple(int(n) for n in params.features_per_dilation)
+  return _transform(x, lengths, weights, jnp.asarray(params.biases), dilations, counts)
+
+
+def _convolve(x, weights, dilation):
+  """[cases, 84, steps]: each kernel at `dilation`, zero-padded to the input's length."""
+  padding = 4 * dilation
+  return jax.lax.conv_general_dilated(
+    x,
+    weights,
+    window_strides=(1,),
+    padding=[(padding, padding)],
+    rhs_dilation=(dilation,),
+    dimension_numbers=('NCH', 'OIH', 'NCH'),
+    precision=jax.lax.Precision.HIGHEST,
+  )
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _transform(x, lengths, weights, biases, dilations, counts):
+  features, start = [], 0
+  steps = jnp.arange(x.shape[-1])
+  for j, (dilation, count) in enumerate(zip(dilations, counts)):
+    padding = 4 * dilation
+    c = _convolve(x, weights[j], dilation)
+    full = steps < lengths[:, None]
+    interior = (steps >= padding) & (steps < lengths[:, None] - padding)
+    interior = jnp.where(interior.any(-1, keepdims=True), interior, full)
+    # Kernels alternate between all positions and the interior, starting with all at even j.
+    valid = jnp.where(((j + np.arange(len(KERNEL_INDICES))) % 2 == 0)[None, :, None],
+                      full[:, None], interior[:, None])  # fmt: skip
+    b = biases[start : start + len(KERNEL_INDICES) * count].reshape(len(KERNEL_INDICES), count)
+    positive = (c[:, :, None, :] > b[None, :, :, None]) & valid[:, :, None, :]
+    features.append(
+      (positive.sum(-1) / valid.sum(-1)[:, :, None]).reshape(x.shape[0], -1).astype(jnp.float32)
+    )
+    start += len(KERNEL_INDICES) * count
+  return jnp.concatenate(features, axis=1)
+
+
+def fit(x, lengths, num_features: int = 10_000, max_dilations: int = 32, seed: int = 0):
+  """Parameters for `x` [cases, channels, steps] of `lengths`, by the reference's rule: dilations
+  from the longest case; per (dilation, kernel) 2^U(0, log2(min(channels, 9) + 1)) channels
+  drawn without replacement, and biases at `quantiles` of the kernel's convolution of one random
+  case (over that case's own steps)."""
+  x, lengths = np.asarray(x, np.float32), np.asarray(lengths)
+  x = np.where(np.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
+  rng = np.random.default_rng(seed)
+  num_cases, num_channels, steps = x.shape
+  dilations, per_dilation = fit_dilations(int(lengths.max()), max(num_features, 84), max_dilations)
+  combinations = len(dilations) * len(KERNEL_INDICES)
+  counts = (2 ** rng.uniform(0, np.log2(min(num_channels, 9) + 1), combinations)).astype(np.int32)
+  indices = np.concatenate([rng.choice(num_channels, n, replace=False) for n in counts])
+  params = Parameters(counts, indices.astype(np.int32), dilations, per_dilation, np.zeros(0))
+  q = quantiles(len(KERNEL_INDICES) * int(per_dilation.sum()))
+  biases, start = [], 0
+  for j, weights in enumerate(_weights(params, num_channels)):
+    c = np.asarray(_convolve(jnp.asarray(x), jnp.asarray(weights), int(dilations[j])))
+    for k in range(len(KERNEL_INDICES)):
+      case = rng.integers(num_cases)
+      n = int(per_dilation[j])
+      biases.append(np.quantile(c[case, k, : lengths[case]], q[start : start + n]))
+      start += n
+  return dataclasses.replace(params, biases=np.concatenate(biases).astype(np.float32))

@@ -294,9 +294,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning('Stopped by %s at step %d after a checkpoint; rerun to resume.', stopped_by, step)  # fmt: skip
         break
     nonfinite.flush()
-    if first_step >= total_steps:  # a finished run started again: report, change nothing
-      logging.info('Already trained for %d steps; evaluating only.', first_step)
+    # A run of no steps (a model fitted from the data when created, config.minirocket.head=
+    # 'ridge') is saved as step 0 and reported like any run; a finished run started again only
+    # reports.
+    fitted = total_steps == 0 and checkpointer.latest_step() is None
+    if first_step >= total_steps:
+      logging.info('%s; evaluating only.', 'No steps to train' if fitted else f'Already trained for {first_step} steps')  # fmt: skip
       eval_summary = _evaluate(eval_step, state, step, eval_batches(), timing)
+    if fitted:
+      checkpointer.save(0, state, None, {f'eval/{k}': v for k, v in eval_summary.items()}, wait=True)  # fmt: skip
     train_seconds, timing_record = timing.summary(step - first_step)
     checkpointer.close()
   except bookkeeping.NonFiniteError:
@@ -315,6 +321,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seconds_after_first_step=train_seconds, skipped_nonfinite_steps=nonfinite.skipped,
     preempted=bool(stopped_by),
   )  # fmt: skip
-  if not stopped_by and first_step < total_steps:
+  if not stopped_by and (first_step < total_steps or fitted):
     _write_final(result, config, workdir)
   return {**result, 'state': state}

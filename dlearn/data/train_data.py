@@ -74,6 +74,8 @@ class HostTrainData:
     return parallel.prefetch(on_host(), self._mesh)
 
   def restore(self, position: dict):
+    if not position:  # saved by a run of no steps: nothing read yet
+      return
     if position.get('on_device'):
       logging.warning(
         'The checkpoint was written with config.data.on_device=True: the host pipeline starts '

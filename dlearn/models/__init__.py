@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlearn.errors import ConfigError
-from dlearn.models import cnn, fast_cnn, imagenet_resnet, rnn, vit
+from dlearn.models import cnn, fast_cnn, imagenet_resnet, rnn, rocket, vit
 from dlearn.models.family import ModelFamily
 
 _FAMILIES: dict[str, ModelFamily] = {
@@ -21,6 +21,7 @@ _FAMILIES: dict[str, ModelFamily] = {
   'fast_cnn': fast_cnn.FastCNNFamily(),
   'resnet50': imagenet_resnet.ImageNetResNetFamily(),
   'vit': vit.ViTFamily(),
+  'minirocket': rocket.MiniRocketFamily(),
 }
 
 

@@ -70,7 +70,7 @@ def quantiles(count: int) -> np.ndarray:
   return np.array([(i * ((np.sqrt(5) + 1) / 2)) % 1 for i in range(1, count + 1)], np.float32)
 
 
-def _weights(params: Parameters, num_channels: int) -> list[np.ndarray]:
+def weights_of(params: Parameters, num_channels: int) -> list[np.ndarray]:
   """Per dilation: [84, channels, 9] kernel weights, zero on the channels a combination leaves
   out (a kernel summed over its channels is one convolution over all of them)."""
   taps = -np.ones((len(KERNEL_INDICES), KERNEL_LENGTH), np.float32)
@@ -93,13 +93,13 @@ def transform(x, lengths, params: Parameters) -> jax.Array:
   x = jnp.asarray(x, jnp.float32)
   lengths = jnp.asarray(lengths, jnp.int32)
   x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
-  weights = [jnp.asarray(w) for w in _weights(params, x.shape[1])]
+  weights = [jnp.asarray(w) for w in weights_of(params, x.shape[1])]
   dilations = tuple(int(d) for d in params.dilations)
   counts = tuple(int(n) for n in params.features_per_dilation)
-  return _transform(x, lengths, weights, jnp.asarray(params.biases), dilations, counts)
+  return transform_with(x, lengths, weights, jnp.asarray(params.biases), dilations, counts)
 
 
-def _convolve(x, weights, dilation):
+def convolve(x, weights, dilation):
   """[cases, 84, steps]: each kernel at `dilation`, zero-padded to the input's length."""
   padding = 4 * dilation
   return jax.lax.conv_general_dilated(
@@ -114,12 +114,12 @@ def _convolve(x, weights, dilation):
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
-def _transform(x, lengths, weights, biases, dilations, counts):
+def transform_with(x, lengths, weights, biases, dilations, counts):
   features, start = [], 0
   steps = jnp.arange(x.shape[-1])
   for j, (dilation, count) in enumerate(zip(dilations, counts)):
     padding = 4 * dilation
-    c = _convolve(x, weights[j], dilation)
+    c = convolve(x, weights[j], dilation)
     full = steps < lengths[:, None]
     interior = (steps >= padding) & (steps < lengths[:, None] - padding)
     interior = jnp.where(interior.any(-1, keepdims=True), interior, full)
@@ -135,27 +135,44 @@ def _transform(x, lengths, weights, biases, dilations, counts):
   return jnp.concatenate(features, axis=1)
 
 
-def fit(x, lengths, num_features: int = 10_000, max_dilations: int = 32, seed: int = 0):
-  """Parameters for `x` [cases, channels, steps] of `lengths`, by the reference's rule: dilations
-  from the longest case; per (dilation, kernel) 2^U(0, log2(min(channels, 9) + 1)) channels
-  drawn without replacement, and biases at `quantiles` of the kernel's convolution of one random
-  case (over that case's own steps)."""
+def draw_channels(num_channels: int, combinations: int, seed: int):
+  """(channels per combination, their indices concatenated): 2^U(0, log2(min(channels, 9) + 1))
+  channels per (dilation, kernel), drawn without replacement, as the reference draws them."""
+  rng = np.random.default_rng(seed)
+  counts = (2 ** rng.uniform(0, np.log2(min(num_channels, 9) + 1), combinations)).astype(np.int32)
+  indices = np.concatenate([rng.choice(num_channels, n, replace=False) for n in counts])
+  return counts, indices.astype(np.int32)
+
+
+def unfitted(steps: int, num_channels: int, num_features=10_000, max_dilations=32, seed=0):
+  """Parameters for series of `steps` steps and `num_channels` channels, biases still zero."""
+  dilations, per_dilation = fit_dilations(steps, max(num_features, 84), max_dilations)
+  counts, indices = draw_channels(num_channels, len(dilations) * len(KERNEL_INDICES), seed)
+  biases = np.zeros(len(KERNEL_INDICES) * int(per_dilation.sum()), np.float32)
+  return Parameters(counts, indices, dilations, per_dilation, biases)
+
+
+def fit_biases(x, lengths, weights, dilations, per_dilation, seed: int = 0) -> np.ndarray:
+  """The biases for `x` [cases, channels, steps] of `lengths` and the kernels `weights` (one
+  [84, channels, 9] array per dilation, `weights_of`): per (dilation, kernel), its features'
+  `quantiles` of the kernel's convolution of one random case, over that case's own steps."""
   x, lengths = np.asarray(x, np.float32), np.asarray(lengths)
   x = np.where(np.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
   rng = np.random.default_rng(seed)
-  num_cases, num_channels, steps = x.shape
-  dilations, per_dilation = fit_dilations(int(lengths.max()), max(num_features, 84), max_dilations)
-  combinations = len(dilations) * len(KERNEL_INDICES)
-  counts = (2 ** rng.uniform(0, np.log2(min(num_channels, 9) + 1), combinations)).astype(np.int32)
-  indices = np.concatenate([rng.choice(num_channels, n, replace=False) for n in counts])
-  params = Parameters(counts, indices.astype(np.int32), dilations, per_dilation, np.zeros(0))
-  q = quantiles(len(KERNEL_INDICES) * int(per_dilation.sum()))
+  q = quantiles(len(KERNEL_INDICES) * int(np.sum(per_dilation)))
   biases, start = [], 0
-  for j, weights in enumerate(_weights(params, num_channels)):
-    c = np.asarray(_convolve(jnp.asarray(x), jnp.asarray(weights), int(dilations[j])))
-    for k in range(len(KERNEL_INDICES)):
-      case = rng.integers(num_cases)
-      n = int(per_dilation[j])
-      biases.append(np.quantile(c[case, k, : lengths[case]], q[start : start + n]))
-      start += n
-  return dataclasses.replace(params, biases=np.concatenate(biases).astype(np.float32))
+  for w, dilation, n in zip(weights, dilations, per_dilation):
+    cases = rng.integers(len(x), size=len(KERNEL_INDICES))
+    c = np.asarray(convolve(jnp.asarray(x[cases]), jnp.asarray(w), int(dilation)))
+    for k, case in enumerate(cases):
+      biases.append(np.quantile(c[k, k, : lengths[case]], q[start : start + int(n)]))
+      start += int(n)
+  return np.concatenate(biases).astype(np.float32)
+
+
+def fit(x, lengths, num_features: int = 10_000, max_dilations: int = 32, seed: int = 0):
+  """Parameters fitted to `x` [cases, channels, steps] of `lengths` (dilations from the longest)."""
+  params = unfitted(int(np.max(lengths)), np.shape(x)[1], num_features, max_dilations, seed)
+  weights = weights_of(params, np.shape(x)[1])
+  biases = fit_biases(x, lengths, weights, params.dilations, params.features_per_dilation, seed)
+  return dataclasses.replace(params, biases=biases)

@@ -484,10 +484,13 @@ def main(argv):
   if 'dlearn' in sides:
     print(f'dlearn work directories and logs: {workdir}', flush=True)
 
+  config_name = os.path.splitext(os.path.basename(FLAGS.config))[0]  # the results file's name
+
   def write_results():  # after every dataset: a cut run keeps the rows it finished
     return results_file.write(
       f'uea_vs_minirocket-{kind}'
       + (f'-cv{folds}' if folds else '')
+      + ('' if config_name == 'rnn_uea' else f'-{config_name}')
       + ('-smoke' if FLAGS.smoke else ''),
       kind,
       {

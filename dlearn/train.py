@@ -294,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning('Stopped by %s at step %d after a checkpoint; rerun to resume.', stopped_by, step)  # fmt: skip
         break
     nonfinite.flush()
-    # A run of no steps (a model fitted from the data when created, config.minirocket.head=
+    # A run of no steps (a model fitted from the data when created, config.rocket.head=
     # 'ridge') is saved as step 0 and reported like any run; a finished run started again only
     # reports.
     fitted = total_steps == 0 and checkpointer.latest_step() is None

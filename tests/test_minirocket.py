@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from dlearn.models import minirocket
+from dlearn.models import minirocket, multirocket
 
 REFERENCE = os.path.join(os.path.dirname(__file__), 'data', 'minirocket_aeon.npz')
 
@@ -41,7 +41,9 @@ def test_dilations_follow_the_reference():
 
 def test_a_padded_case_has_the_features_of_the_case_alone():
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(6, 2, 50)).astype(np.float32)
+  # whole numbers: exact convolutions, so a value that equals its bias (a quantile can land on
+  # one) compares the same way in a batch of any length
+  x = rng.integers(-5, 6, size=(6, 2, 50)).astype(np.float32)
   lengths = np.array([50, 37, 20, 50, 9, 44])
   params = minirocket.fit(x, lengths, num_features=840, seed=0)
   padded = x.copy()
@@ -52,3 +54,45 @@ def test_a_padded_case_has_the_features_of_the_case_alone():
     np.testing.assert_allclose(batch[i], alone[0], atol=1e-6)
   assert batch.shape == (6, params.num_features)
   assert 0 < batch.mean() < 1  # proportions, not all 0 or 1
+
+
+def _aeon_multirocket(name):
+  data = np.load(REFERENCE)
+  x = data[f'{name}/x']
+  fields = [f.name for f in minirocket.dataclasses.fields(minirocket.Parameters)]
+  parts = []
+  for part in ('series', 'difference'):
+    prefix = f'multirocket/{name}/{part}/'
+    values = {f: data[prefix + f] for f in fields if prefix + f in data}
+    combinations = len(values['dilations']) * len(minirocket.KERNEL_INDICES)
+    values.setdefault('channels_per_combination', np.ones(combinations, np.int32))
+    values.setdefault('channel_indices', np.zeros(combinations, np.int32))
+    parts.append(minirocket.Parameters(**values))
+  return x, parts, data[f'multirocket/{name}/features']
+
+
+@pytest.mark.parametrize('name', ['multivariate', 'univariate_integers'])
+def test_multirocket_features_equal_aeons_from_its_parameters(name):
+  x, (series, difference), expected = _aeon_multirocket(name)
+  features = np.asarray(multirocket.transform(x, np.full(len(x), x.shape[-1]), series, difference))
+  assert features.shape == expected.shape == (len(x), 8 * series.num_features)
+  blocks = features.reshape(len(x), 2, 4, -1)  # series/difference x PPV, LSPV, MPV, MIPV
+  reference = expected.reshape(len(x), 2, 4, -1)
+  agree = np.isclose(blocks, reference, rtol=1e-5, atol=1e-5)
+  if name == 'univariate_integers':  # exact convolutions: every feature agrees
+    assert agree.all(), np.argwhere(~agree)[:5]
+  # float series: a value within rounding of a bias can change a count; a handful at most
+  assert agree.mean() > 0.995, [agree[:, :, p].mean() for p in range(4)]
+
+
+def test_multirocket_of_a_padded_case_is_that_of_the_case_alone():
+  rng = np.random.default_rng(1)
+  x = rng.integers(-5, 6, size=(4, 2, 40)).astype(np.float32)  # exact, as above
+  lengths = np.array([40, 30, 17, 25])
+  series = minirocket.fit(x, lengths, num_features=168, seed=0)
+  difference = minirocket.fit(np.diff(x, axis=-1), lengths - 1, num_features=168, seed=1)
+  padded = np.where(np.arange(40) < lengths[:, None, None], x, 7.0).astype(np.float32)
+  batch = np.asarray(multirocket.transform(padded, lengths, series, difference))
+  for i, length in enumerate(lengths):
+    alone = multirocket.transform(x[i : i + 1, :, :length], [length], series, difference)
+    np.testing.assert_allclose(batch[i], np.asarray(alone)[0], rtol=1e-5, atol=1e-5)

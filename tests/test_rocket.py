@@ -1,5 +1,6 @@
-"""MiniRocket as a dlearn model (dlearn/models/rocket.py): the ridge head's leave-one-out choice
-against refitting without each case, and the recipe trained (0 steps), evaluated and read back."""
+"""The ROCKET family as a dlearn model (dlearn/models/rocket.py): the ridge head's leave-one-out
+choice against refitting without each case, and the recipe (MiniRocket and MultiRocket) trained
+in 0 steps, evaluated and read back."""
 
 import importlib.util
 import json
@@ -44,7 +45,8 @@ def test_leave_one_out_error_equals_refitting_without_each_case():
 
 
 @pytest.mark.slow  # a whole run
-def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize('transform', ['minirocket', 'multirocket'])
+def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_path, transform):
   data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))
   spec = importlib.util.spec_from_file_location('rocket_uea', 'experiments/configs/rocket_uea.py')
   recipe = importlib.util.module_from_spec(spec)
@@ -52,6 +54,7 @@ def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_pat
   config = recipe.get_config('toy_sequences,smoke')
   config.data.data_dir = data_dir
   config.data.max_length = 12  # the toy cases have 3-6 steps; MiniRocket needs 9 (zero-padded)
+  config.rocket.transform = transform
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(config, workdir)
   assert result['steps'] == 0

@@ -21,7 +21,7 @@ _FAMILIES: dict[str, ModelFamily] = {
   'fast_cnn': fast_cnn.FastCNNFamily(),
   'resnet50': imagenet_resnet.ImageNetResNetFamily(),
   'vit': vit.ViTFamily(),
-  'minirocket': rocket.MiniRocketFamily(),
+  'rocket': rocket.RocketFamily(),
 }
 
 

@@ -14,7 +14,7 @@ padding; its PPV counts only the positions of the case itself (`lengths`). Where
 leaves no interior for a kernel's 'valid' positions (fewer than 8 x dilation + 1 steps), that
 feature counts all of the case's positions instead.
 
-Issue 29's first part: the classifier family, MultiRocket and Hydra are not built yet.
+MultiRocket's transform builds on this one (multirocket.py); the classifier is rocket.py.
 """
 
 from __future__ import annotations
@@ -152,10 +152,14 @@ def unfitted(steps: int, num_channels: int, num_features=10_000, max_dilations=3
   return Parameters(counts, indices, dilations, per_dilation, biases)
 
 
-def fit_biases(x, lengths, weights, dilations, per_dilation, seed: int = 0) -> np.ndarray:
+def fit_biases(
+  x, lengths, weights, dilations, per_dilation, seed: int = 0, convolve_fn=None
+) -> np.ndarray:
   """The biases for `x` [cases, channels, steps] of `lengths` and the kernels `weights` (one
   [84, channels, 9] array per dilation, `weights_of`): per (dilation, kernel), its features'
-  `quantiles` of the kernel's convolution of one random case, over that case's own steps."""
+  `quantiles` of the kernel's convolution (`convolve_fn(x, weights, dilation)`, default
+  `convolve`) of one random case, over that case's own steps."""
+  convolve_fn = convolve_fn or convolve
   x, lengths = np.asarray(x, np.float32), np.asarray(lengths)
   x = np.where(np.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
   rng = np.random.default_rng(seed)
@@ -163,7 +167,7 @@ def fit_biases(x, lengths, weights, dilations, per_dilation, seed: int = 0) -> n
   biases, start = [], 0
   for w, dilation, n in zip(weights, dilations, per_dilation):
     cases = rng.integers(len(x), size=len(KERNEL_INDICES))
-    c = np.asarray(convolve(jnp.asarray(x[cases]), jnp.asarray(w), int(dilation)))
+    c = np.asarray(convolve_fn(jnp.asarray(x[cases]), jnp.asarray(w), int(dilation)))
     for k, case in enumerate(cases):
       biases.append(np.quantile(c[k, k, : lengths[case]], q[start : start + int(n)]))
       start += int(n)

@@ -1,9 +1,11 @@
-"""MiniRocket as a dlearn model family (`config.model='minirocket'`, section `config.minirocket`):
-the fixed transform of dlearn/models/minirocket.py, each feature scaled by its training
-standard deviation, and a linear head, as aeon's `MiniRocketClassifier` (MiniRocket,
-StandardScaler(with_mean=False), RidgeClassifierCV).
+"""The ROCKET family as a dlearn model (`config.model='rocket'`, section `config.rocket`): a fixed
+random transform of each series, MiniRocket's (dlearn/models/minirocket.py) or MultiRocket's
+(multirocket.py: MiniRocket's kernels on the series and its first difference, four pooling
+operators), each feature scaled by its training standard deviation, and a linear head: what
+aeon's `MiniRocketClassifier` and `MultiRocketClassifier` are (the transform, StandardScaler
+(with_mean=False), RidgeClassifierCV).
 
-The head, `config.minirocket.head`:
+The head, `config.rocket.head`:
 - 'ridge' (small data): fitted in closed form when the run starts (`init_from_data`): ridge
   regression on targets of +1 for the class and -1 for the others, with an unpenalised intercept,
   its regularisation chosen from `alphas` by leave-one-out error, computed exactly from one SVD
@@ -12,8 +14,8 @@ The head, `config.minirocket.head`:
   cross-entropy over the features, which every device computes for its own cases).
 
 The kernels' channels are drawn from config.seed when the model is created, the biases from the
-train split; both are stored in the checkpoint with the head, so evaluation, prediction and
-export need nothing else.
+train split (one random case per kernel and dilation, as the references); all are stored in the
+checkpoint with the head, so evaluation, prediction and export need nothing else.
 """
 
 from __future__ import annotations
@@ -27,15 +29,20 @@ from flax import nnx
 
 from dlearn.data import pipeline
 from dlearn.errors import ConfigError
-from dlearn.models import minirocket
+from dlearn.models import minirocket, multirocket
 from dlearn.models.family import ModelFamily
 
+TRANSFORMS = ('minirocket', 'multirocket')
+# num_features: in all, as the references count them (MultiRocket: 8 per kernel, dilation and
+# bias: 4 poolings of 2 representations; 50,000 = its 6,250 kernels); rounded down to multiples
+# of 84 (of 84 x 8).
 DEFAULTS = ml_collections.ConfigDict(
   {
-    'num_features': 10_000,  # rounded down to a multiple of 84
+    'transform': 'minirocket',
+    'num_features': 10_000,
     'max_dilations': 32,
     'head': 'ridge',
-    'alphas': tuple(np.logspace(-3, 3, 10)),  # RidgeClassifierCV's in aeon's classifier
+    'alphas': tuple(np.logspace(-3, 3, 10)),  # RidgeClassifierCV's in aeon's classifiers
   }
 )
 HEADS = ('ridge', 'logistic')
@@ -48,45 +55,106 @@ class Fixed(nnx.Variable):
 
 def settings(config) -> ml_collections.ConfigDict:
   merged = DEFAULTS.copy_and_resolve_references()
-  merged.update(dict(config.get('minirocket', {})))
-  if merged.head not in HEADS:
-    raise ConfigError(f'config.minirocket.head={merged.head!r}: use one of {HEADS}.')
+  merged.update(dict(config.get('rocket', {})))
+  if merged.transform not in TRANSFORMS or merged.head not in HEADS:
+    raise ConfigError(
+      f'config.rocket.transform={merged.transform!r}, head={merged.head!r}: transforms '
+      f'{TRANSFORMS}, heads {HEADS}.'
+    )
   return merged
 
 
-class MiniRocketClassifier(nnx.Module):
-  def __init__(self, num_classes, input_shape, *, num_features, max_dilations, seed, rngs):
-    steps, channels = input_shape
-    if steps < minirocket.KERNEL_LENGTH:
-      raise ConfigError(
-        f'MiniRocket needs series of at least {minirocket.KERNEL_LENGTH} steps; the longest has '
-        f'{steps}: set config.data.max_length={minirocket.KERNEL_LENGTH} (shorter cases are '
-        'zero-padded, as MiniRocket pads).'
-      )
-    params = minirocket.unfitted(steps, channels, num_features, max_dilations, seed)
+class Representation(nnx.Module):
+  """One series the kernels run over (the input, or its first difference): the kernels of each
+  dilation and one bias per feature. `shift_left`: MultiRocket's reading of the difference."""
+
+  def __init__(self, params: minirocket.Parameters, num_channels: int, shift_left: int):
     self.dilations = tuple(int(d) for d in params.dilations)
     self.counts = tuple(int(n) for n in params.features_per_dilation)
-    self.kernels = nnx.List(
-      [Fixed(jnp.asarray(w)) for w in minirocket.weights_of(params, channels)]
-    )
+    self.shift_left = shift_left
+    self.kernels = nnx.List([Fixed(jnp.asarray(w)) for w in minirocket.weights_of(params, num_channels)])  # fmt: skip
     self.biases = Fixed(jnp.zeros(params.num_features))
-    self.scale = Fixed(jnp.ones(params.num_features))
-    self.head = nnx.Linear(
-      params.num_features, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs
+
+  def convolve_fn(self):
+    if self.shift_left:
+      return lambda x, w, d: multirocket._convolve(
+        x, w, multirocket.tap_offsets(d, self.shift_left)
+      )
+    return minirocket.convolve
+
+
+class RocketClassifier(nnx.Module):
+  def __init__(self, num_classes, input_shape, *, transform, num_features, max_dilations, seed, rngs):  # fmt: skip
+    steps, channels = input_shape
+    if steps < minirocket.KERNEL_LENGTH + (transform == 'multirocket'):
+      raise ConfigError(
+        f'{transform} needs series of at least {minirocket.KERNEL_LENGTH} steps (and its '
+        f'difference too); the longest has {steps}: set config.data.max_length to 10 or more '
+        '(shorter cases are zero-padded, as the references pad).'
+      )
+    self.transform = transform
+    if transform == 'minirocket':
+      series = minirocket.unfitted(steps, channels, num_features, max_dilations, seed)
+      self.representations = nnx.List([Representation(series, channels, 0)])
+    else:  # per representation, 4 poolings: num_features / 8 kernel features each
+      per = max(num_features // 8, 84)
+      series = minirocket.unfitted(steps, channels, per, max_dilations, seed)
+      difference = minirocket.unfitted(steps - 1, channels, per, max_dilations, seed)
+      # the series' channel choices for the difference too, as aeon's transform has it
+      combinations = len(difference.dilations) * len(minirocket.KERNEL_INDICES)
+      end = int(np.cumsum(series.channels_per_combination)[combinations - 1])
+      difference = minirocket.Parameters(
+        series.channels_per_combination[:combinations],
+        series.channel_indices[:end],
+        difference.dilations,
+        difference.features_per_dilation,
+        difference.biases,
+      )
+      self.representations = nnx.List(
+        [Representation(series, channels, 0), Representation(difference, channels, 1)]
+      )
+    size = sum(
+      r.biases.shape[0] * (1 if transform == 'minirocket' else 4) for r in self.representations
     )
+    self.scale = Fixed(jnp.ones(size))
+    self.head = nnx.Linear(size, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
+
+  def series(self, sequences, lengths):
+    """[(x [B, C, T], lengths)] per representation, zero past each case's end."""
+    x = jnp.swapaxes(sequences.astype(jnp.float32), 1, 2)
+    x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
+    if self.transform == 'minirocket':
+      return [(x, lengths)]
+    difference = jnp.diff(x, axis=-1)
+    valid = jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1
+    return [(x, lengths), (jnp.where(valid, difference, 0.0), lengths - 1)]
 
   def features(self, sequences, lengths):
     """[B, features] of sequences [B, T, C] with `lengths`, unscaled."""
-    x = jnp.swapaxes(sequences.astype(jnp.float32), 1, 2)
-    x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
-    kernels = [k[...] for k in self.kernels]
-    return minirocket.transform_with(
-      x, lengths, kernels, self.biases[...], self.dilations, self.counts
-    )
+    parts = []
+    for r, (x, n) in zip(self.representations, self.series(sequences, lengths)):
+      kernels = tuple(k[...] for k in r.kernels)
+      if self.transform == 'minirocket':
+        parts.append(minirocket.transform_with(x, n, kernels, r.biases[...], r.dilations, r.counts))
+      else:
+        parts.append(
+          multirocket._transform_one(
+            x, n, kernels, r.biases[...], r.dilations, r.counts, r.shift_left
+          )
+        )
+    return jnp.concatenate(parts, axis=1)
 
   def __call__(self, sequences, lengths, train: bool = False):
     del train
     return self.head(self.features(sequences, lengths) * self.scale[...])
+
+  def fit_biases(self, sequences, lengths, seed: int) -> None:
+    for i, (r, (x, n)) in enumerate(zip(self.representations, self.series(sequences, lengths))):
+      kernels = [np.asarray(k[...]) for k in r.kernels]
+      biases = minirocket.fit_biases(
+        np.asarray(x), np.asarray(n), kernels, r.dilations, r.counts, seed + i, r.convolve_fn()
+      )
+      r.biases[...] = jnp.asarray(biases)
 
 
 def ridge_loo(features, labels, num_classes: int, alphas):
@@ -110,16 +178,17 @@ def ridge_loo(features, labels, num_classes: int, alphas):
   return kernel.astype(np.float32), (y_mean - x_mean @ kernel).astype(np.float32), alpha
 
 
-class MiniRocketFamily(ModelFamily):
+class RocketFamily(ModelFamily):
   kinds = ('sequence',)
   ensembles = False  # init_from_data sets the biases, scale and head
 
   def create(self, config, *, num_classes, input_shape, rngs, axis_name, part_axis):
     del axis_name, part_axis
     s = settings(config)
-    return MiniRocketClassifier(
+    return RocketClassifier(
       num_classes,
       input_shape,
+      transform=s.transform,
       num_features=s.num_features,
       max_dilations=s.max_dilations,
       seed=config.seed,
@@ -129,30 +198,24 @@ class MiniRocketFamily(ModelFamily):
   def init_from_data(self, model, config, source, info) -> None:
     s = settings(config)
     cases = [pipeline.example(source[i], info) for i in range(len(source))]
-    x = np.stack([c['sequence'] for c in cases])
-    lengths = np.array([c['length'] for c in cases])
+    x = jnp.asarray(np.stack([c['sequence'] for c in cases]))
+    lengths = jnp.asarray(np.array([c['length'] for c in cases]))
     labels = np.array([c['label'] for c in cases])
-    kernels = [np.asarray(k[...]) for k in model.kernels]
-    biases = minirocket.fit_biases(
-      np.swapaxes(x, 1, 2), lengths, kernels, model.dilations, model.counts, config.seed
-    )
-    model.biases[...] = jnp.asarray(biases)
+    model.fit_biases(x, lengths, config.seed)
+    batches = range(0, len(cases), FEATURE_BATCH)
     features = np.concatenate(
       [
         np.asarray(model.features(x[i : i + FEATURE_BATCH], lengths[i : i + FEATURE_BATCH]))
-        for i in range(0, len(x), FEATURE_BATCH)
-      ]
+        for i in batches
+      ]  # fmt: skip
     )
     std = features.std(0)
-    scale = np.where(std > 0, 1 / np.where(std > 0, std, 1), 1).astype(np.float32)
-    model.scale[...] = jnp.asarray(scale)
+    model.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)
     if s.head == 'ridge':
-      kernel, bias, alpha = ridge_loo(features * scale, labels, info.num_classes, s.alphas)
+      kernel, bias, alpha = ridge_loo(features * np.asarray(model.scale[...]), labels, info.num_classes, s.alphas)  # fmt: skip
       model.head.kernel[...] = jnp.asarray(kernel)
       model.head.bias[...] = jnp.asarray(bias)
       logging.info(
-        'MiniRocket: %d features of %d cases; ridge alpha %.3g by leave-one-out.',
-        features.shape[1],
-        len(features),
-        alpha,
+        '%s: %d features of %d cases; ridge alpha %.3g by leave-one-out.',
+        *(s.transform, features.shape[1], len(features), alpha),
       )

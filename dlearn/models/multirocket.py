@@ -1,0 +1,141 @@
+"""MultiRocket's transform (Tan, Dempster, Bergmeir and Webb 2022) in JAX: MiniRocket's kernels
+(dlearn/models/minirocket.py) on each series and on its first difference, each (kernel, dilation,
+bias) pooled four ways over the kernel's positions: the proportion of positive values (PPV), the
+longest stretch (LSPV), the mean of positive values (MPV) and the mean of their indices (MIPV).
+
+It equals aeon's `MultiRocket` given aeon's fitted parameters (tests/test_minirocket.py), with
+aeon's own definitions where they depart from the paper's wording, so that the features are the
+reference's: MPV averages value + bias over the positive values (0 if none); MIPV is -1 if none;
+LSPV is the longest gap between consecutive values below the bias (from the first position, and
+to the last); and on the differenced series the four left taps of each kernel read one step
+later than on the series itself (aeon's transform, not its bias fit, indexes them so), and the
+difference's kernels sum the channels drawn for the series' (aeon's transform reads those).
+Features
+are laid out as aeon's: [PPV, LSPV, MPV, MIPV] blocks of the series, then the same of its
+difference.
+
+Variable lengths as MiniRocket's: each case's pooling covers its own positions only, and its
+difference ends one step before it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlearn.models import minirocket
+
+POOLING = ('ppv', 'lspv', 'mpv', 'mipv')
+
+
+def tap_offsets(dilation: int, shift_left: int = 0) -> tuple[int, ...]:
+  """Where each of the 9 taps reads, relative to the output position."""
+  return tuple((g - 4) * dilation + (shift_left if g < 4 else 0) for g in range(9))
+
+
+def _shifted(x, offset: int):
+  """x [B, C, T] read at t + offset, zero outside."""
+  if offset == 0:
+    return x
+  if abs(offset) >= x.shape[-1]:
+    return jnp.zeros_like(x)
+  if offset > 0:
+    return jnp.pad(x[..., offset:], ((0, 0), (0, 0), (0, offset)))
+  return jnp.pad(x[..., :offset], ((0, 0), (0, 0), (-offset, 0)))
+
+
+def _convolve(x, weights, offsets):
+  """[B, 84, T]: kernel taps at `offsets`, summed over the channels weights [84, C, 9] select."""
+  shifted = jnp.stack([_shifted(x, o) for o in offsets], axis=2)  # [B, C, 9, T]
+  return jnp.einsum('kcg,bcgt->bkt', weights, shifted, precision=jax.lax.Precision.HIGHEST)
+
+
+def _pool(c, biases, valid):
+  """[B, 84, f, 4] features of convolutions c [B, 84, T] at biases [84, f] over `valid` [B, 84, T]
+  (a contiguous run of positions per case and kernel)."""
+  c, valid = c[:, :, None, :], valid[:, :, None, :]
+  b = biases[None, :, :, None]
+  positive, negative = (c > b) & valid, (c < b) & valid
+  count = valid.sum(-1)
+  start = jnp.argmax(valid, axis=-1)[..., None]  # the run's first position
+  index = jnp.arange(c.shape[-1]) - start  # position within the run
+  hits = positive.sum(-1)
+  ppv = hits / count
+  mpv = jnp.where(hits > 0, jnp.where(positive, c + b, 0).sum(-1) / jnp.maximum(hits, 1), 0.0)
+  mipv = jnp.where(hits > 0, jnp.where(positive, index, 0).sum(-1) / jnp.maximum(hits, 1), -1.0)
+  below = jnp.where(negative, index, 0)  # aeon's last_val starts at 0
+  before = jnp.concatenate([jnp.zeros_like(below[..., :1]), below[..., :-1]], -1)
+  previous = jax.lax.cummax(before, axis=below.ndim - 1)
+  stretch = jnp.where(negative, index - previous, 0).max(-1)
+  lspv = jnp.maximum(stretch, count - 1 - below.max(-1))
+  return jnp.stack([ppv, lspv, mpv, mipv], -1).astype(jnp.float32)
+
+
+def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
+  """[B, 4, features of this representation], MiniRocket's alternation of full and interior."""
+  steps = jnp.arange(x.shape[-1])
+  pooled, start = [], 0
+  kernels = len(minirocket.KERNEL_INDICES)
+  for j, (dilation, count) in enumerate(zip(dilations, counts)):
+    padding = 4 * dilation
+    c = _convolve(x, weights[j], tap_offsets(dilation, shift_left))
+    full = steps < lengths[:, None]
+    interior = (steps >= padding) & (steps < lengths[:, None] - padding)
+    interior = jnp.where(interior.any(-1, keepdims=True), interior, full)
+    valid = jnp.where(((j + np.arange(kernels)) % 2 == 0)[None, :, None],
+                      full[:, None], interior[:, None])  # fmt: skip
+    b = biases[start : start + kernels * count].reshape(kernels, count)
+    features = _pool(c, b, valid)  # [B, 84, count, 4]
+    pooled.append(features.reshape(x.shape[0], -1, 4))
+    start += kernels * count
+  return jnp.moveaxis(jnp.concatenate(pooled, axis=1), 2, 1)  # [B, 4, features]
+
+
+def transform(x, lengths, params, params_difference) -> jax.Array:
+  """Features [cases, 8 x features per representation] of `x` [cases, channels, steps], each case
+  `lengths[i]` steps long; `params` (minirocket.Parameters) for the series, `params_difference`
+  for its first difference."""
+  x = jnp.asarray(x, jnp.float32)
+  lengths = jnp.asarray(lengths, jnp.int32)
+  x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
+  difference = jnp.diff(x, axis=-1)
+  difference = jnp.where(
+    jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1, difference, 0
+  )
+  # aeon's transform gives the difference the series' channel choices (its own go unused).
+  combinations = len(params_difference.dilations) * len(minirocket.KERNEL_INDICES)
+  ends = np.cumsum(params.channels_per_combination)[:combinations]
+  params_difference = dataclasses.replace(
+    params_difference,
+    channels_per_combination=params.channels_per_combination[:combinations],
+    channel_indices=params.channel_indices[: ends[-1]],
+  )
+  parts = []
+  for series, series_lengths, p, shift in (
+    (x, lengths, params, 0),
+    (difference, lengths - 1, params_difference, 1),
+  ):
+    weights = tuple(jnp.asarray(w) for w in minirocket.weights_of(p, x.shape[1]))
+    parts.append(
+      _transform_one(
+        series,
+        series_lengths,
+        weights,
+        jnp.asarray(p.biases),
+        tuple(int(d) for d in p.dilations),
+        tuple(int(n) for n in p.features_per_dilation),
+        shift,
+      )
+    )
+  return jnp.concatenate(parts, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _transform_one(x, lengths, weights, biases, dilations, counts, shift_left):
+  return _representation(x, lengths, weights, biases, dilations, counts, shift_left).reshape(
+    x.shape[0], -1
+  )

@@ -1,13 +1,14 @@
-"""MiniRocket's transform (dlearn/models/minirocket.py) against aeon's, from aeon's own fitted
-parameters and features (tests/data/minirocket_aeon.npz, written by
-experiments/benchmarks/aeon_reference.py), and its handling of variable lengths."""
+"""The ROCKET transforms: MiniRocket's and MultiRocket's (dlearn/models/minirocket.py,
+multirocket.py) against aeon's, from aeon's own fitted parameters and features
+(tests/data/minirocket_aeon.npz, written by experiments/benchmarks/aeon_reference.py), Hydra's
+(hydra.py) by what its counts must satisfy, and how each handles variable lengths."""
 
 import os
 
 import numpy as np
 import pytest
 
-from dlearn.models import minirocket, multirocket
+from dlearn.models import hydra, minirocket, multirocket
 
 REFERENCE = os.path.join(os.path.dirname(__file__), 'data', 'minirocket_aeon.npz')
 
@@ -96,3 +97,27 @@ def test_multirocket_of_a_padded_case_is_that_of_the_case_alone():
   for i, length in enumerate(lengths):
     alone = multirocket.transform(x[i : i + 1, :, :length], [length], series, difference)
     np.testing.assert_allclose(batch[i], np.asarray(alone)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_hydra_counts_every_position_once_and_ignores_padding(channels):
+  rng = np.random.default_rng(2)
+  x = rng.integers(-5, 6, size=(3, channels, 60)).astype(np.float32)
+  lengths = np.array([60, 41, 23])
+  kernels = hydra.draw(60, channels, seed=0)
+  padded = np.where(np.arange(60) < lengths[:, None, None], x, 9.0).astype(np.float32)
+  features = np.asarray(hydra.transform(padded, lengths, kernels))
+  assert features.shape == (3, kernels.num_features) == (3, len(kernels.dilations) * 4 * 32 * 8)
+  # per dilation and series: [maxima (32 groups x 8 kernels), minima counts (32 x 8)]
+  blocks = features.reshape(3, len(kernels.dilations), 2, 2, 32, 8)
+  counts = blocks[:, :, :, 1].sum(-1)  # each group's argmin counts: one per valid position
+  np.testing.assert_array_equal(
+    counts[:, :, 0], np.broadcast_to(lengths[:, None, None], counts[:, :, 0].shape)
+  )
+  np.testing.assert_array_equal(
+    counts[:, :, 1], np.broadcast_to(lengths[:, None, None] - 1, counts[:, :, 1].shape)
+  )
+  for i, length in enumerate(lengths):
+    alone = np.asarray(hydra.transform(x[i : i + 1, :, :length], [length], kernels))[0]
+    # the kernels' dilations come from the longest case; shorter cases keep them
+    np.testing.assert_allclose(features[i], alone, rtol=1e-5, atol=1e-4)

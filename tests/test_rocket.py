@@ -45,7 +45,7 @@ def test_leave_one_out_error_equals_refitting_without_each_case():
 
 
 @pytest.mark.slow  # a whole run
-@pytest.mark.parametrize('transform', ['minirocket', 'multirocket'])
+@pytest.mark.parametrize('transform', ['minirocket', 'multirocket', 'multirocket_hydra'])
 def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_path, transform):
   data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))
   spec = importlib.util.spec_from_file_location('rocket_uea', 'experiments/configs/rocket_uea.py')

@@ -1,9 +1,13 @@
 """The ROCKET family as a dlearn model (`config.model='rocket'`, section `config.rocket`): a fixed
-random transform of each series, MiniRocket's (dlearn/models/minirocket.py) or MultiRocket's
-(multirocket.py: MiniRocket's kernels on the series and its first difference, four pooling
-operators), each feature scaled by its training standard deviation, and a linear head: what
-aeon's `MiniRocketClassifier` and `MultiRocketClassifier` are (the transform, StandardScaler
-(with_mean=False), RidgeClassifierCV).
+random transform of each series and a linear head, as aeon's classifiers of the same names
+(`config.rocket.transform`):
+- 'minirocket' (dlearn/models/minirocket.py) and 'multirocket' (multirocket.py: MiniRocket's
+  kernels on the series and its first difference, four pooling operators): each feature divided
+  by its training standard deviation (StandardScaler(with_mean=False); for a ridge head with an
+  intercept, centring would change nothing);
+- 'hydra' (hydra.py: competing kernels), its counts scaled sparsely (square roots, standardised
+  where not zero: aeon's SparseScaler);
+- 'multirocket_hydra': both side by side (aeon's MultiRocketHydraClassifier).
 
 The head, `config.rocket.head`:
 - 'ridge' (small data): fitted in closed form when the run starts (`init_from_data`): ridge
@@ -29,10 +33,10 @@ from flax import nnx
 
 from dlearn.data import pipeline
 from dlearn.errors import ConfigError
-from dlearn.models import minirocket, multirocket
+from dlearn.models import hydra, minirocket, multirocket
 from dlearn.models.family import ModelFamily
 
-TRANSFORMS = ('minirocket', 'multirocket')
+TRANSFORMS = ('minirocket', 'multirocket', 'hydra', 'multirocket_hydra')
 # num_features: in all, as the references count them (MultiRocket: 8 per kernel, dilation and
 # bias: 4 poolings of 2 representations; 50,000 = its 6,250 kernels); rounded down to multiples
 # of 84 (of 84 x 8).
@@ -83,54 +87,52 @@ class Representation(nnx.Module):
     return minirocket.convolve
 
 
+class HydraPart(nnx.Module):
+  """Hydra's kernels (drawn from the seed) and its sparse scaling (fitted to the train split)."""
+
+  def __init__(self, steps: int, channels: int, seed: int):
+    kernels = hydra.draw(steps, channels, seed=seed)
+    self.k = kernels.kernels
+    self.weights = Fixed(jnp.asarray(kernels.weights))
+    self.channels = None if kernels.channels is None else Fixed(jnp.asarray(kernels.channels))
+    self.mean = Fixed(jnp.zeros(kernels.num_features))
+    self.std = Fixed(jnp.ones(kernels.num_features))
+
+  def raw(self, x, lengths):
+    channels = None if self.channels is None else self.channels[...]
+    return hydra._transform(x, lengths, self.weights[...], channels, self.k)
+
+
 class RocketClassifier(nnx.Module):
   def __init__(self, num_classes, input_shape, *, transform, num_features, max_dilations, seed, rngs):  # fmt: skip
     steps, channels = input_shape
-    if steps < minirocket.KERNEL_LENGTH + (transform == 'multirocket'):
+    if steps < minirocket.KERNEL_LENGTH + (transform != 'minirocket'):
       raise ConfigError(
         f'{transform} needs series of at least {minirocket.KERNEL_LENGTH} steps (and its '
         f'difference too); the longest has {steps}: set config.data.max_length to 10 or more '
         '(shorter cases are zero-padded, as the references pad).'
       )
     self.transform = transform
-    if transform == 'minirocket':
-      series = minirocket.unfitted(steps, channels, num_features, max_dilations, seed)
-      self.representations = nnx.List([Representation(series, channels, 0)])
-    else:  # per representation, 4 poolings: num_features / 8 kernel features each
-      per = max(num_features // 8, 84)
-      series = minirocket.unfitted(steps, channels, per, max_dilations, seed)
-      difference = minirocket.unfitted(steps - 1, channels, per, max_dilations, seed)
-      # the series' channel choices for the difference too, as aeon's transform has it
-      combinations = len(difference.dilations) * len(minirocket.KERNEL_INDICES)
-      end = int(np.cumsum(series.channels_per_combination)[combinations - 1])
-      difference = minirocket.Parameters(
-        series.channels_per_combination[:combinations],
-        series.channel_indices[:end],
-        difference.dilations,
-        difference.features_per_dilation,
-        difference.biases,
-      )
-      self.representations = nnx.List(
-        [Representation(series, channels, 0), Representation(difference, channels, 1)]
-      )
-    size = sum(
-      r.biases.shape[0] * (1 if transform == 'minirocket' else 4) for r in self.representations
-    )
-    self.scale = Fixed(jnp.ones(size))
+    self.representations = nnx.List(_representations(transform, steps, channels, num_features, max_dilations, seed))  # fmt: skip
+    self.hydra = HydraPart(steps, channels, seed) if 'hydra' in transform else None
+    pooling = 1 if transform == 'minirocket' else 4
+    size = sum(r.biases.shape[0] * pooling for r in self.representations)
+    self.scale = Fixed(
+      jnp.ones(size)
+    )  # the kernels' features: x / std (StandardScaler(with_mean=False))
+    size += self.hydra.mean.shape[0] if self.hydra is not None else 0
     self.head = nnx.Linear(size, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
   def series(self, sequences, lengths):
     """[(x [B, C, T], lengths)] per representation, zero past each case's end."""
     x = jnp.swapaxes(sequences.astype(jnp.float32), 1, 2)
     x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
-    if self.transform == 'minirocket':
-      return [(x, lengths)]
     difference = jnp.diff(x, axis=-1)
     valid = jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1
     return [(x, lengths), (jnp.where(valid, difference, 0.0), lengths - 1)]
 
-  def features(self, sequences, lengths):
-    """[B, features] of sequences [B, T, C] with `lengths`, unscaled."""
+  def rocket_features(self, sequences, lengths):
+    """[B, features] of MiniRocket's or MultiRocket's kernels, unscaled."""
     parts = []
     for r, (x, n) in zip(self.representations, self.series(sequences, lengths)):
       kernels = tuple(k[...] for k in r.kernels)
@@ -142,11 +144,19 @@ class RocketClassifier(nnx.Module):
             x, n, kernels, r.biases[...], r.dilations, r.counts, r.shift_left
           )
         )
-    return jnp.concatenate(parts, axis=1)
+    return jnp.concatenate(parts, axis=1) if parts else jnp.zeros((sequences.shape[0], 0))
+
+  def hydra_features(self, sequences, lengths):
+    x, n = self.series(sequences, lengths)[0]
+    return self.hydra.raw(x, n)
 
   def __call__(self, sequences, lengths, train: bool = False):
     del train
-    return self.head(self.features(sequences, lengths) * self.scale[...])
+    features = [self.rocket_features(sequences, lengths) * self.scale[...]]
+    if self.hydra is not None:
+      raw = self.hydra_features(sequences, lengths)
+      features.insert(0, hydra.sparse_scale(raw, self.hydra.mean[...], self.hydra.std[...]))
+    return self.head(jnp.concatenate(features, axis=1))
 
   def fit_biases(self, sequences, lengths, seed: int) -> None:
     for i, (r, (x, n)) in enumerate(zip(self.representations, self.series(sequences, lengths))):
@@ -155,6 +165,53 @@ class RocketClassifier(nnx.Module):
         np.asarray(x), np.asarray(n), kernels, r.dilations, r.counts, seed + i, r.convolve_fn()
       )
       r.biases[...] = jnp.asarray(biases)
+
+  def fit_scaling(self, sequences, lengths) -> np.ndarray:
+    """Fits the features' scaling on these cases (the train split); returns their scaled
+    features [cases, all features] for the head."""
+    rocket = _batched(self.rocket_features, sequences, lengths)
+    std = rocket.std(0)
+    self.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)
+    parts = [rocket * np.asarray(self.scale[...])]
+    if self.hydra is not None:
+      raw = _batched(self.hydra_features, sequences, lengths)
+      mean, std = hydra.sparse_scale_fit(raw)
+      self.hydra.mean[...], self.hydra.std[...] = jnp.asarray(mean), jnp.asarray(std)
+      parts.insert(0, np.asarray(hydra.sparse_scale(raw, mean, std)))
+    return np.concatenate(parts, axis=1)
+
+
+def _batched(features_of, sequences, lengths):
+  return np.concatenate(
+    [
+      np.asarray(features_of(sequences[i : i + FEATURE_BATCH], lengths[i : i + FEATURE_BATCH]))
+      for i in range(0, len(sequences), FEATURE_BATCH)
+    ]
+  )
+
+
+def _representations(transform, steps, channels, num_features, max_dilations, seed):
+  """The series MiniRocket's kernels run over: the input (MiniRocket), or the input and its
+  first difference (MultiRocket; with Hydra, aeon's MultiRocket-Hydra: 50,000 of them); none for
+  Hydra alone."""
+  if transform == 'hydra':
+    return []
+  if transform == 'minirocket':
+    return [Representation(minirocket.unfitted(steps, channels, num_features, max_dilations, seed), channels, 0)]  # fmt: skip
+  per = max(num_features // 8, 84)  # 4 poolings of 2 representations
+  series = minirocket.unfitted(steps, channels, per, max_dilations, seed)
+  difference = minirocket.unfitted(steps - 1, channels, per, max_dilations, seed)
+  # the series' channel choices for the difference too, as aeon's transform has it
+  combinations = len(difference.dilations) * len(minirocket.KERNEL_INDICES)
+  end = int(np.cumsum(series.channels_per_combination)[combinations - 1])
+  difference = minirocket.Parameters(
+    series.channels_per_combination[:combinations],
+    series.channel_indices[:end],
+    difference.dilations,
+    difference.features_per_dilation,
+    difference.biases,
+  )
+  return [Representation(series, channels, 0), Representation(difference, channels, 1)]
 
 
 def ridge_loo(features, labels, num_classes: int, alphas):
@@ -202,17 +259,9 @@ class RocketFamily(ModelFamily):
     lengths = jnp.asarray(np.array([c['length'] for c in cases]))
     labels = np.array([c['label'] for c in cases])
     model.fit_biases(x, lengths, config.seed)
-    batches = range(0, len(cases), FEATURE_BATCH)
-    features = np.concatenate(
-      [
-        np.asarray(model.features(x[i : i + FEATURE_BATCH], lengths[i : i + FEATURE_BATCH]))
-        for i in batches
-      ]  # fmt: skip
-    )
-    std = features.std(0)
-    model.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)
+    features = model.fit_scaling(x, lengths)
     if s.head == 'ridge':
-      kernel, bias, alpha = ridge_loo(features * np.asarray(model.scale[...]), labels, info.num_classes, s.alphas)  # fmt: skip
+      kernel, bias, alpha = ridge_loo(features, labels, info.num_classes, s.alphas)
       model.head.kernel[...] = jnp.asarray(kernel)
       model.head.bias[...] = jnp.asarray(bias)
       logging.info(

@@ -13,6 +13,14 @@ works.) The reference: the Flax example reaches 76.5% top-1 on ImageNet's valida
 hours on a TPU v3-32 (its README). Not run here: no ImageNet and no accelerator on this project's
 machines. `:smoke` is 20 steps of a narrow ResNet-50 (width 8) on the CIFAR-10 JPEG data (prepared as
 in the README).
+
+`:cifar10` is the same network, unchanged (ImageNet's stem on 32x32 images), on the CIFAR-10 JPEG
+data for as long as this project's CPU allows: batch 128, SGD 0.1 with Nesterov momentum, weight
+decay 5e-4, label smoothing 0.1, 100 steps of warm-up, cosine over 2 epochs:
+  python -m dlearn.main --config=experiments/configs/imagenet_resnet50.py:cifar10 --workdir=workdirs/resnet50_cifar10
+reached 37.9% validation accuracy after epoch 1 and 49.8% after epoch 2 (5,000 images carved from
+train), 53 minutes on the project's 2-core CPU machine (one CPU device, 0.2-0.3 steps/s, other jobs
+beside it), 2026-12-02: a check that the recipe learns, not a CIFAR-10 result.
 """
 
 import ml_collections

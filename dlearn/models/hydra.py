@@ -1,0 +1,113 @@
+"""Hydra's transform (Dempster, Schmidt and Webb 2023) in JAX: per dilation, `groups` groups of
+`kernels` random kernels of length 9 (zero mean, unit L1 norm) on the series and on its first
+difference; at every position the kernels of a group compete: each group counts, per kernel,
+the summed response where that kernel responds most and the number of positions where it
+responds least. As the reference (Dempster's code, aeon's `HydraTransformer`): dilations 2^0 ..
+2^floor(log2((T - 1) / 8)), half the groups on the series and half on its difference, and for
+multivariate series each group convolves the sum of a random draw (with replacement) of
+clip(channels // 2, 2, 8) channels.
+
+Variable lengths: positions past a case's end take part in no count; the convolution is that of
+the case alone (zero padding around it), so a padded case has the features of the case alone.
+The kernels come from numpy's generator (`draw`), not torch's, so they differ from aeon's draws;
+the transform given the same kernels is the reference's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KERNEL_LENGTH = 9
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """weights [dilations, 2 (series, difference), groups/2 * kernels, 9]; channels [dilations, 2,
+  groups/2, channels per group] (multivariate only; None for one channel)."""
+
+  weights: np.ndarray
+  channels: np.ndarray | None
+  kernels: int
+
+  @property
+  def dilations(self) -> tuple[int, ...]:
+    return tuple(2**i for i in range(self.weights.shape[0]))
+
+  @property
+  def num_features(self) -> int:
+    return self.weights.shape[0] * 2 * 2 * self.weights.shape[2]
+
+
+def draw(steps: int, channels: int, kernels: int = 8, groups: int = 64, seed: int = 0) -> Kernels:
+  """Kernels for series of `steps` steps and `channels` channels, from `seed`."""
+  rng = np.random.default_rng(seed)
+  count = int(np.log2((steps - 1) / (KERNEL_LENGTH - 1))) + 1
+  per_representation = groups // 2
+  w = rng.normal(size=(count, 2, kernels * per_representation, KERNEL_LENGTH))
+  w = w - w.mean(-1, keepdims=True)
+  w = w / np.abs(w).sum(-1, keepdims=True)
+  chosen = None
+  if channels > 1:
+    per_group = int(np.clip(channels // 2, 2, 8))
+    chosen = rng.integers(0, channels, (count, 2, per_representation, per_group)).astype(np.int32)
+  return Kernels(w.astype(np.float32), chosen, kernels)
+
+
+def transform(x, lengths, kernels: Kernels) -> jax.Array:
+  """Features [cases, kernels.num_features] of `x` [cases, channels, steps] of `lengths`."""
+  x = jnp.asarray(x, jnp.float32)
+  lengths = jnp.asarray(lengths, jnp.int32)
+  channels = None if kernels.channels is None else jnp.asarray(kernels.channels)
+  return _transform(x, lengths, jnp.asarray(kernels.weights), channels, kernels.kernels)
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _transform(x, lengths, weights, channels, k):
+  x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
+  difference = jnp.diff(x, axis=-1)
+  difference = jnp.where(jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1, difference, 0.0)  # fmt: skip
+  series = ((x, lengths), (difference, lengths - 1))
+  features = []
+  for i in range(weights.shape[0]):
+    dilation = 2**i
+    for r, (s, n) in enumerate(series):
+      groups = weights.shape[2] // k
+      if channels is None:  # one channel: every group convolves it
+        inputs = jnp.broadcast_to(s, (s.shape[0], groups, s.shape[-1]))
+      else:  # each group: the sum of its channels
+        inputs = s[:, channels[i, r]].sum(2)
+      z = jax.lax.conv_general_dilated(
+        inputs,
+        weights[i, r][:, None, :],
+        window_strides=(1,),
+        padding=[(4 * dilation, 4 * dilation)],
+        rhs_dilation=(dilation,),
+        dimension_numbers=('NCH', 'OIH', 'NCH'),
+        feature_group_count=groups,
+        precision=jax.lax.Precision.HIGHEST,
+      ).reshape(s.shape[0], groups, k, -1)
+      valid = (jnp.arange(z.shape[-1]) < n[:, None])[:, None, None, :]  # [B, 1, 1, T]
+      top = jax.nn.one_hot(z.argmax(2), k, axis=2) * valid
+      bottom = jax.nn.one_hot(z.argmin(2), k, axis=2) * valid
+      features.append((top * z.max(2, keepdims=True)).sum(-1).reshape(s.shape[0], -1))
+      features.append(bottom.sum(-1).reshape(s.shape[0], -1))
+  return jnp.concatenate(features, axis=1)
+
+
+def sparse_scale_fit(features):
+  """(mean, std) of Hydra's sparse scaling (the reference's `SparseScaler`): of the square roots of
+  the clipped counts, the std plus (share of zeros)^4 + 1e-8."""
+  f = np.sqrt(np.clip(np.asarray(features, np.float64), 0, None))
+  epsilon = (f == 0).mean(0) ** 4 + 1e-8
+  return f.mean(0).astype(np.float32), (f.std(0, ddof=1) + epsilon).astype(np.float32)
+
+
+def sparse_scale(features, mean, std):
+  """(sqrt(clipped) - mean) / std where the count is not zero, 0 where it is."""
+  f = jnp.sqrt(jnp.clip(features, 0, None))
+  return jnp.where(f != 0, (f - mean) / std, 0.0)

@@ -59,6 +59,14 @@ def sequence_inputs(sequences, lengths, config, rng, train: bool):
   return sequences, lengths
 
 
+def section(config, name: str, defaults):
+  """A plug-in model's config section `config.<name>` over its `defaults` (the section may be
+  absent, as in a config written before it, or partial)."""
+  merged = defaults.copy_and_resolve_references()
+  merged.update(dict(config.get(name, {})))
+  return merged
+
+
 def own_part(x, parts: int):
   """This device's contiguous part of every example along axis 1 (rows of an image, time steps of
   a sequence), under config.partition.parts > 1."""

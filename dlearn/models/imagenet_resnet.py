@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from dlearn.models import family
 from dlearn.models.family import ModelFamily, compute_dtype
 
 DEFAULTS = ml_collections.ConfigDict(
@@ -126,8 +127,7 @@ class ImageNetResNet(nnx.Module):
 
 def settings(config) -> ml_collections.ConfigDict:
   """config.imagenet_resnet over the defaults (the section may be absent or partial)."""
-  merged = DEFAULTS.copy_and_resolve_references()
-  merged.update(dict(config.get('imagenet_resnet', {})))
+  merged = family.section(config, 'imagenet_resnet', DEFAULTS)
   return merged
 
 

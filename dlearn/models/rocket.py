@@ -33,7 +33,7 @@ from flax import nnx
 
 from dlearn.data import pipeline
 from dlearn.errors import ConfigError
-from dlearn.models import hydra, minirocket, multirocket
+from dlearn.models import family, hydra, minirocket, multirocket
 from dlearn.models.family import ModelFamily
 
 TRANSFORMS = ('minirocket', 'multirocket', 'hydra', 'multirocket_hydra')
@@ -58,8 +58,7 @@ class Fixed(nnx.Variable):
 
 
 def settings(config) -> ml_collections.ConfigDict:
-  merged = DEFAULTS.copy_and_resolve_references()
-  merged.update(dict(config.get('rocket', {})))
+  merged = family.section(config, 'rocket', DEFAULTS)
   if merged.transform not in TRANSFORMS or merged.head not in HEADS:
     raise ConfigError(
       f'config.rocket.transform={merged.transform!r}, head={merged.head!r}: transforms '

@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from dlearn.errors import ConfigError
+from dlearn.models import family
 from dlearn.models.family import ModelFamily, compute_dtype
 
 # (width, depth, heads) of each size; the MLP is 4x the width.
@@ -153,8 +154,7 @@ class ViT(nnx.Module):
 
 
 def settings(config) -> ml_collections.ConfigDict:
-  merged = DEFAULTS.copy_and_resolve_references()
-  merged.update(dict(config.get('vit', {})))
+  merged = family.section(config, 'vit', DEFAULTS)
   if merged.size not in SIZES or merged.pool not in POOLS:
     raise ConfigError(
       f'config.vit.size={merged.size!r}, pool={merged.pool!r}: sizes {tuple(SIZES)}, pools {POOLS}.'

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlearn.models import multirocket
+
 KERNEL_LENGTH = 9
 
 
@@ -68,10 +70,7 @@ def transform(x, lengths, kernels: Kernels) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(4,))
 def _transform(x, lengths, weights, channels, k):
-  x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
-  difference = jnp.diff(x, axis=-1)
-  difference = jnp.where(jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1, difference, 0.0)  # fmt: skip
-  series = ((x, lengths), (difference, lengths - 1))
+  series = multirocket.with_difference(x, lengths)
   features = []
   for i in range(weights.shape[0]):
     dilation = 2**i

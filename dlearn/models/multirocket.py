@@ -95,17 +95,19 @@ def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
   return jnp.moveaxis(jnp.concatenate(pooled, axis=1), 2, 1)  # [B, 4, features]
 
 
+def with_difference(x, lengths):
+  """((x, lengths), (its first difference, lengths - 1)) of x [B, C, T], each zero past its end."""
+  x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
+  difference = jnp.diff(x, axis=-1)
+  valid = jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1
+  return (x, lengths), (jnp.where(valid, difference, 0.0), lengths - 1)
+
+
 def transform(x, lengths, params, params_difference) -> jax.Array:
   """Features [cases, 8 x features per representation] of `x` [cases, channels, steps], each case
   `lengths[i]` steps long; `params` (minirocket.Parameters) for the series, `params_difference`
   for its first difference."""
-  x = jnp.asarray(x, jnp.float32)
-  lengths = jnp.asarray(lengths, jnp.int32)
-  x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
-  difference = jnp.diff(x, axis=-1)
-  difference = jnp.where(
-    jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1, difference, 0
-  )
+  series = with_difference(jnp.asarray(x, jnp.float32), jnp.asarray(lengths, jnp.int32))
   # aeon's transform gives the difference the series' channel choices (its own go unused).
   combinations = len(params_difference.dilations) * len(minirocket.KERNEL_INDICES)
   ends = np.cumsum(params.channels_per_combination)[:combinations]
@@ -115,14 +117,11 @@ def transform(x, lengths, params, params_difference) -> jax.Array:
     channel_indices=params.channel_indices[: ends[-1]],
   )
   parts = []
-  for series, series_lengths, p, shift in (
-    (x, lengths, params, 0),
-    (difference, lengths - 1, params_difference, 1),
-  ):
-    weights = tuple(jnp.asarray(w) for w in minirocket.weights_of(p, x.shape[1]))
+  for (series_x, series_lengths), p, shift in zip(series, (params, params_difference), (0, 1)):
+    weights = tuple(jnp.asarray(w) for w in minirocket.weights_of(p, np.shape(x)[1]))
     parts.append(
       _transform_one(
-        series,
+        series_x,
         series_lengths,
         weights,
         jnp.asarray(p.biases),

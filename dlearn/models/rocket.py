@@ -116,19 +116,14 @@ class RocketClassifier(nnx.Module):
     self.hydra = HydraPart(steps, channels, seed) if 'hydra' in transform else None
     pooling = 1 if transform == 'minirocket' else 4
     size = sum(r.biases.shape[0] * pooling for r in self.representations)
-    self.scale = Fixed(
-      jnp.ones(size)
-    )  # the kernels' features: x / std (StandardScaler(with_mean=False))
+    # the kernels' features: x / std (StandardScaler(with_mean=False))
+    self.scale = Fixed(jnp.ones(size))
     size += self.hydra.mean.shape[0] if self.hydra is not None else 0
     self.head = nnx.Linear(size, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
   def series(self, sequences, lengths):
     """[(x [B, C, T], lengths)] per representation, zero past each case's end."""
-    x = jnp.swapaxes(sequences.astype(jnp.float32), 1, 2)
-    x = jnp.where(jnp.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
-    difference = jnp.diff(x, axis=-1)
-    valid = jnp.arange(difference.shape[-1]) < lengths[:, None, None] - 1
-    return [(x, lengths), (jnp.where(valid, difference, 0.0), lengths - 1)]
+    return multirocket.with_difference(jnp.swapaxes(sequences.astype(jnp.float32), 1, 2), lengths)
 
   def rocket_features(self, sequences, lengths):
     """[B, features] of MiniRocket's or MultiRocket's kernels, unscaled."""

@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from dlearn.errors import UserError
 
@@ -166,10 +169,14 @@ class StopSignals:
   boundary, after a checkpoint, instead of dying mid-step. A second Ctrl-C stops at once.
 
   In a multi-process job JAX's own preemption service catches SIGTERM and makes every process
-  agree on the step (`Checkpointer.reached_preemption`); this handler then covers SIGINT."""
+  agree on the step (`Checkpointer.reached_preemption`); this handler then covers SIGINT.
 
-  def __init__(self):
+  `deadline` (time.monotonic()), if set, stops the loop the same way once it has passed
+  (config.max_train_seconds); every process takes process 0's clock."""
+
+  def __init__(self, deadline: float | None = None):
     self.received = None
+    self.deadline = deadline
     self._previous = {}
     if threading.current_thread() is not threading.main_thread():
       return  # Python takes signals in the main thread only; elsewhere the defaults stay
@@ -194,6 +201,12 @@ class StopSignals:
       return self.received
     if jax.process_count() > 1 and checkpointer.reached_preemption(dispatch):
       return 'preemption'
+    if self.deadline is not None:
+      late = np.array(time.monotonic() > self.deadline)
+      if jax.process_count() > 1:
+        late = multihost_utils.broadcast_one_to_all(late)
+      if late:
+        return 'config.max_train_seconds'
     return None
 
   def restore(self):

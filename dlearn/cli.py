@@ -5,6 +5,7 @@ that names the flag, file or config field and what to do, with no traceback."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -98,14 +99,36 @@ def define_workdir_flags(set_example: str) -> None:
   )
 
 
+def use_compilation_cache(directory: str) -> None:
+  """Keeps every compiled program in `directory` (JAX's persistent compilation cache), so that a
+  program compiled once is loaded, not compiled again, by later runs and commands on the same
+  machine: the folds of a cross-validation, evaluate and predict after training."""
+  if not directory:
+    return
+  import jax  # here: `prepare` and the pipeline's workers need no JAX
+
+  jax.config.update('jax_compilation_cache_dir', os.path.expanduser(directory))
+  # every program: a small dataset's many short compilations add up to most of its run
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
 def run(main: Callable, define_flags: Callable[[], None]) -> None:
   """Defines the command's flags, parses the command line and runs `main(argv)` under absl."""
   define_flags()
+  flags.DEFINE_string(
+    'compilation_cache',
+    os.environ.get('JAX_COMPILATION_CACHE_DIR', '~/.cache/dlearn/jax'),
+    "Directory of JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+    '~/.cache/dlearn/jax); empty: compile every program afresh.',
+  )
 
   def parse(argv):
     try:
-      return flags.FLAGS(argv)
+      argv = flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
       fail(_flag_error(e, argv))
+    use_compilation_cache(flags.FLAGS.compilation_cache)
+    return argv
 
   app.run(main, flags_parser=parse)

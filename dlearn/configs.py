@@ -7,6 +7,7 @@ same experiment in a minute on a laptop CPU.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -163,6 +164,9 @@ def base() -> ml_collections.ConfigDict:
   config.num_epochs = 10.0
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.max_train_steps = -1  # > 0: num_epochs' steps, but at most this many
+  # > 0: stop after a checkpoint once the loop has run this long (rerun to resume), as a signal
+  # stops it; the time budget of dlearn.ensemble's members.
+  config.max_train_seconds = 0.0
   config.eval_every_steps = -1  # -1: once per epoch, and at the end
   config.log_every_steps = 100
   config.checkpoint_every_steps = -1  # -1: once per epoch, and at the end
@@ -237,6 +241,14 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     config[key] = known.pop(key)  # update() sets only fields the config has
   config.update(known)
   return config
+
+
+def load_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """The config of an experiment config file, as `--config=PATH:ARG` gives it."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

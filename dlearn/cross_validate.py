@@ -14,9 +14,10 @@ command resumes each fold, or only evaluates a finished one. Given a fold's work
 Prints a line per fold and `k-fold accuracy: MEAN ± STD over K folds (N examples)`, STD being the
 sample standard deviation (ddof=1) of the folds' accuracies, and writes
 WORKDIR/cross_validation.json: each fold's accuracy, loss and examples, the mean and std, the folds'
-sizes, the config and the command's seconds.
+sizes, the config and the seconds the folds took.
 """
 
+import functools
 import json
 import os
 import sys
@@ -59,41 +60,48 @@ def _write_summary(workdir, results, sizes, config, seconds):
   return summary
 
 
-def main(argv):
+def run_folds(config, workdir: str, folds: int, split: str, report=print):
+  """Cross-validates `config` over `split` in `workdir` (a fold_<i> run per fold; rerunning
+  resumes), `report`ing a line per fold; returns the summary (cross_validation.json), or None
+  when a signal or config.max_train_seconds stopped a fold after a checkpoint."""
   start = time.monotonic()
-  config = main_command.start(argv)
-  config.data.train_split, config.data.folds = FLAGS.split, FLAGS.folds
+  config = config.copy_and_resolve_references()
+  config.data.train_split, config.data.folds = split, folds
+  # The folds' checks and sizes before any training; each run cuts the same folds again.
+  source = pipeline.load_split(config.data.name, config.data.train_split, config.data.data_dir)
+  held_out = pipeline.stratified_folds(pipeline.labels(source), folds, config.seed, '--folds')
   results = []
-  try:
-    # The folds' checks and sizes before any training; each run cuts the same folds again.
-    source = pipeline.load_split(config.data.name, config.data.train_split, config.data.data_dir)
-    folds = pipeline.stratified_folds(pipeline.labels(source), FLAGS.folds, config.seed, '--folds')
-    for fold in range(FLAGS.folds):
-      config.data.fold = fold  # each run derives its own settings (e.g. batch_size=0) afresh
-      workdir = os.path.join(FLAGS.workdir, f'fold_{fold}')
-      logging.info(
-        'Fold %d of %d: %d examples held out; %s.', fold, FLAGS.folds, len(folds[fold]), workdir
+  for fold in range(folds):
+    config.data.fold = fold  # each run derives its own settings (e.g. batch_size=0) afresh
+    fold_dir = os.path.join(workdir, f'fold_{fold}')
+    logging.info('Fold %d of %d: %d examples held out; %s.', fold, folds, len(held_out[fold]), fold_dir)  # fmt: skip
+    result = train.train_and_evaluate(config, fold_dir)
+    if result['preempted']:
+      return None
+    evaluation = result['eval']
+    results.append({'fold': fold, **evaluation, 'workdir': fold_dir})
+    if jax.process_index() == 0:
+      report(
+        f'fold {fold}: accuracy {evaluation["accuracy"]:.4f}  loss {evaluation["loss"]:.4f}  '
+        f'examples {evaluation["count"]}'
       )
-      result = train.train_and_evaluate(config, workdir)
-      if result['preempted']:
-        sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)
-      evaluation = result['eval']
-      results.append({'fold': fold, **evaluation, 'workdir': workdir})
-      if jax.process_index() == 0:
-        print(
-          f'fold {fold}: accuracy {evaluation["accuracy"]:.4f}  loss {evaluation["loss"]:.4f}  '
-          f'examples {evaluation["count"]}',
-          flush=True,
-        )
+  sizes = [len(f) for f in held_out]
+  return _write_summary(workdir, results, sizes, config, time.monotonic() - start)
+
+
+def main(argv):
+  config = main_command.start(argv)
+  try:
+    summary = run_folds(config, FLAGS.workdir, FLAGS.folds, FLAGS.split, functools.partial(print, flush=True))  # fmt: skip
   except cli.USER_ERRORS as e:  # the messages say what is wrong and what to do
     logging.error('%s', e)
     cli.fail(e)
-  sizes = [len(f) for f in folds]
-  summary = _write_summary(FLAGS.workdir, results, sizes, config, time.monotonic() - start)
+  if summary is None:
+    sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)
   if jax.process_index() == 0:
     print(
       f'k-fold accuracy: {summary["mean_accuracy"]:.4f} ± {summary["std_accuracy"]:.4f} over '
-      f'{len(results)} folds ({summary["examples"]} examples)'
+      f'{len(summary["folds"])} folds ({summary["examples"]} examples)'
     )
 
 

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -250,7 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   nonfinite = bookkeeping.NonFiniteCheck(
     config.skip_nonfinite_steps, lambda: (checkpointer.latest_step(), checkpointer.directory)
   )
-  signals = checkpoint.StopSignals()
+  deadline = time.monotonic() + config.max_train_seconds if config.max_train_seconds > 0 else None
+  signals = checkpoint.StopSignals(deadline)
 
   # ---------------------------------------------------------------------------------------------
   # Loop

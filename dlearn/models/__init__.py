@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dlearn.errors import ConfigError
-from dlearn.models import cnn, fast_cnn, imagenet_resnet, rnn, rocket, vit
+from dlearn.models import cnn, fast_cnn, imagenet_resnet, rnn, rocket, vit, weighted_ensemble
 from dlearn.models.family import ModelFamily
 
 _FAMILIES: dict[str, ModelFamily] = {
@@ -22,6 +22,7 @@ _FAMILIES: dict[str, ModelFamily] = {
   'resnet50': imagenet_resnet.ImageNetResNetFamily(),
   'vit': vit.ViTFamily(),
   'rocket': rocket.RocketFamily(),
+  'weighted_ensemble': weighted_ensemble.WeightedEnsembleFamily(),
 }
 
 

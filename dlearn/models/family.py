@@ -128,6 +128,11 @@ class ModelFamily:
     over PART_AXIS."""
     return model(*inputs, train=train)
 
+  def probabilities(self, model, inputs, config):
+    """Class probabilities [B, classes] of whole examples at evaluation, as an ensemble of
+    different models combines them (dlearn/models/weighted_ensemble.py)."""
+    return jax.nn.softmax(self.logits(model, inputs, config, train=False).astype(jnp.float32), -1)
+
   def load_torch_state_dict(self, model, state_dict: dict, config) -> None:
     """Sets `model`'s parameters from a PyTorch reference's `state_dict` (numpy arrays), for
     `config.init_from=WEIGHTS.npz`; families with a reference implementation override it."""

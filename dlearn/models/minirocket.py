@@ -152,24 +152,53 @@ def unfitted(steps: int, num_channels: int, num_features=10_000, max_dilations=3
   return Parameters(counts, indices, dilations, per_dilation, biases)
 
 
+def tap_offsets(dilation: int, shift_left: int = 0) -> tuple[int, ...]:
+  """Where each of the 9 taps reads, relative to the output position (`shift_left`: the four left
+  taps that much later, MultiRocket's reading of the difference)."""
+  return tuple((g - 4) * dilation + (shift_left if g < 4 else 0) for g in range(KERNEL_LENGTH))
+
+
+def shifted(x, offset: int):
+  """x [..., T] read at t + offset, zero outside."""
+  if offset == 0:
+    return x
+  if abs(offset) >= x.shape[-1]:
+    return jnp.zeros_like(x)
+  pad = [(0, 0)] * (x.ndim - 1)
+  if offset > 0:
+    return jnp.pad(x[..., offset:], (*pad, (0, offset)))
+  return jnp.pad(x[..., :offset], (*pad, (-offset, 0)))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def own_convolutions(cases, weights, dilations, shift_left: int = 0):
+  """[dilations, 84, T]: per dilation j, kernel k on its own case cases[j, k] ([84, C, T])."""
+  out = []
+  for j, dilation in enumerate(dilations):
+    taps = jnp.stack([shifted(cases[j], o) for o in tap_offsets(dilation, shift_left)], axis=2)
+    out.append(jnp.einsum('kcg,kcgt->kt', weights[j], taps, precision=jax.lax.Precision.HIGHEST))
+  return jnp.stack(out)
+
+
 def fit_biases(
-  x, lengths, weights, dilations, per_dilation, seed: int = 0, convolve_fn=None
+  x, lengths, weights, dilations, per_dilation, seed: int = 0, shift_left: int = 0
 ) -> np.ndarray:
   """The biases for `x` [cases, channels, steps] of `lengths` and the kernels `weights` (one
   [84, channels, 9] array per dilation, `weights_of`): per (dilation, kernel), its features'
-  `quantiles` of the kernel's convolution (`convolve_fn(x, weights, dilation)`, default
-  `convolve`) of one random case, over that case's own steps."""
-  convolve_fn = convolve_fn or convolve
+  `quantiles` of the kernel's convolution (taps at `tap_offsets(dilation, shift_left)`) of one
+  random case, over that case's own steps. One compiled call convolves every kernel's case."""
   x, lengths = np.asarray(x, np.float32), np.asarray(lengths)
   x = np.where(np.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
   rng = np.random.default_rng(seed)
+  cases = np.stack([rng.integers(len(x), size=len(KERNEL_INDICES)) for _ in dilations])
+  dilations = tuple(int(d) for d in dilations)
+  weights = tuple(jnp.asarray(w) for w in weights)
+  c = np.asarray(own_convolutions(jnp.asarray(x[cases]), weights, dilations, shift_left))
   q = quantiles(len(KERNEL_INDICES) * int(np.sum(per_dilation)))
   biases, start = [], 0
-  for w, dilation, n in zip(weights, dilations, per_dilation):
-    cases = rng.integers(len(x), size=len(KERNEL_INDICES))
-    c = np.asarray(convolve_fn(jnp.asarray(x[cases]), jnp.asarray(w), int(dilation)))
-    for k, case in enumerate(cases):
-      biases.append(np.quantile(c[k, k, : lengths[case]], q[start : start + int(n)]))
+  for j, n in enumerate(per_dilation):
+    for k, case in enumerate(cases[j]):
+      biases.append(np.quantile(c[j, k, : lengths[case]], q[start : start + int(n)]))
       start += int(n)
   return np.concatenate(biases).astype(np.float32)
 

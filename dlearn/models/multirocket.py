@@ -32,25 +32,9 @@ from dlearn.models import minirocket
 POOLING = ('ppv', 'lspv', 'mpv', 'mipv')
 
 
-def tap_offsets(dilation: int, shift_left: int = 0) -> tuple[int, ...]:
-  """Where each of the 9 taps reads, relative to the output position."""
-  return tuple((g - 4) * dilation + (shift_left if g < 4 else 0) for g in range(9))
-
-
-def _shifted(x, offset: int):
-  """x [B, C, T] read at t + offset, zero outside."""
-  if offset == 0:
-    return x
-  if abs(offset) >= x.shape[-1]:
-    return jnp.zeros_like(x)
-  if offset > 0:
-    return jnp.pad(x[..., offset:], ((0, 0), (0, 0), (0, offset)))
-  return jnp.pad(x[..., :offset], ((0, 0), (0, 0), (-offset, 0)))
-
-
 def _convolve(x, weights, offsets):
   """[B, 84, T]: kernel taps at `offsets`, summed over the channels weights [84, C, 9] select."""
-  shifted = jnp.stack([_shifted(x, o) for o in offsets], axis=2)  # [B, C, 9, T]
+  shifted = jnp.stack([minirocket.shifted(x, o) for o in offsets], axis=2)  # [B, C, 9, T]
   return jnp.einsum('kcg,bcgt->bkt', weights, shifted, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -82,7 +66,7 @@ def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
   kernels = len(minirocket.KERNEL_INDICES)
   for j, (dilation, count) in enumerate(zip(dilations, counts)):
     padding = 4 * dilation
-    c = _convolve(x, weights[j], tap_offsets(dilation, shift_left))
+    c = _convolve(x, weights[j], minirocket.tap_offsets(dilation, shift_left))
     full = steps < lengths[:, None]
     interior = (steps >= padding) & (steps < lengths[:, None] - padding)
     interior = jnp.where(interior.any(-1, keepdims=True), interior, full)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -77,13 +78,6 @@ class Representation(nnx.Module):
     self.shift_left = shift_left
     self.kernels = nnx.List([Fixed(jnp.asarray(w)) for w in minirocket.weights_of(params, num_channels)])  # fmt: skip
     self.biases = Fixed(jnp.zeros(params.num_features))
-
-  def convolve_fn(self):
-    if self.shift_left:
-      return lambda x, w, d: multirocket._convolve(
-        x, w, multirocket.tap_offsets(d, self.shift_left)
-      )
-    return minirocket.convolve
 
 
 class HydraPart(nnx.Module):
@@ -156,7 +150,7 @@ class RocketClassifier(nnx.Module):
     for i, (r, (x, n)) in enumerate(zip(self.representations, self.series(sequences, lengths))):
       kernels = [np.asarray(k[...]) for k in r.kernels]
       biases = minirocket.fit_biases(
-        np.asarray(x), np.asarray(n), kernels, r.dilations, r.counts, seed + i, r.convolve_fn()
+        np.asarray(x), np.asarray(n), kernels, r.dilations, r.counts, seed + i, r.shift_left
       )
       r.biases[...] = jnp.asarray(biases)
 
@@ -245,6 +239,14 @@ class RocketFamily(ModelFamily):
       seed=config.seed,
       rngs=rngs,
     )
+
+  def probabilities(self, model, inputs, config):
+    """A ridge head's scores are no probabilities: its vote, one-hot (aeon's predict_proba of its
+    ridge classifiers); a logistic head's softmax."""
+    logits = self.logits(model, inputs, config, train=False)
+    if settings(config).head == 'ridge':
+      return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
+    return jax.nn.softmax(logits.astype(jnp.float32), -1)
 
   def init_from_data(self, model, config, source, info) -> None:
     s = settings(config)

@@ -1,0 +1,204 @@
+"""Command: an ensemble of different models for one dataset, each weighted by its cross-validated
+accuracy on the training data (HIVE-COTE 2's CAWPE: accuracy^4), in one work directory that
+`dlearn.evaluate`, `dlearn.predict` and `dlearn.export` read like any other.
+
+  python -m dlearn.ensemble --dataset=gun_point --workdir=workdirs/ensemble_gun_point \
+      [--members=experiments/configs/rocket_uea.py,experiments/configs/rnn_uea.py] [--folds=5] \
+      [--minutes=3] [--set=data.data_dir=data/tfds ...]
+
+Each member is an experiment config taking the dataset as its argument (`FILE` gets
+`FILE:DATASET`; `FILE:EXTRA` gets `FILE:DATASET,EXTRA`, e.g. `rocket_uea.py:minirocket`). In
+order, each member is cross-validated over its config.data.train_split (`dlearn.cross_validate`'s
+folds, in WORKDIR/members/NAME/cv) and then trained on the whole split (WORKDIR/members/NAME/final).
+The ensemble (`config.model='weighted_ensemble'`, dlearn/models/weighted_ensemble.py) takes the
+members' trained state into its own checkpoint in WORKDIR and is evaluated on the evaluation
+split. `--minutes` bounds the whole command: each training run may take the budget left divided
+by the runs the member still needs (config.max_train_seconds); a member whose run is stopped so,
+or that no longer fits, is left out, and the command says which and why (rerun with more minutes
+to finish it: its runs resume). WORKDIR/ensemble.json records each member's fold accuracies,
+weight, seconds, and why any was left out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+from absl import flags, logging
+
+from dlearn import cli, configs, cross_validate, distributed, metrics, train
+from dlearn.errors import ConfigError
+from dlearn.models import weighted_ensemble
+
+FLAGS = flags.FLAGS
+DEFAULT_MEMBERS = ('experiments/configs/rocket_uea.py', 'experiments/configs/rnn_uea.py')
+
+
+def define_flags():
+  flags.DEFINE_string('workdir', None, 'Work directory of the ensemble.', required=True)
+  flags.DEFINE_string('dataset', None, 'Prepared dataset (or UEA/UCR archive name).', required=True)  # fmt: skip
+  flags.DEFINE_list('members', list(DEFAULT_MEMBERS), 'Experiment configs, FILE or FILE:EXTRA.')
+  flags.DEFINE_integer('folds', 5, 'k of the cross-validation that weighs each member.')
+  flags.DEFINE_float('minutes', 3.0, 'Time budget of the whole command (members beyond it are left out).')  # fmt: skip
+  flags.DEFINE_multi_string(
+    'set', [], 'FIELD=VALUE for every member, e.g. data.data_dir=data/tfds.'
+  )
+  distributed.define_flags()
+
+
+def member_config(spec: str, dataset: str, overrides: dict):
+  """(name, config) of a member spec FILE[:EXTRA] for `dataset`."""
+  path, _, extra = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--members: {path} is not a file: give experiment config files.')
+  config = configs.override(configs.load_file(path, ','.join(a for a in (dataset, extra) if a)), overrides)  # fmt: skip
+  name = os.path.splitext(os.path.basename(path))[0] + (f'-{extra}' if extra else '')
+  return name, config
+
+
+def check_same_data(members) -> None:
+  """The members read the same examples: one dataset, one padded length."""
+  (first, a), *others = members
+  for name, b in others:
+    for field in ('name', 'data_dir', 'train_split', 'eval_split', 'max_length'):
+      if a.data[field] != b.data[field]:
+        raise ConfigError(
+          f'--members: {first} and {name} read config.data.{field}={a.data[field]!r} and '
+          f'{b.data[field]!r}: members must read the same data (set it with --set).'
+        )
+
+
+class Budget:
+  def __init__(self, minutes: float):
+    self.end = time.monotonic() + 60 * minutes
+
+  def share(self, runs: int) -> float:
+    """Seconds one of `runs` remaining training runs may take."""
+    return max(self.end - time.monotonic(), 0.0) / runs
+
+
+def train_member(name, config, workdir, folds, budget: Budget, report):
+  """The member's record for ensemble.json: its folds' accuracies and weight, or why it was left
+  out."""
+  start = time.monotonic()
+  record = {'name': name}
+  cv_config = config.copy_and_resolve_references()
+  runs_left = folds + 1
+  summary = None
+  if budget.share(runs_left) > 0:
+    # each fold's share is set afresh from what is left
+    cv_config.max_train_seconds = budget.share(runs_left)
+    summary = cross_validate.run_folds(
+      cv_config, os.path.join(workdir, 'cv'), folds, config.data.train_split, report
+    )
+  if summary is None:
+    return {**record, 'left_out': _left_out(cv_config.max_train_seconds, 'a fold of its cross-validation'), 'seconds': time.monotonic() - start}  # fmt: skip
+  final = config.copy_and_resolve_references()
+  final.max_train_seconds = budget.share(1) or 1e-9
+  result = train.train_and_evaluate(final, os.path.join(workdir, 'final'))
+  if result['preempted']:
+    return {**record, 'left_out': _left_out(final.max_train_seconds, 'its final training'), 'seconds': time.monotonic() - start}  # fmt: skip
+  return {
+    **record,
+    'fold_accuracies': [f['accuracy'] for f in summary['folds']],
+    'cv_accuracy': summary['mean_accuracy'],
+    'cv_std': summary['std_accuracy'],
+    'validation_accuracy': result['eval'].get('accuracy'),
+    'seconds': time.monotonic() - start,
+    'workdir': os.path.abspath(os.path.join(workdir, 'final')),
+  }
+
+
+def _left_out(seconds, what):
+  return (
+    f'{what} did not finish in its share of --minutes ({seconds:.0f} s); rerun with more '
+    '--minutes to finish it (its runs resume)'
+  )
+
+
+def ensemble_config(members, records, power: float):
+  """The ensemble's run config: the first included member's data and batch settings."""
+  kept = [(name, config) for (name, config), r in zip(members, records) if 'left_out' not in r]
+  kept_records = [r for r in records if 'left_out' not in r]
+  config = kept[0][1].copy_and_resolve_references()
+  config.model = 'weighted_ensemble'
+  config.ensemble_size = 1
+  config.data.standardize = 'train_split'
+  config.data.augment = False
+  config.num_epochs, config.num_train_steps = 0, -1  # the members are trained: nothing to train
+  config.max_train_seconds = 0.0
+  config.eval_batch_size = min(c.eval_batch_size for _, c in kept)
+  config.fresh = True  # the members may have changed since the last run: rebuilt each time
+  weights = weighted_ensemble.cawpe_weights([r['cv_accuracy'] for r in kept_records], power)
+  config.weighted_ensemble = dict(
+    names=tuple(name for name, _ in kept),
+    members=tuple(c.to_json_best_effort() for _, c in kept),
+    workdirs=tuple(r['workdir'] for r in kept_records),
+    weights=tuple(float(w) for w in weights),
+    power=power,
+  )
+  return config
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
+  start = time.monotonic()
+  budget = Budget(FLAGS.minutes)
+  metrics.quiet_library_logs()
+  distributed.initialize_from_flags()
+  report = print if jax.process_index() == 0 else (lambda *_: None)
+  try:
+    overrides = cli.field_values(FLAGS.set, '--set')
+    members = [member_config(spec, FLAGS.dataset, overrides) for spec in FLAGS.members]
+    if len({name for name, _ in members}) < len(members):
+      raise ConfigError(f'--members={",".join(FLAGS.members)}: a member is named twice.')
+    check_same_data(members)
+    records = []
+    for name, config in members:
+      report(f'member {name}: {FLAGS.folds}-fold cross-validation, then the final model')
+      record = train_member(name, config, os.path.join(FLAGS.workdir, 'members', name), FLAGS.folds, budget, report)  # fmt: skip
+      records.append(record)
+      if 'left_out' in record:
+        report(f'member {name}: left out: {record["left_out"]}')
+      else:
+        report(f'member {name}: {FLAGS.folds}-fold accuracy {record["cv_accuracy"]:.4f} ± {record["cv_std"]:.4f}, {record["seconds"]:.0f} s')  # fmt: skip
+    if all('left_out' in r for r in records):
+      raise ConfigError(
+        f'every member was left out ({"; ".join(r["left_out"] for r in records)}): give more '
+        '--minutes.'
+      )
+    config = ensemble_config(members, records, 4.0)
+    result = train.train_and_evaluate(config, FLAGS.workdir)
+  except cli.USER_ERRORS as e:
+    logging.error('%s', e)
+    cli.fail(e)
+  weights = dict(zip(config.weighted_ensemble.names, config.weighted_ensemble.weights))
+  for r in records:
+    r['weight'] = weights.get(r['name'], 0.0)
+  summary = {
+    'dataset': FLAGS.dataset,
+    'folds': FLAGS.folds,
+    'minutes': FLAGS.minutes,
+    'members': records,
+    'eval': result['eval'],
+    'seconds': time.monotonic() - start,
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(FLAGS.workdir, 'ensemble.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  total = sum(weights.values())
+  shares = ', '.join(f'{n} {w / total:.2f}' for n, w in weights.items())
+  report(f'ensemble ({shares}): {config.data.eval_split} accuracy {result["eval"]["accuracy"]:.4f}; {summary["seconds"]:.0f} s')  # fmt: skip
+  sys.stdout.flush()
+
+
+def run():
+  cli.run(main, define_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -3,7 +3,7 @@ accuracy on the training data (HIVE-COTE 2's CAWPE: accuracy^4), in one work dir
 `dlearn.evaluate`, `dlearn.predict` and `dlearn.export` read like any other.
 
   python -m dlearn.ensemble --dataset=gun_point --workdir=workdirs/ensemble_gun_point \
-      [--members=experiments/configs/rocket_uea.py,experiments/configs/rnn_uea.py] [--folds=5] \
+      [--member=experiments/configs/rocket_uea.py --member=experiments/configs/rnn_uea.py] [--folds=5] \
       [--minutes=3] [--set=data.data_dir=data/tfds ...]
 
 Each member is an experiment config taking the dataset as its argument (`FILE` gets
@@ -40,7 +40,7 @@ DEFAULT_MEMBERS = ('experiments/configs/rocket_uea.py', 'experiments/configs/rnn
 def define_flags():
   flags.DEFINE_string('workdir', None, 'Work directory of the ensemble.', required=True)
   flags.DEFINE_string('dataset', None, 'Prepared dataset (or UEA/UCR archive name).', required=True)  # fmt: skip
-  flags.DEFINE_list('members', list(DEFAULT_MEMBERS), 'Experiment configs, FILE or FILE:EXTRA.')
+  flags.DEFINE_multi_string('member', list(DEFAULT_MEMBERS), 'An experiment config, FILE or FILE:EXTRA (repeat the flag for each member).')  # fmt: skip
   flags.DEFINE_integer('folds', 5, 'k of the cross-validation that weighs each member.')
   flags.DEFINE_float('minutes', 3.0, 'Time budget of the whole command (members beyond it are left out).')  # fmt: skip
   flags.DEFINE_multi_string(
@@ -53,9 +53,9 @@ def member_config(spec: str, dataset: str, overrides: dict):
   """(name, config) of a member spec FILE[:EXTRA] for `dataset`."""
   path, _, extra = spec.partition(':')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--members: {path} is not a file: give experiment config files.')
+    raise FileNotFoundError(f'--member={spec}: {path} is not a file: give experiment config files.')
   config = configs.override(configs.load_file(path, ','.join(a for a in (dataset, extra) if a)), overrides)  # fmt: skip
-  name = os.path.splitext(os.path.basename(path))[0] + (f'-{extra}' if extra else '')
+  name = '-'.join([os.path.splitext(os.path.basename(path))[0], *extra.split(',')]).rstrip('-')
   return name, config
 
 
@@ -66,7 +66,7 @@ def check_same_data(members) -> None:
     for field in ('name', 'data_dir', 'train_split', 'eval_split', 'max_length'):
       if a.data[field] != b.data[field]:
         raise ConfigError(
-          f'--members: {first} and {name} read config.data.{field}={a.data[field]!r} and '
+          f'--member: {first} and {name} read config.data.{field}={a.data[field]!r} and '
           f'{b.data[field]!r}: members must read the same data (set it with --set).'
         )
 
@@ -153,9 +153,9 @@ def main(argv):
   report = print if jax.process_index() == 0 else (lambda *_: None)
   try:
     overrides = cli.field_values(FLAGS.set, '--set')
-    members = [member_config(spec, FLAGS.dataset, overrides) for spec in FLAGS.members]
+    members = [member_config(spec, FLAGS.dataset, overrides) for spec in FLAGS.member]
     if len({name for name, _ in members}) < len(members):
-      raise ConfigError(f'--members={",".join(FLAGS.members)}: a member is named twice.')
+      raise ConfigError(f'--member: {" ".join(FLAGS.member)}: a member is named twice.')
     check_same_data(members)
     records = []
     for name, config in members:

@@ -1,0 +1,93 @@
+"""`dlearn.ensemble` (dlearn/ensemble.py, dlearn/models/weighted_ensemble.py): members of different
+kinds cross-validated, weighted by accuracy^4, and combined in one work directory that predict
+reads like any other; a member that does not fit the time budget is left out, and saying so."""
+
+import csv
+import json
+import os
+
+import entry_point
+import helpers
+import numpy as np
+import pytest
+
+from dlearn.models import weighted_ensemble
+
+ROCKET = 'experiments/configs/rocket_uea.py:minirocket,smoke'
+FCN = 'experiments/configs/rnn_uea.py:smoke'
+
+
+def test_cawpe_weights_are_accuracies_to_the_fourth():
+  np.testing.assert_allclose(weighted_ensemble.cawpe_weights([1.0, 0.5, 0.9]), [1, 1 / 16, 0.6561])
+
+
+def _ensemble(tmp_path, data_dir, *args, check=True):
+  return entry_point.run(
+    'ensemble',
+    '--dataset=toy_sequences',
+    f'--workdir={tmp_path / "ensemble"}',
+    '--folds=2',
+    f'--set=data.data_dir={data_dir}',
+    '--set=data.max_length=12',  # MiniRocket's kernels need 9 steps; the toy cases have 3-6
+    # each case standardised on its own, inside the ensemble (which reads train-split statistics)
+    '--set=data.standardize=each_case',
+    '--set=rnn.conv_filters=(4,)',
+    '--set=rnn.conv_kernels=(3,)',
+    '--compilation_cache=',
+    *args,
+    devices=1,
+    check=check,
+    mock=False,
+  )
+
+
+def _probabilities(path):
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  classes = sorted({row['class_1'] for row in rows})
+  out = np.zeros((len(rows), len(classes)))
+  for i, row in enumerate(rows):
+    for k in range(1, len(classes) + 1):
+      out[i, classes.index(row[f'class_{k}'])] = float(row[f'probability_{k}'])
+  return out
+
+
+@pytest.mark.slow  # members trained and cross-validated, each command its own process
+def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
+  data_dir = helpers.prepared_sequences(tmp_path, per_class=(16, 16, 16))
+  result = _ensemble(tmp_path, data_dir, f'--member={ROCKET}', f'--member={FCN}', '--minutes=20')
+  with open(tmp_path / 'ensemble' / 'ensemble.json') as f:
+    summary = json.load(f)
+  members = summary['members']
+  assert [m['name'] for m in members] == ['rocket_uea-minirocket-smoke', 'rnn_uea-smoke']
+  for m in members:
+    assert m['weight'] == pytest.approx(np.mean(m['fold_accuracies']) ** 4)
+  assert 'validation accuracy' in result.stdout
+  # predict reads the ensemble's work directory alone; its probabilities are the members',
+  # weighted: the ridge member votes (one-hot), the FCNs give their averaged softmax
+  predicted = {}
+  for name, workdir in [('ensemble', tmp_path / 'ensemble')] + [
+    (m['name'], m['workdir']) for m in members
+  ]:
+    output = tmp_path / f'{name}.csv'
+    entry_point.run(
+      'predict', f'--workdir={workdir}', '--split=train', f'--output={output}', '--top_k=3',
+      '--compilation_cache=', devices=1, mock=False,
+    )  # fmt: skip
+    predicted[name] = _probabilities(output)
+  rocket = members[0]['name']  # predict gives the softmax of its ridge scores; it votes here
+  predicted[rocket] = np.eye(3)[predicted[rocket].argmax(1)]
+  weights = np.array([m['weight'] for m in members])
+  expected = sum(w * predicted[m['name']] for w, m in zip(weights, members)) / weights.sum()
+  np.testing.assert_allclose(predicted['ensemble'], expected, atol=2e-5)
+
+
+@pytest.mark.slow  # a process
+def test_a_member_beyond_the_time_budget_is_left_out_saying_why(tmp_path):
+  data_dir = helpers.prepared_sequences(tmp_path)
+  result = _ensemble(tmp_path, data_dir, f'--member={FCN}', '--minutes=0.01', check=False)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'left out' in errors[0] and '--minutes' in errors[0], errors
+  assert 'member rnn_uea-smoke: left out' in result.stdout
+  assert not os.path.exists(tmp_path / 'ensemble' / 'ensemble.json')

@@ -93,6 +93,11 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, "MiniRocket's random_state; with --folds, the folds' seed too.")
   flags.DEFINE_integer('minirocket_kernels', 10_000, "MiniRocket's n_kernels (--smoke: 840).")
   flags.DEFINE_integer('minirocket_jobs', 1, "MiniRocket's n_jobs (threads).")
+  flags.DEFINE_bool(
+    'multirocket_hydra',
+    False,
+    "Also aeon's MultiRocketHydraClassifier (needs PyTorch beside aeon), on the same cases.",
+  )
   flags.DEFINE_string(
     'config',
     os.path.join(REPO, 'experiments', 'configs', 'rnn_uea.py'),
@@ -259,17 +264,27 @@ def padded(problem: Problem) -> tuple[np.ndarray, np.ndarray, int]:
   return pad(problem.train_sequences), pad(problem.eval_sequences), length
 
 
-def run_minirocket(problem: Problem, n_kernels=10_000, n_jobs=1, seed=0, warmup=True) -> dict:
-  """Fit on the training cases, predict the evaluation cases: accuracy and seconds."""
-  from aeon.classification.convolution_based import MiniRocketClassifier
+def run_minirocket(
+  problem: Problem, n_kernels=10_000, n_jobs=1, seed=0, warmup=True, classifier='minirocket'
+) -> dict:
+  """Fit on the training cases, predict the evaluation cases: accuracy and seconds. `classifier`:
+  aeon's MiniRocketClassifier (n_kernels), or 'multirocket_hydra', its MultiRocketHydraClassifier
+  (its default sizes: 6,250 MultiRocket kernels, Hydra's 8 x 64; Hydra runs in PyTorch)."""
+  from aeon.classification.convolution_based import (
+    MiniRocketClassifier,
+    MultiRocketHydraClassifier,
+  )
 
   x_train, x_eval, length = padded(problem)
 
   def fit_predict():
     start = time.perf_counter()
-    classifier = MiniRocketClassifier(n_kernels=n_kernels, n_jobs=n_jobs, random_state=seed)
-    classifier.fit(x_train, problem.train_labels)
-    predictions = classifier.predict(x_eval)
+    if classifier == 'multirocket_hydra':
+      model = MultiRocketHydraClassifier(n_jobs=n_jobs, random_state=seed)
+    else:
+      model = MiniRocketClassifier(n_kernels=n_kernels, n_jobs=n_jobs, random_state=seed)
+    model.fit(x_train, problem.train_labels)
+    predictions = model.predict(x_eval)
     return predictions, time.perf_counter() - start
 
   first_seconds = None
@@ -278,12 +293,13 @@ def run_minirocket(problem: Problem, n_kernels=10_000, n_jobs=1, seed=0, warmup=
   predictions, seconds = fit_predict()
   correct = int((predictions == problem.eval_labels).sum())
   return {
+    'classifier': classifier,
     'accuracy': correct / len(problem.eval_labels),
     'correct': correct,
     'seconds': seconds,
     'first_seconds': first_seconds,
     'padded_length': length,
-    'n_kernels': n_kernels,
+    'n_kernels': n_kernels if classifier == 'minirocket' else None,
     'n_jobs': n_jobs,
     'seed': seed,
   }
@@ -491,6 +507,7 @@ def main(argv):
       f'uea_vs_minirocket-{kind}'
       + (f'-cv{folds}' if folds else '')
       + ('' if config_name == 'rnn_uea' else f'-{config_name}')
+      + ('-multirocket_hydra' if FLAGS.multirocket_hydra else '')
       + ('-smoke' if FLAGS.smoke else ''),
       kind,
       {
@@ -547,6 +564,16 @@ def main(argv):
         )
       except Exception as e:  # one failure does not lose the other datasets' rows
         result['minirocket'] = {'error': f'{type(e).__name__}: {e}'}
+      if FLAGS.multirocket_hydra:
+        try:
+          hydra = functools.partial(minirocket, classifier='multirocket_hydra')
+          result['multirocket_hydra'] = (
+            cross_validated([hydra(p) for p in problems]) if folds else hydra(problem)
+          )
+          side = result['multirocket_hydra']
+          print(f'  aeon MultiRocket-Hydra: {_cell(side, "accuracy")}, {_cell(side, "seconds")} s', flush=True)  # fmt: skip
+        except Exception as e:
+          result['multirocket_hydra'] = {'error': f'{type(e).__name__}: {e}'}
     if 'dlearn' in sides and folds:
       try:
         result['dlearn'] = cross_validate_dlearn(
@@ -577,7 +604,7 @@ def main(argv):
         result['dlearn'] = {'error': f'{type(e).__name__}: {e}'}
     results.append(result)
     print(row(result), flush=True)
-    for side in ('minirocket', 'dlearn'):
+    for side in ('minirocket', 'multirocket_hydra', 'dlearn'):
       if 'error' in result.get(side, {}):
         print(f'  {side} failed: {result[side]["error"]}', flush=True)
     path = write_results()

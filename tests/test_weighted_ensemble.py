@@ -84,7 +84,7 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
 
 @pytest.mark.slow  # a process
 def test_a_member_beyond_the_time_budget_is_left_out_saying_why(tmp_path):
-  data_dir = helpers.prepared_sequences(tmp_path)
+  data_dir = helpers.prepared_sequences(tmp_path, per_class=(16, 16, 16))
   result = _ensemble(tmp_path, data_dir, f'--member={FCN}', '--minutes=0.01', check=False)
   assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]

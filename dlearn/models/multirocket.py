@@ -32,17 +32,35 @@ from dlearn.models import minirocket
 POOLING = ('ppv', 'lspv', 'mpv', 'mipv')
 
 
-def _convolve(x, weights, offsets):
-  """[B, 84, T]: kernel taps at `offsets`, summed over the channels weights [84, C, 9] select."""
-  shifted = jnp.stack([minirocket.shifted(x, o) for o in offsets], axis=2)  # [B, C, 9, T]
-  return jnp.einsum('kcg,bcgt->bkt', weights, shifted, precision=jax.lax.Precision.HIGHEST)
+# Features pooled per compiled iteration: one body for all of a representation's features, so
+# that compiling does not grow with the number of dilations.
+CHUNK = 168
+
+
+def _convolutions(x, weights, dilations, shift_left):
+  """[dilations, B, 84, T]: every dilation's kernels, one compiled body for all (the dilation a
+  traced value: each tap a dynamic slice of the zero-padded series)."""
+  steps = x.shape[-1]
+  pad = 4 * max(dilations)
+  padded = jnp.pad(x, ((0, 0), (0, 0), (pad, pad)))
+
+  def one(args):
+    w, d = args
+    taps = [
+      jax.lax.dynamic_slice_in_dim(
+        padded, pad + (g - 4) * d + (shift_left if g < 4 else 0), steps, 2
+      )  # fmt: skip
+      for g in range(minirocket.KERNEL_LENGTH)
+    ]
+    return jnp.einsum('kcg,bcgt->bkt', w, jnp.stack(taps, 2), precision=jax.lax.Precision.HIGHEST)
+
+  return jax.lax.map(one, (jnp.stack(weights), jnp.asarray(dilations, jnp.int32)))
 
 
 def _pool(c, biases, valid):
-  """[B, 84, f, 4] features of convolutions c [B, 84, T] at biases [84, f] over `valid` [B, 84, T]
-  (a contiguous run of positions per case and kernel)."""
-  c, valid = c[:, :, None, :], valid[:, :, None, :]
-  b = biases[None, :, :, None]
+  """[B, N, 4] features of convolutions c [B, N, T] at biases [N] over `valid` [B, N, T] (a
+  contiguous run of positions per case and feature)."""
+  b = biases[None, :, None]
   positive, negative = (c > b) & valid, (c < b) & valid
   count = valid.sum(-1)
   start = jnp.argmax(valid, axis=-1)[..., None]  # the run's first position
@@ -59,24 +77,50 @@ def _pool(c, biases, valid):
   return jnp.stack([ppv, lspv, mpv, mipv], -1).astype(jnp.float32)
 
 
-def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
-  """[B, 4, features of this representation], MiniRocket's alternation of full and interior."""
-  steps = jnp.arange(x.shape[-1])
-  pooled, start = [], 0
+def _feature_layout(dilations, counts):
+  """Per feature (aeon's order: dilation, then kernel, then bias), padded to CHUNKs: its
+  convolution's row in [dilation x 84], its padding 4 x dilation, and whether it pools over all
+  positions (MiniRocket's alternation, starting with all at even dilation index + kernel)."""
   kernels = len(minirocket.KERNEL_INDICES)
-  for j, (dilation, count) in enumerate(zip(dilations, counts)):
-    padding = 4 * dilation
-    c = _convolve(x, weights[j], minirocket.tap_offsets(dilation, shift_left))
-    full = steps < lengths[:, None]
-    interior = (steps >= padding) & (steps < lengths[:, None] - padding)
+  j = np.repeat(np.arange(len(dilations)), kernels * np.asarray(counts))
+  k = np.concatenate([np.repeat(np.arange(kernels), n) for n in counts])
+  size = -(-len(j) // CHUNK) * CHUNK
+  fill = lambda a: np.pad(a, (0, size - len(a)))  # noqa: E731
+  return fill(j * kernels + k), fill(4 * np.asarray(dilations)[j]), fill((j + k) % 2 == 0)
+
+
+def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
+  """[B, 4, features of this representation]."""
+  batch, steps = x.shape[0], x.shape[-1]
+  c = _convolutions(x, weights, dilations, shift_left)  # [D, B, 84, T]
+  c = jnp.moveaxis(c, 0, 1).reshape(batch, -1, steps)  # [B, D x 84, T]
+  rows, paddings, full_positions = _feature_layout(dilations, counts)
+  size = len(biases)
+  padded_biases = jnp.pad(biases, (0, len(rows) - size))
+  t = jnp.arange(steps)
+  full = t < lengths[:, None, None]  # [B, 1, T]
+
+  def chunk(args):
+    row, b, padding, all_positions = args
+    interior = (t >= padding[None, :, None]) & (t < lengths[:, None, None] - padding[None, :, None])
     interior = jnp.where(interior.any(-1, keepdims=True), interior, full)
-    valid = jnp.where(((j + np.arange(kernels)) % 2 == 0)[None, :, None],
-                      full[:, None], interior[:, None])  # fmt: skip
-    b = biases[start : start + kernels * count].reshape(kernels, count)
-    features = _pool(c, b, valid)  # [B, 84, count, 4]
-    pooled.append(features.reshape(x.shape[0], -1, 4))
-    start += kernels * count
-  return jnp.moveaxis(jnp.concatenate(pooled, axis=1), 2, 1)  # [B, 4, features]
+    valid = jnp.where(all_positions[None, :, None], full, interior)
+    return _pool(c[:, row], b, valid)  # [B, CHUNK, 4]
+
+  pooled = jax.lax.map(
+    chunk,
+    tuple(
+      a.reshape(-1, CHUNK)
+      for a in (
+        jnp.asarray(rows),
+        padded_biases,
+        jnp.asarray(paddings),
+        jnp.asarray(full_positions),
+      )
+    ),  # fmt: skip
+  )  # [chunks, B, CHUNK, 4]
+  pooled = jnp.moveaxis(pooled, 0, 1).reshape(batch, -1, 4)[:, :size]
+  return jnp.moveaxis(pooled, 2, 1)  # [B, 4, features]
 
 
 def with_difference(x, lengths):

@@ -243,10 +243,10 @@ class RocketFamily(ModelFamily):
   def probabilities(self, model, inputs, config):
     """A ridge head's scores are no probabilities: its vote, one-hot (aeon's predict_proba of its
     ridge classifiers); a logistic head's softmax."""
+    if settings(config).head != 'ridge':
+      return super().probabilities(model, inputs, config)
     logits = self.logits(model, inputs, config, train=False)
-    if settings(config).head == 'ridge':
-      return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
-    return jax.nn.softmax(logits.astype(jnp.float32), -1)
+    return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
 
   def init_from_data(self, model, config, source, info) -> None:
     s = settings(config)

@@ -12,8 +12,9 @@ order, each member is cross-validated over its config.data.train_split (`dlearn.
 folds, in WORKDIR/members/NAME/cv) and then trained on the whole split (WORKDIR/members/NAME/final).
 The ensemble (`config.model='weighted_ensemble'`, dlearn/models/weighted_ensemble.py) takes the
 members' trained state into its own checkpoint in WORKDIR and is evaluated on the evaluation
-split. `--minutes` bounds the whole command: each training run may take the budget left divided
-by the runs the member still needs (config.max_train_seconds); a member whose run is stopped so,
+split. `--minutes` bounds the whole command: each of a member's folds may take the time left when
+the member starts divided by its folds + 1, its final fit all that is left then
+(config.max_train_seconds); a member whose run is stopped so,
 or that no longer fits, is left out, and the command says which and why (rerun with more minutes
 to finish it: its runs resume). WORKDIR/ensemble.json records each member's fold accuracies,
 weight, seconds, and why any was left out.
@@ -86,11 +87,10 @@ def train_member(name, config, workdir, folds, budget: Budget, report):
   start = time.monotonic()
   record = {'name': name}
   cv_config = config.copy_and_resolve_references()
-  runs_left = folds + 1
+  # every fold gets the same share: the time left now, over the member's folds and final fit
+  cv_config.max_train_seconds = budget.share(folds + 1)
   summary = None
-  if budget.share(runs_left) > 0:
-    # each fold's share is set afresh from what is left
-    cv_config.max_train_seconds = budget.share(runs_left)
+  if cv_config.max_train_seconds > 0:
     summary = cross_validate.run_folds(
       cv_config, os.path.join(workdir, 'cv'), folds, config.data.train_split, report
     )
@@ -106,7 +106,7 @@ def train_member(name, config, workdir, folds, budget: Budget, report):
     'fold_accuracies': [f['accuracy'] for f in summary['folds']],
     'cv_accuracy': summary['mean_accuracy'],
     'cv_std': summary['std_accuracy'],
-    'validation_accuracy': result['eval'].get('accuracy'),
+    'eval_accuracy': result['eval'].get('accuracy'),  # on config.data.eval_split
     'seconds': time.monotonic() - start,
     'workdir': os.path.abspath(os.path.join(workdir, 'final')),
   }

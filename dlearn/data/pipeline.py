@@ -256,8 +256,6 @@ def dataset_info(
       raise ConfigError(
         f'config.data.standardize={standardize!r}: use one of {", ".join(STANDARDIZE)}.'
       )
-    if standardize == 'auto':
-      standardize = 'each_case' if num_features == 1 else 'train_split'
     return DatasetInfo(
       name,
       'sequence',
@@ -266,12 +264,20 @@ def dataset_info(
       class_names,
       tuple(mean) if mean else None,
       tuple(std) if std else None,
-      standardize,
+      resolved_standardize(standardize, num_features),
     )
   raise ConfigError(
     f'Dataset {name!r} has features {sorted(features)}: dlearn reads datasets with '
     "an 'image' or a 'sequence' feature and a 'label'."
   )
+
+
+def resolved_standardize(standardize: str, num_features: int) -> str:
+  """config.data.standardize with 'auto' resolved: each case on its own for univariate series,
+  the train split's statistics for multivariate ones."""
+  if standardize == 'auto':
+    return 'each_case' if num_features == 1 else 'train_split'
+  return standardize
 
 
 def standardize(sequence, info: DatasetInfo, valid=None):

@@ -46,12 +46,8 @@ def _convolutions(x, weights, dilations, shift_left):
 
   def one(args):
     w, d = args
-    taps = [
-      jax.lax.dynamic_slice_in_dim(
-        padded, pad + (g - 4) * d + (shift_left if g < 4 else 0), steps, 2
-      )  # fmt: skip
-      for g in range(minirocket.KERNEL_LENGTH)
-    ]
+    offsets = minirocket.tap_offsets(d, shift_left)  # traced: d is a value of the loop
+    taps = [jax.lax.dynamic_slice_in_dim(padded, pad + o, steps, 2) for o in offsets]
     return jnp.einsum('kcg,bcgt->bkt', w, jnp.stack(taps, 2), precision=jax.lax.Precision.HIGHEST)
 
   return jax.lax.map(one, (jnp.stack(weights), jnp.asarray(dilations, jnp.int32)))
@@ -129,7 +125,7 @@ def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
         jnp.asarray(paddings),
         jnp.asarray(full_positions),
       )
-    ),  # fmt: skip
+    ),
   )  # [chunks, B, CHUNK, 4]
   pooled = jnp.moveaxis(pooled, 0, 1).reshape(batch, -1, 4)[:, :size]
   return jnp.moveaxis(pooled, 2, 1)  # [B, 4, features]

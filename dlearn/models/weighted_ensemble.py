@@ -98,8 +98,8 @@ class WeightedEnsembleFamily(ModelFamily):
       )
       # frozen: a module's static attributes are hashed with its structure
       member_settings.append((models.family_of(member_config), ml_collections.FrozenConfigDict(member_config)))  # fmt: skip
-      standardize = member_config.data.standardize
-      each_case.append(standardize == 'each_case' or (standardize == 'auto' and input_shape[-1] == 1))  # fmt: skip
+      standardize = pipeline.resolved_standardize(member_config.data.standardize, input_shape[-1])
+      each_case.append(standardize == 'each_case')
     del rngs  # every parameter comes from the members' checkpoints
     return WeightedEnsemble(members, tuple(member_settings), s.weights, each_case)
 

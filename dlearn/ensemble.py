@@ -50,6 +50,12 @@ def define_flags():
   distributed.define_flags()
 
 
+def in_ensemble_flags(message: str) -> str:
+  """A message of the members' commands in this command's flags: their `--config.data.name=`
+  is `--dataset=`, any other `--config.FIELD=VALUE` is `--set=FIELD=VALUE`."""
+  return message.replace('--config.data.name=', '--dataset=').replace('--config.', '--set=')
+
+
 def member_config(spec: str, dataset: str, overrides: dict):
   """(name, config) of a member spec FILE[:EXTRA] for `dataset`."""
   path, _, extra = spec.partition(':')
@@ -175,7 +181,7 @@ def main(argv):
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except cli.USER_ERRORS as e:
     logging.error('%s', e)
-    cli.fail(e)
+    cli.fail(in_ensemble_flags(str(e)))
   weights = dict(zip(config.weighted_ensemble.names, config.weighted_ensemble.weights))
   for r in records:
     r['weight'] = weights.get(r['name'], 0.0)

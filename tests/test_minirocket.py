@@ -40,6 +40,15 @@ def test_dilations_follow_the_reference():
   np.testing.assert_array_equal(per_dilation, params.features_per_dilation)
 
 
+def test_the_biases_quantiles_are_numpys_of_each_case_alone():
+  rng = np.random.default_rng(0)
+  rows = rng.normal(size=(84, 40)).astype(np.float32)
+  lengths = rng.integers(1, 41, 84)
+  q = minirocket.quantiles(84 * 5).reshape(84, 5)
+  expected = np.stack([np.quantile(rows[r, : lengths[r]], q[r]) for r in range(84)])
+  np.testing.assert_array_equal(minirocket.row_quantiles(rows, lengths, q), expected)
+
+
 def test_a_padded_case_has_the_features_of_the_case_alone():
   rng = np.random.default_rng(0)
   # whole numbers: exact convolutions, so a value that equals its bias (a quantile can land on

@@ -14,9 +14,10 @@ from dlearn import evaluation, train
 from dlearn.models import rocket
 
 
-def test_leave_one_out_error_equals_refitting_without_each_case():
+@pytest.mark.parametrize('features', [30, 9])  # more features than cases (the Gram path), fewer
+def test_leave_one_out_error_equals_refitting_without_each_case(features):
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(14, 30))
+  x = rng.normal(size=(14, features))
   labels = np.arange(14) % 3
   y = -np.ones((14, 3))
   y[np.arange(14), labels] = 1
@@ -39,13 +40,13 @@ def test_leave_one_out_error_equals_refitting_without_each_case():
   kernel, bias, alpha = rocket.ridge_loo(x, labels, 3, alphas)
   assert alpha == alphas[int(np.argmin(refit))]
   xm, ym = x.mean(0), y.mean(0)
-  expected = np.linalg.solve((x - xm).T @ (x - xm) + alpha * np.eye(30), (x - xm).T @ (y - ym))
+  expected = np.linalg.solve((x - xm).T @ (x - xm) + alpha * np.eye(features), (x - xm).T @ (y - ym))
   np.testing.assert_allclose(kernel, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(bias, ym - xm @ expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow  # a whole run
-@pytest.mark.parametrize('transform', ['minirocket', 'multirocket', 'multirocket_hydra'])
+@pytest.mark.parametrize('transform', ['minirocket', 'multirocket', 'hydra', 'multirocket_hydra'])
 def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_path, transform):
   data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))
   spec = importlib.util.spec_from_file_location('rocket_uea', 'experiments/configs/rocket_uea.py')

@@ -67,7 +67,7 @@ def fit_dilations(length: int, num_features: int = 10_000, max_dilations: int = 
 
 def quantiles(count: int) -> np.ndarray:
   """The low-discrepancy quantiles the biases are drawn at: (i x golden ratio) mod 1."""
-  return np.array([(i * ((np.sqrt(5) + 1) / 2)) % 1 for i in range(1, count + 1)], np.float32)
+  return ((np.arange(1, count + 1) * ((np.sqrt(5) + 1) / 2)) % 1).astype(np.float32)
 
 
 def weights_of(params: Parameters, num_channels: int) -> list[np.ndarray]:
@@ -140,6 +140,8 @@ def draw_channels(num_channels: int, combinations: int, seed: int):
   channels per (dilation, kernel), drawn without replacement, as the reference draws them."""
   rng = np.random.default_rng(seed)
   counts = (2 ** rng.uniform(0, np.log2(min(num_channels, 9) + 1), combinations)).astype(np.int32)
+  if num_channels == 1:  # every combination its one channel (what the draws below give)
+    return counts, np.zeros(combinations, np.int32)
   indices = np.concatenate([rng.choice(num_channels, n, replace=False) for n in counts])
   return counts, indices.astype(np.int32)
 
@@ -197,10 +199,25 @@ def fit_biases(
   q = quantiles(len(KERNEL_INDICES) * int(np.sum(per_dilation)))
   biases, start = [], 0
   for j, n in enumerate(per_dilation):
-    for k, case in enumerate(cases[j]):
-      biases.append(np.quantile(c[j, k, : lengths[case]], q[start : start + int(n)]))
-      start += int(n)
+    count = len(KERNEL_INDICES) * int(n)
+    quantile_rows = q[start : start + count].reshape(-1, n)  # per kernel, its features' own
+    biases.append(row_quantiles(c[j], lengths[cases[j]], quantile_rows).ravel())
+    start += count
   return np.concatenate(biases).astype(np.float32)
+
+
+def row_quantiles(rows, lengths, q):
+  """[R, Q]: np.quantile(rows[r, :lengths[r]], q[r]) for every row r at once (its default,
+  linear interpolation between the sorted values, numpy's own arithmetic)."""
+  steps = np.arange(rows.shape[1])
+  ordered = np.sort(np.where(steps < lengths[:, None], rows, np.inf), axis=1)
+  position = q * (lengths[:, None] - 1).astype(q.dtype)  # in q's precision, as numpy
+  below = np.floor(position).astype(np.int64)
+  a = np.take_along_axis(ordered, below, 1)
+  b = np.take_along_axis(ordered, np.minimum(below + 1, lengths[:, None] - 1), 1)
+  t = (position - below).astype(rows.dtype)
+  # numpy's _lerp: a + (b - a) t, or b - (b - a)(1 - t) from t = 0.5 on
+  return np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)
 
 
 def fit(x, lengths, num_features: int = 10_000, max_dilations: int = 32, seed: int = 0):

@@ -110,8 +110,8 @@ class RocketClassifier(nnx.Module):
     self.hydra = HydraPart(steps, channels, seed) if 'hydra' in transform else None
     pooling = 1 if transform == 'minirocket' else 4
     size = sum(r.biases.shape[0] * pooling for r in self.representations)
-    # the kernels' features: x / std (StandardScaler(with_mean=False))
-    self.scale = Fixed(jnp.ones(size))
+    # the kernels' features: x / std (StandardScaler(with_mean=False)); none for Hydra alone
+    self.scale = Fixed(jnp.ones(size)) if size else None
     size += self.hydra.mean.shape[0] if self.hydra is not None else 0
     self.head = nnx.Linear(size, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
@@ -132,7 +132,7 @@ class RocketClassifier(nnx.Module):
             x, n, kernels, r.biases[...], r.dilations, r.counts, r.shift_left
           )
         )
-    return jnp.concatenate(parts, axis=1) if parts else jnp.zeros((sequences.shape[0], 0))
+    return jnp.concatenate(parts, axis=1)
 
   def hydra_features(self, sequences, lengths):
     x, n = self.series(sequences, lengths)[0]
@@ -140,7 +140,9 @@ class RocketClassifier(nnx.Module):
 
   def __call__(self, sequences, lengths, train: bool = False):
     del train
-    features = [self.rocket_features(sequences, lengths) * self.scale[...]]
+    features = []
+    if self.scale is not None:
+      features.append(self.rocket_features(sequences, lengths) * self.scale[...])
     if self.hydra is not None:
       raw = self.hydra_features(sequences, lengths)
       features.insert(0, hydra.sparse_scale(raw, self.hydra.mean[...], self.hydra.std[...]))
@@ -157,10 +159,12 @@ class RocketClassifier(nnx.Module):
   def fit_scaling(self, sequences, lengths) -> np.ndarray:
     """Fits the features' scaling on these cases (the train split); returns their scaled
     features [cases, all features] for the head."""
-    rocket = _batched(self.rocket_features, sequences, lengths)
-    std = rocket.std(0)
-    self.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)
-    parts = [rocket * np.asarray(self.scale[...])]
+    parts = []
+    if self.scale is not None:
+      rocket = _batched(self.rocket_features, sequences, lengths)
+      std = rocket.std(0)
+      self.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)  # fmt: skip
+      parts.append(rocket * np.asarray(self.scale[...]))
     if self.hydra is not None:
       raw = _batched(self.hydra_features, sequences, lengths)
       mean, std = hydra.sparse_scale_fit(raw)
@@ -205,21 +209,33 @@ def _representations(transform, steps, channels, num_features, max_dilations, se
 def ridge_loo(features, labels, num_classes: int, alphas):
   """(kernel [F, K], bias [K], alpha): ridge regression of +-1 one-vs-rest targets with an
   unpenalised intercept, alpha the one of `alphas` with the least leave-one-out squared error
-  (the hat matrix's diagonal, from one SVD of the centred features)."""
+  (the hat matrix's diagonal). One decomposition serves every alpha: with fewer cases than
+  features, the eigenvectors of the centred cases' Gram matrix (scikit-learn's RidgeCV chooses
+  the same, its 'eigen' mode: an [N, N] problem instead of an SVD of [N, F]); otherwise the SVD
+  of the centred features."""
   x = np.asarray(features, np.float64)
   y = -np.ones((len(x), num_classes))
   y[np.arange(len(x)), labels] = 1.0
   x_mean, y_mean = x.mean(0), y.mean(0)
-  u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+  x = x - x_mean
+  if len(x) < x.shape[1]:
+    s2, u = np.linalg.eigh(x @ x.T)  # Xc = U S V^T, so Xc Xc^T = U S^2 U^T
+    s2 = np.maximum(s2, 0.0)  # centring leaves one zero eigenvalue; rounding may make it < 0
+  else:
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    s2 = s**2
   projected = u.T @ (y - y_mean)
   errors = []
   for alpha in alphas:
-    shrink = s**2 / (s**2 + alpha)
+    shrink = s2 / (s2 + alpha)
     residual = (y - y_mean) - u @ (shrink[:, None] * projected)
     hat = 1 / len(x) + (u**2) @ shrink
     errors.append(np.mean((residual / (1 - hat)[:, None]) ** 2))
   alpha = float(alphas[int(np.argmin(errors))])
-  kernel = vt.T @ ((s / (s**2 + alpha))[:, None] * projected)
+  if len(x) < x.shape[1]:  # Xc^T (Xc Xc^T + alpha)^-1 Yc
+    kernel = x.T @ (u @ (projected / (s2 + alpha)[:, None]))
+  else:  # V S (S^2 + alpha)^-1 U^T Yc
+    kernel = vt.T @ ((s / (s2 + alpha))[:, None] * projected)
   return kernel.astype(np.float32), (y_mean - x_mean @ kernel).astype(np.float32), alpha
 
 

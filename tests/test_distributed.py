@@ -203,3 +203,41 @@ def test_fsdp_in_two_processes_trains_what_one_process_trains_and_restores_anywh
   )
   _one_process(one, data_dir, 9, *fsdp)
   _assert_same_model(one, two, 9)
+
+
+def _fit_rocket(workdir, data_dir, devices, processes=1):
+  command = ['dlearn.launch', '--processes=2', f'--devices_per_process={devices // 2}', '--'] if processes == 2 else ['dlearn.main']  # fmt: skip
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      *command,
+      '--config=experiments/configs/rocket_uea.py:toy_sequences,multirocket_hydra,smoke',
+      f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}',
+      '--config.data.max_length=12',  # the toy cases have 3-6 steps; MiniRocket needs 9
+    ],
+    env=_env(devices),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = configs.load(workdir)
+  source = pipeline.load_split(config.data.name, 'train', config.data.data_dir)
+  info = pipeline.dataset_info(
+    source, config.data.name, config.data.max_length, config.data.standardize, config.data
+  )
+  _, state = runs.restore_for_evaluation(workdir, config, info, parallel.make_mesh())
+  return jax.tree.leaves(jax.device_get((state.params, state.model_state)))
+
+
+def test_rocket_fits_the_same_on_1_device_8_devices_and_2_processes(tmp_path):
+  # 33 train cases: the processes read 17 and 16 of them, and their features are gathered
+  data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))
+  one = _fit_rocket(tmp_path / 'one', data_dir, 1)
+  for name, devices, processes in (('eight', 8, 1), ('two', 8, 2)):
+    other = _fit_rocket(tmp_path / name, data_dir, devices, processes)
+    assert len(other) == len(one)
+    for a, b in zip(one, other):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -63,6 +63,14 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
   for m in members:
     assert m['weight'] == pytest.approx(np.mean(m['fold_accuracies']) ** 4)
   assert 'validation accuracy' in result.stdout
+  # its own k-fold accuracy: on each held-out fold, the ensemble of the runs that did not see it
+  assert len(summary['fold_accuracies']) == 2 and '2-fold accuracy' in result.stdout
+  with open(tmp_path / 'ensemble' / 'cv' / 'fold_1' / 'config.json') as f:
+    fold_config = json.load(f)
+  assert fold_config['data']['fold'] == 1
+  assert fold_config['weighted_ensemble']['workdirs'] == [
+    os.path.join(os.path.dirname(m['workdir']), 'cv', 'fold_1') for m in members
+  ]
   # predict reads the ensemble's work directory alone; its probabilities are the members',
   # weighted: the ridge member votes (one-hot), the FCNs give their averaged softmax
   predicted = {}

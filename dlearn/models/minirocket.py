@@ -182,26 +182,37 @@ def own_convolutions(cases, weights, dilations, shift_left: int = 0):
   return jnp.stack(out)
 
 
+def bias_cases(num_cases: int, num_dilations: int, seed: int = 0) -> np.ndarray:
+  """[dilations, 84]: the random training case each (dilation, kernel) fits its biases to."""
+  rng = np.random.default_rng(seed)
+  return np.stack([rng.integers(num_cases, size=len(KERNEL_INDICES)) for _ in range(num_dilations)])
+
+
 def fit_biases(
   x, lengths, weights, dilations, per_dilation, seed: int = 0, shift_left: int = 0
 ) -> np.ndarray:
   """The biases for `x` [cases, channels, steps] of `lengths` and the kernels `weights` (one
   [84, channels, 9] array per dilation, `weights_of`): per (dilation, kernel), its features'
   `quantiles` of the kernel's convolution (taps at `tap_offsets(dilation, shift_left)`) of one
-  random case, over that case's own steps. One compiled call convolves every kernel's case."""
-  x, lengths = np.asarray(x, np.float32), np.asarray(lengths)
-  x = np.where(np.arange(x.shape[-1]) < lengths[:, None, None], x, 0.0)
-  rng = np.random.default_rng(seed)
-  cases = np.stack([rng.integers(len(x), size=len(KERNEL_INDICES)) for _ in dilations])
+  random case (`bias_cases`), over that case's own steps."""
+  cases = bias_cases(len(x), len(dilations), seed)
+  x, lengths = np.asarray(x, np.float32)[cases], np.asarray(lengths)[cases]
+  return biases_of(x, lengths, weights, dilations, per_dilation, shift_left)
+
+
+def biases_of(cases, lengths, weights, dilations, per_dilation, shift_left: int = 0) -> np.ndarray:
+  """`fit_biases` given each (dilation, kernel)'s case: `cases` [dilations, 84, channels, steps]
+  of `lengths` [dilations, 84]. One compiled call convolves every kernel's case."""
+  cases = np.where(np.arange(cases.shape[-1]) < lengths[..., None, None], cases, 0.0)
   dilations = tuple(int(d) for d in dilations)
   weights = tuple(jnp.asarray(w) for w in weights)
-  c = np.asarray(own_convolutions(jnp.asarray(x[cases]), weights, dilations, shift_left))
+  c = np.asarray(own_convolutions(jnp.asarray(cases, jnp.float32), weights, dilations, shift_left))
   q = quantiles(len(KERNEL_INDICES) * int(np.sum(per_dilation)))
   biases, start = [], 0
   for j, n in enumerate(per_dilation):
     count = len(KERNEL_INDICES) * int(n)
     quantile_rows = q[start : start + count].reshape(-1, n)  # per kernel, its features' own
-    biases.append(row_quantiles(c[j], lengths[cases[j]], quantile_rows).ravel())
+    biases.append(row_quantiles(c[j], lengths[j], quantile_rows).ravel())
     start += count
   return np.concatenate(biases).astype(np.float32)
 

@@ -12,8 +12,8 @@ random transform of each series and a linear head, as aeon's classifiers of the 
 The head, `config.rocket.head`:
 - 'ridge' (small data): fitted in closed form when the run starts (`init_from_data`): ridge
   regression on targets of +1 for the class and -1 for the others, with an unpenalised intercept,
-  its regularisation chosen from `alphas` by leave-one-out error, computed exactly from one SVD
-  of the features (what scikit-learn's RidgeClassifierCV does). The recipe then trains 0 steps.
+  its regularisation chosen from `alphas` by leave-one-out error, computed exactly from one
+  decomposition of the features (what scikit-learn's RidgeClassifierCV does). The recipe then trains 0 steps.
 - 'logistic' (large data): zero-initialised, trained by the ordinary dlearn step (softmax
   cross-entropy over the features, which every device computes for its own cases).
 
@@ -31,7 +31,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from dlearn import parallel
 from dlearn.data import pipeline
 from dlearn.errors import ConfigError
 from dlearn.models import family, hydra, minirocket, multirocket
@@ -148,38 +152,69 @@ class RocketClassifier(nnx.Module):
       features.insert(0, hydra.sparse_scale(raw, self.hydra.mean[...], self.hydra.std[...]))
     return self.head(jnp.concatenate(features, axis=1))
 
-  def fit_biases(self, sequences, lengths, seed: int) -> None:
-    for i, (r, (x, n)) in enumerate(zip(self.representations, self.series(sequences, lengths))):
+  def fit_biases(self, read_cases, num_cases: int, seed: int) -> None:
+    """Each representation's biases from random cases of the train split's `num_cases`
+    (`minirocket.bias_cases`, seeded per representation); `read_cases(indices)` gives their
+    (sequences, lengths), so every process reads those cases alone."""
+    chosen = [minirocket.bias_cases(num_cases, len(r.dilations), seed + i) for i, r in enumerate(self.representations)]  # fmt: skip
+    if not chosen:
+      return
+    needed = np.unique(np.concatenate([c.ravel() for c in chosen]))
+    sequences, lengths = read_cases(needed)
+    for r, (x, n), cases in zip(self.representations, self.series(sequences, lengths), chosen):
+      where = np.searchsorted(needed, cases)
       kernels = [np.asarray(k[...]) for k in r.kernels]
-      biases = minirocket.fit_biases(
-        np.asarray(x), np.asarray(n), kernels, r.dilations, r.counts, seed + i, r.shift_left
+      biases = minirocket.biases_of(
+        np.asarray(x)[where], np.asarray(n)[where], kernels, r.dilations, r.counts, r.shift_left
       )
       r.biases[...] = jnp.asarray(biases)
 
-  def fit_scaling(self, sequences, lengths) -> np.ndarray:
-    """Fits the features' scaling on these cases (the train split); returns their scaled
-    features [cases, all features] for the head."""
+  def fit_scaling(self, sequences, lengths, index) -> np.ndarray:
+    """Fits the features' scaling on the train split, of which this process has the cases
+    `index` (`sequences`, `lengths`); returns the scaled features of every process's cases, in
+    the split's order, [cases, all features] for the head."""
     parts = []
     if self.scale is not None:
-      rocket = _batched(self.rocket_features, sequences, lengths)
+      rocket = in_split_order(own_features(self.rocket_features, sequences, lengths), index)
       std = rocket.std(0)
       self.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)  # fmt: skip
       parts.append(rocket * np.asarray(self.scale[...]))
     if self.hydra is not None:
-      raw = _batched(self.hydra_features, sequences, lengths)
+      raw = in_split_order(own_features(self.hydra_features, sequences, lengths), index)
       mean, std = hydra.sparse_scale_fit(raw)
       self.hydra.mean[...], self.hydra.std[...] = jnp.asarray(mean), jnp.asarray(std)
       parts.insert(0, np.asarray(hydra.sparse_scale(raw, mean, std)))
     return np.concatenate(parts, axis=1)
 
 
-def _batched(features_of, sequences, lengths):
-  return np.concatenate(
-    [
-      np.asarray(features_of(sequences[i : i + FEATURE_BATCH], lengths[i : i + FEATURE_BATCH]))
-      for i in range(0, len(sequences), FEATURE_BATCH)
-    ]
-  )
+def own_features(features_of, sequences, lengths) -> np.ndarray:
+  """features_of(sequences, lengths) of this process's cases, on the host: the cases split over
+  its devices, in chunks of about equal size (at most FEATURE_BATCH), the last padded with its
+  last case (one compiled shape)."""
+  devices = jax.local_devices()
+  sharding = NamedSharding(parallel.make_mesh(devices), P(parallel.AXIS))
+  size = -(-len(sequences) // -(-len(sequences) // FEATURE_BATCH))  # cases per chunk
+  size = -(-size // len(devices)) * len(devices)
+  out = []
+  for start in range(0, len(sequences), size):
+    chunk = np.minimum(np.arange(start, start + size), len(sequences) - 1)
+    features = features_of(*jax.device_put((sequences[chunk], lengths[chunk]), sharding))
+    out.append(np.asarray(features)[: len(sequences) - start])
+  return np.concatenate(out)
+
+
+def in_split_order(rows, index) -> np.ndarray:
+  """Every process's `rows` (of its cases `index` in the split) gathered, in the split's order."""
+  if jax.process_count() == 1:
+    return rows[np.argsort(index)]
+  # the processes' shares differ by one case at most: padded to one size, the padding's index -1
+  size = int(multihost_utils.process_allgather(np.array(len(index))).max())
+  padded = np.zeros((size, *rows.shape[1:]), rows.dtype)
+  padded[: len(rows)] = rows
+  every = multihost_utils.process_allgather(padded).reshape(-1, *rows.shape[1:])
+  indices = multihost_utils.process_allgather(np.pad(index, (0, size - len(index)), constant_values=-1))  # fmt: skip
+  indices = indices.reshape(-1)
+  return every[indices >= 0][np.argsort(indices[indices >= 0])]
 
 
 def _representations(transform, steps, channels, num_features, max_dilations, seed):
@@ -265,14 +300,24 @@ class RocketFamily(ModelFamily):
     return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
 
   def init_from_data(self, model, config, source, info) -> None:
+    """Fits the transform and the head to the train split. Every process reads its own share of
+    the cases and computes their features on its own devices; the biases' few random cases are
+    read by each process; the ridge head is fitted, the same in every process, to the features
+    of all cases, gathered."""
     s = settings(config)
-    cases = [pipeline.example(source[i], info) for i in range(len(source))]
-    x = jnp.asarray(np.stack([c['sequence'] for c in cases]))
-    lengths = jnp.asarray(np.array([c['length'] for c in cases]))
-    labels = np.array([c['label'] for c in cases])
-    model.fit_biases(x, lengths, config.seed)
-    features = model.fit_scaling(x, lengths)
+    # this process's copy of every array, whatever the mesh placed where (replaced below)
+    nnx.update(model, jax.tree.map(lambda a: jnp.asarray(multihost_utils.process_allgather(a, tiled=True)), nnx.state(model)))  # fmt: skip
+    own = np.array_split(np.arange(len(source)), jax.process_count())[jax.process_index()]
+    if not len(own):
+      raise ConfigError(
+        f'{len(source)} training cases for {jax.process_count()} processes: every process needs '
+        'at least one; run fewer processes.'
+      )
+    x, lengths, labels = _read(source, own, info)
+    model.fit_biases(lambda index: _read(source, index, info)[:2], len(source), config.seed)
+    features = model.fit_scaling(x, lengths, own)
     if s.head == 'ridge':
+      labels = in_split_order(labels, own)
       kernel, bias, alpha = ridge_loo(features, labels, info.num_classes, s.alphas)
       model.head.kernel[...] = jnp.asarray(kernel)
       model.head.bias[...] = jnp.asarray(bias)
@@ -280,3 +325,13 @@ class RocketFamily(ModelFamily):
         '%s: %d features of %d cases; ridge alpha %.3g by leave-one-out.',
         *(s.transform, features.shape[1], len(features), alpha),
       )
+
+
+def _read(source, index, info):
+  """(sequences, lengths, labels) of the split's cases `index`, as the model reads them."""
+  cases = [pipeline.example(source[int(i)], info) for i in index]
+  return (
+    np.stack([c['sequence'] for c in cases]),
+    np.array([c['length'] for c in cases]),
+    np.array([c['label'] for c in cases]),
+  )

@@ -172,11 +172,16 @@ class StopSignals:
   agree on the step (`Checkpointer.reached_preemption`); this handler then covers SIGINT.
 
   `deadline` (time.monotonic()), if set, stops the loop the same way once it has passed
-  (config.max_train_seconds); every process takes process 0's clock."""
+  (config.max_train_seconds), or as soon as the steps' pace says the run would pass it: after
+  MEASURE_SECONDS of steps, the steps left at the pace since the first check; every process takes
+  process 0's clock."""
+
+  MEASURE_SECONDS = 2.0
 
   def __init__(self, deadline: float | None = None):
     self.received = None
     self.deadline = deadline
+    self._pace_from = None  # (step, time) of the first check
     self._previous = {}
     if threading.current_thread() is not threading.main_thread():
       return  # Python takes signals in the main thread only; elsewhere the defaults stay
@@ -193,16 +198,24 @@ class StopSignals:
       '%s received: saving a checkpoint at the next step boundary, then stopping.', self.received
     )
 
-  def stop_reason(self, checkpointer: Checkpointer, dispatch: int) -> str | None:
-    """Why the loop should stop after this dispatch: the signal received, or 'preemption' at
-    JAX's sync point in a multi-process job (it counts calls, which every process makes once per
-    dispatch); None to go on."""
+  def stop_reason(
+    self, checkpointer: Checkpointer, dispatch: int, step: int = 0, total_steps: int = 0
+  ) -> str | None:
+    """Why the loop should stop after this dispatch, at `step` of `total_steps`: the signal
+    received, 'preemption' at JAX's sync point in a multi-process job (it counts calls, which
+    every process makes once per dispatch), or the deadline; None to go on."""
     if self.received:
       return self.received
     if jax.process_count() > 1 and checkpointer.reached_preemption(dispatch):
       return 'preemption'
     if self.deadline is not None:
-      late = np.array(time.monotonic() > self.deadline)
+      now = time.monotonic()
+      if self._pace_from is None:
+        self._pace_from = (step, now)
+      (first, since), late = self._pace_from, now > self.deadline
+      if step > first and now - since >= self.MEASURE_SECONDS:
+        late = late or now + (total_steps - step) * (now - since) / (step - first) > self.deadline
+      late = np.array(late)
       if jax.process_count() > 1:
         late = multihost_utils.broadcast_one_to_all(late)
       if late:

@@ -164,8 +164,8 @@ def base() -> ml_collections.ConfigDict:
   config.num_epochs = 10.0
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.max_train_steps = -1  # > 0: num_epochs' steps, but at most this many
-  # > 0: stop after a checkpoint once the loop has run this long (rerun to resume), as a signal
-  # stops it; the time budget of dlearn.ensemble's members.
+  # > 0: stop after a checkpoint once the loop has run this long, or once its pace says it would
+  # (rerun to resume), as a signal stops it; the time budget of dlearn.ensemble's members.
   config.max_train_seconds = 0.0
   config.eval_every_steps = -1  # -1: once per epoch, and at the end
   config.log_every_steps = 100

@@ -122,7 +122,7 @@ def train_member(name, config, workdir, folds, budget: Budget, report):
 
 def _left_out(seconds, what):
   return (
-    f'{what} did not finish in its share of --minutes ({seconds:.0f} s); rerun with more '
+    f'{what} would not finish in its share of --minutes ({seconds:.0f} s); rerun with more '
     '--minutes to finish it (its runs resume)'
   )
 
@@ -155,7 +155,6 @@ def ensemble_config(members, records, power: float, fold: int | None = None):
   return config
 
 
-
 def cross_validated_ensemble(members, records, power, folds, workdir, report):
   """The ensemble's own k-fold accuracies: on each held-out fold, the ensemble of the members'
   runs that did not see it. The weights are the members' k-fold accuracies over all folds, the
@@ -172,6 +171,7 @@ def cross_validated_ensemble(members, records, power, folds, workdir, report):
     accuracies.append(result['eval']['accuracy'])
     report(f'ensemble fold {fold}: accuracy {accuracies[-1]:.4f}')
   return accuracies
+
 
 def main(argv):
   if len(argv) > 1:

@@ -288,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         eval_metrics = {f'eval/{k}': v for k, v in eval_summary.items()}
         progress.restart(step)
 
-      stopped_by = signals.stop_reason(checkpointer, dispatch)
+      stopped_by = signals.stop_reason(checkpointer, dispatch, step, total_steps)
       if bookkeeping.itstime(step, checkpoint_every, total_steps) or stopped_by:
         nonfinite.flush()  # never save a state that followed a non-finite step
         checkpointer.save(step, state, position, eval_metrics, wait=bool(stopped_by))

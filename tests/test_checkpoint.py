@@ -254,3 +254,18 @@ def test_fresh_and_init_from(tmp_path):
     jax.tree.leaves(jax.device_get(second['state'].params)),
   ):
     np.testing.assert_array_equal(a, b)  # lr 0: the parameters it started from
+
+
+def test_a_deadline_stops_a_run_once_its_pace_says_it_would_pass_it(monkeypatch):
+  clock = [100.0]
+  monkeypatch.setattr(checkpoint.time, 'monotonic', lambda: clock[0])
+  for total_steps, expected in ((100, 'config.max_train_seconds'), (8, None)):
+    signals = checkpoint.StopSignals(deadline=110.0)  # 10 s; the steps take 1 s each
+    reasons = []
+    for step in range(1, 5):
+      reasons.append(signals.stop_reason(None, step - 1, step, total_steps))
+      clock[0] += 1.0
+    # no verdict before 2 s of pace; then 100 steps would take 96 s more, 8 steps 4 s
+    assert reasons[:2] == [None, None] and reasons[2:] == [expected] * 2, (total_steps, reasons)
+    signals.restore()
+    clock[0] = 100.0

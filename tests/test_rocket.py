@@ -40,7 +40,9 @@ def test_leave_one_out_error_equals_refitting_without_each_case(features):
   kernel, bias, alpha = rocket.ridge_loo(x, labels, 3, alphas)
   assert alpha == alphas[int(np.argmin(refit))]
   xm, ym = x.mean(0), y.mean(0)
-  expected = np.linalg.solve((x - xm).T @ (x - xm) + alpha * np.eye(features), (x - xm).T @ (y - ym))
+  expected = np.linalg.solve(
+    (x - xm).T @ (x - xm) + alpha * np.eye(features), (x - xm).T @ (y - ym)
+  )
   np.testing.assert_allclose(kernel, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(bias, ym - xm @ expected, rtol=1e-4, atol=1e-5)
 

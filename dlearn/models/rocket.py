@@ -20,6 +20,12 @@ The head, `config.rocket.head`:
 The kernels' channels are drawn from config.seed when the model is created, the biases from the
 train split (one random case per kernel and dilation, as the references); all are stored in the
 checkpoint with the head, so evaluation, prediction and export need nothing else.
+
+On many devices and processes (`init_from_data`): each process reads its own share of the train
+split and computes those cases' features on its own devices, the cases split over them; the
+biases' random cases are read by every process; the features of all cases are gathered on every
+host for the ridge head, which every process then fits alike. Evaluation and the logistic head's
+training are the ordinary sharded steps.
 """
 
 from __future__ import annotations

@@ -425,7 +425,9 @@ def test_the_recipe_resumes_exactly_with_its_whitening_in_the_checkpoint(
   resumed_dir = str(tmp_path / 'resumed')
   # The same run stopped after its first dispatch (as by SIGTERM: a checkpoint at step 2, then
   # exit), then rerun: the schedules depend on the run's total steps, which stay 6.
-  stop_after_first = lambda signals, checkpointer, dispatch, *_: 'SIGTERM' if dispatch == 0 else None
+  stop_after_first = lambda signals, checkpointer, dispatch, *_: (
+    'SIGTERM' if dispatch == 0 else None
+  )
   with monkeypatch.context() as patch:
     patch.setattr(checkpoint.StopSignals, 'stop_reason', stop_after_first)
     stopped = train.train_and_evaluate(config(), resumed_dir)

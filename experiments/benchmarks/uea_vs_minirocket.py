@@ -32,8 +32,9 @@ as 'validation' (the last `--validation_fraction` of each class in file order,
 on the same folds: the file prepared by `dlearn.prepare`, its whole `train+validation` split cut
 by `pipeline.stratified_folds` with `--seed` (what `python -m dlearn.cross_validate --folds=K` cuts
 with `--config.seed`, which it is given). MiniRocket fits on k-1 folds and predicts the held-out
-one, k times; dlearn runs `dlearn.cross_validate`. Both report mean ± std (ddof=1) of the folds'
-accuracies and the seconds of all k folds. This is how a recipe is compared with MiniRocket on
+one, k times; dlearn runs `dlearn.cross_validate --config.fresh=True` (no fold resumed from an
+earlier run). Both report mean ± std (ddof=1) of the folds' accuracies and the seconds of all k
+folds. This is how a recipe is compared with MiniRocket on
 data it was not tuned on, without a test split.
 
 `--smoke`: MiniRocket with 840 kernels and dlearn's `CONFIG:NAME,smoke` (20 small steps): a check
@@ -410,6 +411,7 @@ def cross_validate_dlearn(
     *_config_flags(config, name, workdir, data_dir, smoke),
     f'--folds={folds}',
     f'--config.seed={seed}',
+    '--config.fresh=True',  # every fold fitted again, never resumed from an earlier run's
     *extra_flags,
   ]
   _command(command, os.path.join(workdir_root, f'{name}.cross_validate.log'))

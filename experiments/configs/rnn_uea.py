@@ -13,7 +13,9 @@ file it was cross-validated on).
 The config argument is the prepared dataset's name (default japanese_vowels), or a UEA/UCR
 archive name (`rnn_uea.py:ArrowHead`, the same as `:arrow_head`), which training fetches and
 prepares first when the data directory lacks it (dlearn/data/fetch.py); optionally with ',smoke'
-(a few steps). To train the final model on the whole training file, as for a test split:
+(a few steps) or ',quick' (one FCN of 100 epochs: `dlearn.ensemble`'s member, which fits its time
+budget on a CPU; 5-fold on JapaneseVowels 98.9% in 70 s, against 99.3% in 1,205 s at 1,000
+epochs and 99.3% at 250; README). To train the final model on the whole training file, as for a test split:
 `--config.data.train_split=train+validation`. To estimate accuracy on the training file:
 `python -m dlearn.cross_validate --config=experiments/configs/rnn_uea.py:gun_point
 --workdir=workdirs/cv_gun_point --folds=5`. LSTM-FCN (an LSTM of 64 units beside the
@@ -27,7 +29,7 @@ from dlearn.data import fetch
 
 def get_config(arg=None):
   names = [a for a in (arg or '').split(',') if a]
-  dataset = next((a for a in names if a != 'smoke'), 'japanese_vowels')
+  dataset = next((a for a in names if a not in ('smoke', 'quick')), 'japanese_vowels')
   config = configs.base()
   config.model = 'rnn'
   config.rnn.cell = 'lstm'
@@ -67,4 +69,6 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 1000
   config.max_checkpoints_to_keep = 1
   config.write_plots = False
+  if 'quick' in names:
+    config.ensemble_size, config.num_epochs = 1, 100
   return configs.finish(config, ','.join(a for a in names if a == 'smoke'))

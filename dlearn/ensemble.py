@@ -3,8 +3,8 @@ accuracy on the training data (HIVE-COTE 2's CAWPE: accuracy^4), in one work dir
 `dlearn.evaluate`, `dlearn.predict` and `dlearn.export` read like any other.
 
   python -m dlearn.ensemble --dataset=gun_point --workdir=workdirs/ensemble_gun_point \
-      [--member=experiments/configs/rocket_uea.py --member=experiments/configs/rnn_uea.py:quick] [--folds=5] \
-      [--minutes=3] [--set=data.data_dir=data/tfds ...]
+      [--member=experiments/configs/rocket_uea.py --member=experiments/configs/rnn_uea.py:quick] \
+      [--folds=5] [--minutes=3] [--set=data.data_dir=data/tfds ...]
 
 Each member is an experiment config taking the dataset as its argument (`FILE` gets
 `FILE:DATASET`; `FILE:EXTRA` gets `FILE:DATASET,EXTRA`, e.g. `rocket_uea.py:minirocket`). In

@@ -13,7 +13,8 @@ The head, `config.rocket.head`:
 - 'ridge' (small data): fitted in closed form when the run starts (`init_from_data`): ridge
   regression on targets of +1 for the class and -1 for the others, with an unpenalised intercept,
   its regularisation chosen from `alphas` by leave-one-out error, computed exactly from one
-  decomposition of the features (what scikit-learn's RidgeClassifierCV does). The recipe then trains 0 steps.
+  decomposition of the features (what scikit-learn's RidgeClassifierCV does). The recipe then
+  trains 0 steps.
 - 'logistic' (large data): zero-initialised, trained by the ordinary dlearn step (softmax
   cross-entropy over the features, which every device computes for its own cases).
 

@@ -99,3 +99,13 @@ def test_a_member_beyond_the_time_budget_is_left_out_saying_why(tmp_path):
   assert len(errors) == 1 and 'left out' in errors[0] and '--minutes' in errors[0], errors
   assert 'member rnn_uea-smoke: left out' in result.stdout
   assert not os.path.exists(tmp_path / 'ensemble' / 'ensemble.json')
+
+
+@pytest.mark.slow  # a process
+def test_a_missing_dataset_is_one_error_line_in_the_ensembles_own_flags(tmp_path):
+  result = _ensemble(tmp_path, str(tmp_path / 'empty'), f'--member={ROCKET}', check=False)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'toy_sequences' in errors[0], errors
+  message = result.stderr[result.stderr.index('error: ') :]
+  assert '--set=data.data_dir=' in message and '--config.' not in message, message

@@ -62,7 +62,7 @@ DEFAULTS = ml_collections.ConfigDict(
   }
 )
 HEADS = ('ridge', 'logistic')
-FEATURE_BATCH = 256  # cases per transform call in init_from_data
+FEATURE_BATCH = 256  # at most this many of a process's cases per transform call (init_from_data)
 
 
 class Fixed(nnx.Variable):

@@ -14,9 +14,8 @@ The config argument is the prepared dataset's name (default japanese_vowels), or
 archive name (`rnn_uea.py:ArrowHead`, the same as `:arrow_head`), which training fetches and
 prepares first when the data directory lacks it (dlearn/data/fetch.py); optionally with ',smoke'
 (a few steps) or ',quick' (one FCN of 100 epochs: `dlearn.ensemble`'s member, which fits its time
-budget on a CPU; 5-fold on JapaneseVowels 98.9% in 70 s, against 99.3% in 1,205 s at 1,000
-epochs and 99.3% at 250; README). To train the final model on the whole training file, as for a test split:
-`--config.data.train_split=train+validation`. To estimate accuracy on the training file:
+budget on a CPU, about a point below 1,000 epochs on JapaneseVowels: README). To train the final
+model on the whole training file, as for a test split: `--config.data.train_split=train+validation`. To estimate accuracy on the training file:
 `python -m dlearn.cross_validate --config=experiments/configs/rnn_uea.py:gun_point
 --workdir=workdirs/cv_gun_point --folds=5`. LSTM-FCN (an LSTM of 64 units beside the
 convolutions): `--config.rnn.num_layers=1`; the article's recurrent network alone:

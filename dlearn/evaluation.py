@@ -50,7 +50,16 @@ def evaluate_split(mapped_eval_step, state, batches):
 
 
 def map_eval_step(graphdef, config, info, mesh):
-  """`steps.eval_step` on every device of `mesh`, compiled on its first call."""
+  """`steps.eval_step` on every device of `mesh`, compiled on its first call. One function per
+  program in a process: the runs of a cross-validation or an ensemble, which differ only in the
+  fold they hold out (config.data.fold, which the step never reads), trace and load it once."""
+  program = config.copy_and_resolve_references()
+  program.data.fold = 0
+  return _mapped_eval_step(graphdef, ml_collections.FrozenConfigDict(program), info, mesh)
+
+
+@functools.lru_cache(maxsize=16)
+def _mapped_eval_step(graphdef, config, info, mesh):
   return parallel.map_over_devices(
     functools.partial(steps.eval_step, graphdef=graphdef, config=config, info=info),
     mesh,

@@ -78,6 +78,26 @@ def test_a_folds_train_and_eval_sources_are_complementary(data_dir):
     pipeline.run_sources(config)
 
 
+def test_the_folds_share_one_evaluation_step_and_other_programs_do_not():
+  """A cross-validation's runs differ in the fold they hold out, which the evaluation step never
+  reads: they share its traced and loaded program (evaluation.map_eval_step), while any other
+  change of the config (here the dtype the model computes in) gives another."""
+  from flax import nnx
+
+  graphdef = nnx.split(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))[0]
+  info = pipeline.DatasetInfo('synthetic', 'sequence', (6, 2), 3, ('x', 'y', 'z'))
+  mesh = parallel.make_mesh()
+  config = configs.base()
+  config.data.folds = 5
+  steps = []
+  for fold, dtype in ((0, 'float32'), (3, 'float32'), (3, 'bfloat16')):
+    config.data.fold, config.dtype = fold, dtype
+    steps.append(evaluation.map_eval_step(graphdef, config, info, mesh))
+  assert steps[0] is steps[1]
+  assert steps[2] is not steps[1]
+  assert config.data.fold == 3  # the caller's config is left as it was
+
+
 def test_host_and_on_device_training_data_read_only_the_subset():
   records = helpers.image_records(60)  # each record's pixels are unique
   info = pipeline.DatasetInfo('synthetic', 'image', (4, 4, 3), 5, tuple('abcde'))

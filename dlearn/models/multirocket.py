@@ -29,16 +29,11 @@ import numpy as np
 
 from dlearn.models import minirocket
 
-POOLING = ('ppv', 'lspv', 'mpv', 'mipv')
-
-
-# Features pooled per compiled iteration: one body for all of a representation's features, so
-# that compiling does not grow with the number of dilations.
-CHUNK = 168
+POOLING = minirocket.POOLING  # defined, with MiniRocket's PPV, where they are pooled
 
 
 def _convolutions(x, weights, dilations, shift_left):
-  """[dilations, B, 84, T]: every dilation's kernels, one compiled body for all (the dilation a
+  """[B, dilations, 84, T]: every dilation's kernels, one compiled body for all (the dilation a
   traced value: each tap a dynamic slice of the zero-padded series)."""
   steps = x.shape[-1]
   pad = 4 * max(dilations)
@@ -50,85 +45,19 @@ def _convolutions(x, weights, dilations, shift_left):
     taps = [jax.lax.dynamic_slice_in_dim(padded, pad + o, steps, 2) for o in offsets]
     return jnp.einsum('kcg,bcgt->bkt', w, jnp.stack(taps, 2), precision=jax.lax.Precision.HIGHEST)
 
-  return jax.lax.map(one, (jnp.stack(weights), jnp.asarray(dilations, jnp.int32)))
-
-
-def _pool(c, biases, valid):
-  """[B, N, 4] features of convolutions c [B, N, T] at biases [N] over `valid` [B, N, T] (a
-  contiguous run of positions per case and feature)."""
-  b = biases[None, :, None]
-  positive, negative = (c > b) & valid, (c < b) & valid
-  count = valid.sum(-1)
-  start = jnp.argmax(valid, axis=-1)[..., None]  # the run's first position
-  index = jnp.arange(c.shape[-1]) - start  # position within the run
-  hits = positive.sum(-1)
-  ppv = hits / count
-  mpv = jnp.where(hits > 0, jnp.where(positive, c + b, 0).sum(-1) / jnp.maximum(hits, 1), 0.0)
-  mipv = jnp.where(hits > 0, jnp.where(positive, index, 0).sum(-1) / jnp.maximum(hits, 1), -1.0)
-  lspv = _longest_gap(negative, start[..., 0], count)
-  return jnp.stack([ppv, lspv, mpv, mipv], -1).astype(jnp.float32)
-
-
-def _longest_gap(negative, start, count):
-  """LSPV [B, N]: the longest gap between consecutive negative positions, from the run's `start`
-  (aeon's last_val starts there) and to its end; a scan over time (lax.cummax over the positions
-  cost 10x more on a CPU)."""
-
-  def step(carry, position):
-    previous, longest = carry
-    below, t = position
-    longest = jnp.where(below, jnp.maximum(longest, t - previous), longest)
-    return (jnp.where(below, t, previous), longest), None
-
-  positions = (jnp.moveaxis(negative, -1, 0), jnp.arange(negative.shape[-1]))
-  (last, longest), _ = jax.lax.scan(step, (start, jnp.zeros_like(start)), positions)
-  return jnp.maximum(longest, count - 1 - (last - start))
-
-
-def _feature_layout(dilations, counts):
-  """Per feature (aeon's order: dilation, then kernel, then bias), padded to CHUNKs: its
-  convolution's row in [dilation x 84], its padding 4 x dilation, and whether it pools over all
-  positions (MiniRocket's alternation, starting with all at even dilation index + kernel)."""
-  kernels = len(minirocket.KERNEL_INDICES)
-  j = np.repeat(np.arange(len(dilations)), kernels * np.asarray(counts))
-  k = np.concatenate([np.repeat(np.arange(kernels), n) for n in counts])
-  size = -(-len(j) // CHUNK) * CHUNK
-  fill = lambda a: np.pad(a, (0, size - len(a)))  # noqa: E731
-  return fill(j * kernels + k), fill(4 * np.asarray(dilations)[j]), fill((j + k) % 2 == 0)
+  return jnp.moveaxis(
+    jax.lax.map(one, (jnp.stack(weights), jnp.asarray(dilations, jnp.int32))), 0, 1
+  )
 
 
 def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
   """[B, 4, features of this representation]."""
-  batch, steps = x.shape[0], x.shape[-1]
-  c = _convolutions(x, weights, dilations, shift_left)  # [D, B, 84, T]
-  c = jnp.moveaxis(c, 0, 1).reshape(batch, -1, steps)  # [B, D x 84, T]
-  rows, paddings, full_positions = _feature_layout(dilations, counts)
-  size = len(biases)
-  padded_biases = jnp.pad(biases, (0, len(rows) - size))
-  t = jnp.arange(steps)
-  full = t < lengths[:, None, None]  # [B, 1, T]
 
-  def chunk(args):
-    row, b, padding, all_positions = args
-    interior = (t >= padding[None, :, None]) & (t < lengths[:, None, None] - padding[None, :, None])
-    interior = jnp.where(interior.any(-1, keepdims=True), interior, full)
-    valid = jnp.where(all_positions[None, :, None], full, interior)
-    return _pool(c[:, row], b, valid)  # [B, CHUNK, 4]
+  def block(x, lengths):
+    c = _convolutions(x, weights, dilations, shift_left)
+    return minirocket.pool(c, lengths, biases, dilations, counts, POOLING)
 
-  pooled = jax.lax.map(
-    chunk,
-    tuple(
-      a.reshape(-1, CHUNK)
-      for a in (
-        jnp.asarray(rows),
-        padded_biases,
-        jnp.asarray(paddings),
-        jnp.asarray(full_positions),
-      )
-    ),
-  )  # [chunks, B, CHUNK, 4]
-  pooled = jnp.moveaxis(pooled, 0, 1).reshape(batch, -1, 4)[:, :size]
-  return jnp.moveaxis(pooled, 2, 1)  # [B, 4, features]
+  return minirocket.in_case_blocks(block, x, lengths)
 
 
 def with_difference(x, lengths):

@@ -205,7 +205,7 @@ def test_fsdp_in_two_processes_trains_what_one_process_trains_and_restores_anywh
   _assert_same_model(one, two, 9)
 
 
-def _fit_rocket(workdir, data_dir, devices, processes=1):
+def _fit_rocket(workdir, data_dir, devices, processes=1, *flags):
   command = ['dlearn.launch', '--processes=2', f'--devices_per_process={devices // 2}', '--'] if processes == 2 else ['dlearn.main']  # fmt: skip
   result = subprocess.run(
     [
@@ -216,6 +216,7 @@ def _fit_rocket(workdir, data_dir, devices, processes=1):
       f'--workdir={workdir}',
       f'--config.data.data_dir={data_dir}',
       '--config.data.max_length=12',  # the toy cases have 3-6 steps; MiniRocket needs 9
+      *flags,
     ],
     env=_env(devices),
     capture_output=True,
@@ -232,12 +233,15 @@ def _fit_rocket(workdir, data_dir, devices, processes=1):
   return jax.tree.leaves(jax.device_get((state.params, state.model_state)))
 
 
-def test_rocket_fits_the_same_on_1_device_8_devices_and_2_processes(tmp_path):
+# the logistic head's scaling, from moments merged over the processes (0 steps: the head's
+# training is the ordinary step's, the same on any devices as every model's)
+@pytest.mark.parametrize('head', [(), ('--config.rocket.head=logistic', '--config.num_epochs=0')])
+def test_rocket_fits_the_same_on_1_device_8_devices_and_2_processes(tmp_path, head):
   # 33 train cases: the processes read 17 and 16 of them, and their features are gathered
   data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))
-  one = _fit_rocket(tmp_path / 'one', data_dir, 1)
+  one = _fit_rocket(tmp_path / 'one', data_dir, 1, 1, *head)
   for name, devices, processes in (('eight', 8, 1), ('two', 8, 2)):
-    other = _fit_rocket(tmp_path / name, data_dir, devices, processes)
+    other = _fit_rocket(tmp_path / name, data_dir, devices, processes, *head)
     assert len(other) == len(one)
     for a, b in zip(one, other):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)

@@ -23,8 +23,8 @@ def test_leave_one_out_error_equals_refitting_without_each_case(features):
   y[np.arange(14), labels] = 1
   alphas = (0.01, 1.0, 100.0)
 
-  def refit_error(alpha):
-    errors = []
+  def refit_scores(alpha):
+    scores = []
     for i in range(len(x)):
       keep = np.arange(len(x)) != i
       xm, ym = x[keep].mean(0), y[keep].mean(0)
@@ -33,18 +33,57 @@ def test_leave_one_out_error_equals_refitting_without_each_case(features):
         (x[keep] - xm).T @ (x[keep] - xm) + alpha * np.eye(x.shape[1]),
         (x[keep] - xm).T @ (y[keep] - ym),
       )
-      errors.append(((x[i] - xm) @ kernel + ym - y[i]) ** 2)
-    return np.mean(errors)
+      scores.append((x[i] - xm) @ kernel + ym)
+    return np.array(scores)
 
-  refit = [refit_error(a) for a in alphas]
-  kernel, bias, alpha = rocket.ridge_loo(x, labels, 3, alphas)
+  refit = [np.mean((refit_scores(a) - y) ** 2) for a in alphas]
+  kernel, bias, alpha, left_out = rocket.ridge_loo(x, labels, 3, alphas)
   assert alpha == alphas[int(np.argmin(refit))]
+  np.testing.assert_allclose(left_out, refit_scores(alpha), rtol=1e-6, atol=1e-8)
   xm, ym = x.mean(0), y.mean(0)
   expected = np.linalg.solve(
     (x - xm).T @ (x - xm) + alpha * np.eye(features), (x - xm).T @ (y - ym)
   )
   np.testing.assert_allclose(kernel, expected, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(bias, ym - xm @ expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_temperature_follows_how_often_the_scores_are_right():
+  rng = np.random.default_rng(0)
+  labels = np.arange(200) % 2
+  scores = np.where(np.arange(2) == labels[:, None], 1.0, -1.0)  # every case right by 2
+  assert rocket.temperature(scores, labels) > 10  # sure: softmax(2 t) rounds to 1
+  wrong = rng.random(200) < 0.2  # a fifth wrong: p = 0.8 at a margin of 2, t = log(4) / 2
+  assert abs(rocket.temperature(np.where(wrong[:, None], -scores, scores), labels) - np.log(4) / 2) < 0.05  # fmt: skip
+  assert rocket.temperature(rng.normal(size=(200, 2)), labels) == rocket.TEMPERATURES[0]
+
+
+@pytest.mark.parametrize('transform', ['multirocket_hydra', 'minirocket'])
+def test_the_logistic_heads_scaling_streamed_in_chunks_equals_the_whole_fit(monkeypatch, transform):
+  """Without the features kept (config.rocket.head='logistic'), the scaling is fitted from
+  moments merged chunk by chunk: the same as from every case's features at once."""
+  from flax import nnx
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 20, 3)).astype(np.float32)
+  lengths = rng.integers(12, 21, 50)
+  models = [
+    rocket.RocketClassifier(
+      2, (20, 3), transform=transform, num_features=1344, max_dilations=32, seed=0, rngs=nnx.Rngs(0)
+    )  # fmt: skip
+    for _ in range(2)
+  ]
+  for model in models:
+    model.fit_biases(lambda index: (x[index], lengths[index]), len(x), 0)
+  features = models[0].fit_scaling(x, lengths, np.arange(50))
+  monkeypatch.setattr(rocket, 'FEATURE_BATCH', 16)  # 4 chunks
+  assert models[1].fit_scaling(x, lengths, np.arange(50), keep_features=False) is None
+  np.testing.assert_allclose(models[1].scale[...], models[0].scale[...], rtol=1e-5)
+  if transform == 'multirocket_hydra':
+    np.testing.assert_allclose(models[1].hydra.mean[...], models[0].hydra.mean[...], rtol=1e-5)
+    np.testing.assert_allclose(models[1].hydra.std[...], models[0].hydra.std[...], rtol=1e-5)
+  assert np.asarray(models[0].scale[...]).std() > 0  # features of their own scales
+  assert features.shape[0] == 50
 
 
 @pytest.mark.slow  # a whole run

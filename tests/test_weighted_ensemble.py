@@ -72,7 +72,10 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
     os.path.join(os.path.dirname(m['workdir']), 'cv', 'fold_1') for m in members
   ]
   # predict reads the ensemble's work directory alone; its probabilities are the members',
-  # weighted: the ridge member votes (one-hot), the FCNs give their averaged softmax
+  # weighted: the ridge member's softmax of its scores at their leave-one-out temperature, the
+  # FCNs' averaged softmax. The ridge member's features count comparisons with its biases, which
+  # the rounding of standardising each case again inside the ensemble (1e-6 here) flips on some
+  # of these toy cases of 3-6 steps: its share agrees to 0.01, the FCN's exactly.
   predicted = {}
   for name, workdir in [('ensemble', tmp_path / 'ensemble')] + [
     (m['name'], m['workdir']) for m in members
@@ -83,11 +86,10 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
       '--compilation_cache=', devices=1, mock=False,
     )  # fmt: skip
     predicted[name] = _probabilities(output)
-  rocket = members[0]['name']  # predict gives the softmax of its ridge scores; it votes here
-  predicted[rocket] = np.eye(3)[predicted[rocket].argmax(1)]
   weights = np.array([m['weight'] for m in members])
   expected = sum(w * predicted[m['name']] for w, m in zip(weights, members)) / weights.sum()
-  np.testing.assert_allclose(predicted['ensemble'], expected, atol=2e-5)
+  share = weights[0] / weights.sum()  # members[0] is the ridge member
+  np.testing.assert_allclose(predicted['ensemble'], expected, atol=2e-5 + 0.01 * share)
 
 
 @pytest.mark.slow  # a process

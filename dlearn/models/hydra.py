@@ -117,8 +117,16 @@ def sparse_scale_fit(features):
   """(mean, std) of Hydra's sparse scaling (the reference's `SparseScaler`): of the square roots of
   the clipped counts, the std plus (share of zeros)^4 + 1e-8."""
   f = np.sqrt(np.clip(np.asarray(features, np.float64), 0, None))
-  epsilon = (f == 0).mean(0) ** 4 + 1e-8
-  return f.mean(0).astype(np.float32), (f.std(0, ddof=1) + epsilon).astype(np.float32)
+  mean = f.mean(0)
+  return sparse_scale_from(len(f), mean, ((f - mean) ** 2).sum(0), (f == 0).sum(0))
+
+
+def sparse_scale_from(count, mean, squares, zeros):
+  """`sparse_scale_fit` from the square roots' moments: their count, mean, sum of squared
+  deviations and number of zeros per feature."""
+  epsilon = (np.asarray(zeros) / count) ** 4 + 1e-8
+  std = np.sqrt(np.asarray(squares) / (count - 1))  # ddof=1
+  return np.asarray(mean, np.float32), (std + epsilon).astype(np.float32)
 
 
 def sparse_scale(features, mean, std):

@@ -13,10 +13,13 @@ The head, `config.rocket.head`:
 - 'ridge' (small data): fitted in closed form when the run starts (`init_from_data`): ridge
   regression on targets of +1 for the class and -1 for the others, with an unpenalised intercept,
   its regularisation chosen from `alphas` by leave-one-out error, computed exactly from one
-  decomposition of the features (what scikit-learn's RidgeClassifierCV does). The recipe then
-  trains 0 steps.
+  decomposition of the features (what scikit-learn's RidgeClassifierCV does); its scores then
+  multiplied by the temperature whose softmax best fits the cases' leave-one-out scores
+  (`temperature`), so that its probabilities say how sure it is (its classes are the ridge's).
+  The recipe then trains 0 steps.
 - 'logistic' (large data): zero-initialised, trained by the ordinary dlearn step (softmax
-  cross-entropy over the features, which every device computes for its own cases).
+  cross-entropy over the features, which every device computes for its own cases); the
+  features' scaling is fitted from their moments, chunk by chunk, never all cases' at once.
 
 The kernels' channels are drawn from config.seed when the model is created, the biases from the
 train split (one random case per kernel and dilation, as the references); all are stored in the
@@ -31,6 +34,7 @@ training are the ordinary sharded steps.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -176,15 +180,30 @@ class RocketClassifier(nnx.Module):
       )
       r.biases[...] = jnp.asarray(biases)
 
-  def fit_scaling(self, sequences, lengths, index) -> np.ndarray:
+  def fit_scaling(self, sequences, lengths, index, keep_features: bool = True):
     """Fits the features' scaling on the train split, of which this process has the cases
-    `index` (`sequences`, `lengths`); returns the scaled features of every process's cases, in
-    the split's order, [cases, all features] for the head."""
+    `index` (`sequences`, `lengths`). With `keep_features` (the ridge head's closed form needs
+    them all), returns the scaled features of every process's cases, in the split's order,
+    [cases, all features]; without (the logistic head, for data whose features would not fit
+    in memory), only their moments are kept, chunk by chunk, and merged over the processes."""
+    if not keep_features:
+      rocket, raw = Moments(), Moments()
+      for chunk in own_feature_chunks(self._feature_parts, sequences, lengths):
+        if self.scale is not None:
+          rocket = rocket.add(chunk[0])
+        if self.hydra is not None:
+          raw = raw.add(np.sqrt(np.clip(chunk[1], 0, None)))
+      if self.scale is not None:
+        self._set_scale(rocket.over_processes())
+      if self.hydra is not None:
+        raw = raw.over_processes()
+        mean, std = hydra.sparse_scale_from(raw.count, raw.mean, raw.squares, raw.zeros)
+        self.hydra.mean[...], self.hydra.std[...] = jnp.asarray(mean), jnp.asarray(std)
+      return None
     parts = []
     if self.scale is not None:
       rocket = in_split_order(own_features(self.rocket_features, sequences, lengths), index)
-      std = rocket.std(0)
-      self.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)  # fmt: skip
+      self._set_scale(Moments().add(rocket))
       parts.append(rocket * np.asarray(self.scale[...]))
     if self.hydra is not None:
       raw = in_split_order(own_features(self.hydra_features, sequences, lengths), index)
@@ -193,21 +212,79 @@ class RocketClassifier(nnx.Module):
       parts.insert(0, np.asarray(hydra.sparse_scale(raw, mean, std)))
     return np.concatenate(parts, axis=1)
 
+  def _feature_parts(self, sequences, lengths):
+    """(the kernels' features or None, Hydra's counts or None)."""
+    rocket = self.rocket_features(sequences, lengths) if self.scale is not None else None
+    counts = self.hydra_features(sequences, lengths) if self.hydra is not None else None
+    return rocket, counts
+
+  def _set_scale(self, moments):
+    """x / std (population std, as StandardScaler's); features that never vary are left as
+    they are."""
+    std = np.sqrt(moments.squares / moments.count)
+    self.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Moments:
+  """Per feature, over the rows added: their count, mean, sum of squared deviations from the
+  mean and number of zeros, merged chunk by chunk (Chan, Golub and LeVeque's update), so that
+  no process needs every case's features at once."""
+
+  count: int = 0
+  mean: np.ndarray | float = 0.0
+  squares: np.ndarray | float = 0.0
+  zeros: np.ndarray | float = 0.0
+
+  def add(self, rows) -> Moments:
+    rows = np.asarray(rows, np.float64)
+    mean = rows.mean(0)
+    return self.merge(Moments(len(rows), mean, ((rows - mean) ** 2).sum(0), (rows == 0).sum(0)))
+
+  def merge(self, other: Moments) -> Moments:
+    count = self.count + other.count
+    if not self.count or not other.count:
+      return other if not self.count else self
+    delta = other.mean - self.mean
+    return Moments(
+      count,
+      self.mean + delta * other.count / count,
+      self.squares + other.squares + delta**2 * self.count * other.count / count,
+      self.zeros + other.zeros,
+    )
+
+  def over_processes(self) -> Moments:
+    """Every process's moments merged, the same in each."""
+    if jax.process_count() == 1:
+      return self
+    gathered = [
+      multihost_utils.process_allgather(np.asarray(a, np.float64))
+      for a in (self.count, self.mean, self.squares, self.zeros)
+    ]
+    merged = Moments()
+    for count, mean, squares, zeros in zip(*gathered):
+      merged = merged.merge(Moments(int(count), mean, squares, zeros))
+    return merged
+
 
 def own_features(features_of, sequences, lengths) -> np.ndarray:
-  """features_of(sequences, lengths) of this process's cases, on the host: the cases split over
-  its devices, in chunks of about equal size (at most FEATURE_BATCH), the last padded with its
-  last case (one compiled shape)."""
+  """features_of(sequences, lengths) of this process's cases, on the host (`own_feature_chunks`
+  concatenated)."""
+  return np.concatenate(list(own_feature_chunks(features_of, sequences, lengths)))
+
+
+def own_feature_chunks(features_of, sequences, lengths):
+  """features_of(sequences, lengths) of this process's cases, chunk by chunk on the host (each a
+  tree of arrays of the chunk's cases): the cases split over its devices, in chunks of about
+  equal size (at most FEATURE_BATCH), the last padded with its last case (one compiled shape)."""
   devices = jax.local_devices()
   sharding = NamedSharding(parallel.make_mesh(devices), P(parallel.AXIS))
   size = -(-len(sequences) // -(-len(sequences) // FEATURE_BATCH))  # cases per chunk
   size = -(-size // len(devices)) * len(devices)
-  out = []
   for start in range(0, len(sequences), size):
     chunk = np.minimum(np.arange(start, start + size), len(sequences) - 1)
     features = features_of(*jax.device_put((sequences[chunk], lengths[chunk]), sharding))
-    out.append(np.asarray(features)[: len(sequences) - start])
-  return np.concatenate(out)
+    yield jax.tree.map(lambda f: np.asarray(f)[: len(sequences) - start], features)
 
 
 def in_split_order(rows, index) -> np.ndarray:
@@ -249,9 +326,10 @@ def _representations(transform, steps, channels, num_features, max_dilations, se
 
 
 def ridge_loo(features, labels, num_classes: int, alphas):
-  """(kernel [F, K], bias [K], alpha): ridge regression of +-1 one-vs-rest targets with an
-  unpenalised intercept, alpha the one of `alphas` with the least leave-one-out squared error
-  (the hat matrix's diagonal). One decomposition serves every alpha: with fewer cases than
+  """(kernel [F, K], bias [K], alpha, leave-one-out scores [N, K]): ridge regression of +-1
+  one-vs-rest targets with an unpenalised intercept, alpha the one of `alphas` with the least
+  leave-one-out squared error (the hat matrix's diagonal), and each case's scores from the fit
+  to the other cases at that alpha. One decomposition serves every alpha: with fewer cases than
   features, the eigenvectors of the centred cases' Gram matrix (scikit-learn's RidgeCV chooses
   the same, its 'eigen' mode: an [N, N] problem instead of an SVD of [N, F]); otherwise the SVD
   of the centred features."""
@@ -267,18 +345,33 @@ def ridge_loo(features, labels, num_classes: int, alphas):
     u, s, vt = np.linalg.svd(x, full_matrices=False)
     s2 = s**2
   projected = u.T @ (y - y_mean)
-  errors = []
+  left_out = []  # per alpha, each case's residual from the fit without it
   for alpha in alphas:
     shrink = s2 / (s2 + alpha)
     residual = (y - y_mean) - u @ (shrink[:, None] * projected)
     hat = 1 / len(x) + (u**2) @ shrink
-    errors.append(np.mean((residual / (1 - hat)[:, None]) ** 2))
-  alpha = float(alphas[int(np.argmin(errors))])
+    left_out.append(residual / (1 - hat)[:, None])
+  best = int(np.argmin([np.mean(r**2) for r in left_out]))
+  alpha = float(alphas[best])
   if len(x) < x.shape[1]:  # Xc^T (Xc Xc^T + alpha)^-1 Yc
     kernel = x.T @ (u @ (projected / (s2 + alpha)[:, None]))
   else:  # V S (S^2 + alpha)^-1 U^T Yc
     kernel = vt.T @ ((s / (s2 + alpha))[:, None] * projected)
-  return kernel.astype(np.float32), (y_mean - x_mean @ kernel).astype(np.float32), alpha
+  bias = y_mean - x_mean @ kernel
+  return kernel.astype(np.float32), bias.astype(np.float32), alpha, y - left_out[best]
+
+
+TEMPERATURES = np.logspace(-1, 3, 81)
+
+
+def temperature(scores, labels) -> float:
+  """The factor of `TEMPERATURES` whose softmax of `scores` [N, K] x factor has the least mean
+  cross-entropy against `labels`: temperature scaling (Guo et al. 2017) of the ridge's scores,
+  fitted to its leave-one-out scores, so that its probabilities say how sure it is."""
+  z = np.asarray(scores, np.float64)[None] * TEMPERATURES[:, None, None]  # [T, N, K]
+  z = z - z.max(-1, keepdims=True)
+  log_p = z[:, np.arange(len(labels)), labels] - np.log(np.exp(z).sum(-1))
+  return float(TEMPERATURES[int(np.argmax(log_p.mean(-1)))])
 
 
 class RocketFamily(ModelFamily):
@@ -298,14 +391,6 @@ class RocketFamily(ModelFamily):
       rngs=rngs,
     )
 
-  def probabilities(self, model, inputs, config):
-    """A ridge head's scores are no probabilities: its vote, one-hot (aeon's predict_proba of its
-    ridge classifiers); a logistic head's softmax."""
-    if settings(config).head != 'ridge':
-      return super().probabilities(model, inputs, config)
-    logits = self.logits(model, inputs, config, train=False)
-    return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
-
   def init_from_data(self, model, config, source, info) -> None:
     """Fits the transform and the head to the train split. Every process reads its own share of
     the cases and computes their features on its own devices; the biases' few random cases are
@@ -322,15 +407,18 @@ class RocketFamily(ModelFamily):
       )
     x, lengths, labels = _read(source, own, info)
     model.fit_biases(lambda index: _read(source, index, info)[:2], len(source), config.seed)
-    features = model.fit_scaling(x, lengths, own)
+    features = model.fit_scaling(x, lengths, own, keep_features=s.head == 'ridge')
     if s.head == 'ridge':
       labels = in_split_order(labels, own)
-      kernel, bias, alpha = ridge_loo(features, labels, info.num_classes, s.alphas)
-      model.head.kernel[...] = jnp.asarray(kernel)
-      model.head.bias[...] = jnp.asarray(bias)
+      kernel, bias, alpha, left_out = ridge_loo(features, labels, info.num_classes, s.alphas)
+      # the scores scaled by their temperature: the same classes, softmax probabilities that
+      # are calibrated on the cases each score was not fitted to
+      factor = temperature(left_out, labels)
+      model.head.kernel[...] = jnp.asarray(kernel * factor)
+      model.head.bias[...] = jnp.asarray(bias * factor)
       logging.info(
-        '%s: %d features of %d cases; ridge alpha %.3g by leave-one-out.',
-        *(s.transform, features.shape[1], len(features), alpha),
+        '%s: %d features of %d cases; ridge alpha %.3g, temperature %.3g by leave-one-out.',
+        *(s.transform, features.shape[1], len(features), alpha, factor),
       )
 
 

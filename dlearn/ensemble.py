@@ -62,8 +62,16 @@ def member_config(spec: str, dataset: str, overrides: dict):
   path, _, extra = spec.partition(':')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--member={spec}: {path} is not a file: give experiment config files.')
-  config = configs.override(configs.load_file(path, ','.join(a for a in (dataset, extra) if a)), overrides)  # fmt: skip
+  config = configs.load_file(path, ','.join(a for a in (dataset, extra) if a))
   name = '-'.join([os.path.splitext(os.path.basename(path))[0], *extra.split(',')]).rstrip('-')
+  try:
+    configs.override(config, overrides)
+  except ConfigError as e:
+    raise ConfigError(
+      f"--set: member {name} ({spec}): {e} --set sets a field of every member; one member's "
+      "own settings go in its config's argument (e.g. "
+      '--member=experiments/configs/rocket_uea.py:minirocket).'
+    ) from e
   return name, config
 
 
@@ -176,6 +184,8 @@ def cross_validated_ensemble(members, records, power, folds, workdir, report):
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}: flags take the form --name=value.')
+  if not FLAGS.minutes > 0:
+    cli.fail(f'--minutes={FLAGS.minutes:g}: give the time budget in minutes, more than 0 (e.g. --minutes=3).')  # fmt: skip
   start = time.monotonic()
   budget = Budget(FLAGS.minutes)
   metrics.quiet_library_logs()

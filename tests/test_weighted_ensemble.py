@@ -111,3 +111,26 @@ def test_a_missing_dataset_is_one_error_line_in_the_ensembles_own_flags(tmp_path
   assert len(errors) == 1 and 'toy_sequences' in errors[0], errors
   message = result.stderr[result.stderr.index('error: ') :]
   assert '--set=data.data_dir=' in message and '--config.' not in message, message
+
+
+def test_a_set_field_one_member_lacks_names_that_member_and_where_its_own_settings_go():
+  from dlearn import ensemble
+  from dlearn.errors import ConfigError
+
+  with pytest.raises(ConfigError, match=r"--set: member rnn_uea-quick .*no field 'rocket.transform'.*rocket_uea.py:minirocket"):  # fmt: skip
+    ensemble.member_config('experiments/configs/rnn_uea.py:quick', 'gun_point', {'rocket.transform': 'x'})  # fmt: skip
+  name, config = ensemble.member_config('experiments/configs/rocket_uea.py', 'gun_point', {'rocket.transform': 'minirocket'})  # fmt: skip
+  assert name == 'rocket_uea' and config.rocket.transform == 'minirocket'
+
+
+@pytest.mark.slow  # a process
+@pytest.mark.parametrize('minutes', ['0', '-1', 'nan'])
+def test_a_budget_of_no_time_is_refused_before_any_work(tmp_path, minutes):
+  result = entry_point.run(
+    'ensemble', '--dataset=toy_sequences', f'--workdir={tmp_path / "e"}', f'--minutes={minutes}',
+    devices=1, check=False, mock=False,
+  )  # fmt: skip
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and f'--minutes={minutes}' in errors[0], errors
+  assert not os.path.exists(tmp_path / 'e')

@@ -55,16 +55,23 @@ def map_eval_step(graphdef, config, info, mesh):
   fold they hold out (config.data.fold, which the step never reads), trace and load it once."""
   program = config.copy_and_resolve_references()
   program.data.fold = 0
-  return _mapped_eval_step(graphdef, ml_collections.FrozenConfigDict(program), info, mesh)
+  key = (graphdef, ml_collections.FrozenConfigDict(program), info, mesh)
+  try:
+    hash(key)
+  except TypeError:  # a model with unhashable static attributes (lists): a step of its own
+    return _eval_step_on(graphdef, config, info, mesh)
+  return _shared_eval_step(*key)
 
 
-@functools.lru_cache(maxsize=16)
-def _mapped_eval_step(graphdef, config, info, mesh):
+def _eval_step_on(graphdef, config, info, mesh):
   return parallel.map_over_devices(
     functools.partial(steps.eval_step, graphdef=graphdef, config=config, info=info),
     mesh,
     config.mapping,
   )
+
+
+_shared_eval_step = functools.lru_cache(maxsize=16)(_eval_step_on)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -129,6 +129,7 @@ def sparse_scale_from(count, mean, squares, zeros):
   return np.asarray(mean, np.float32), (std + epsilon).astype(np.float32)
 
 
+@jax.jit  # one program on the host's features too, not one per operation
 def sparse_scale(features, mean, std):
   """(sqrt(clipped) - mean) / std where the count is not zero, 0 where it is."""
   f = jnp.sqrt(jnp.clip(features, 0, None))

@@ -297,8 +297,8 @@ def biases_of(cases, lengths, weights, dilations, per_dilation, shift_left: int 
   of `lengths` [dilations, 84]. One compiled call convolves every kernel's case."""
   cases = np.where(np.arange(cases.shape[-1]) < lengths[..., None, None], cases, 0.0)
   dilations = tuple(int(d) for d in dilations)
-  weights = tuple(jnp.asarray(w) for w in weights)
-  c = np.asarray(own_convolutions(jnp.asarray(cases, jnp.float32), weights, dilations, shift_left))
+  weights = tuple(np.asarray(w, np.float32) for w in weights)  # numpy: no program to stage them
+  c = np.asarray(own_convolutions(cases.astype(np.float32), weights, dilations, shift_left))
   q = quantiles(len(KERNEL_INDICES) * int(np.sum(per_dilation)))
   biases, start = [], 0
   for j, n in enumerate(per_dilation):

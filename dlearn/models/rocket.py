@@ -35,6 +35,7 @@ training are the ordinary sharded steps.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import jax
@@ -70,7 +71,10 @@ FEATURE_BATCH = 256  # at most this many of a process's cases per transform call
 
 
 class Fixed(nnx.Variable):
-  """Values the model computes from data or its seed and never trains."""
+  """Values the model computes from data or its seed and never trains. While fitting they are
+  the host's numpy arrays, each replaced whole (`set_value`: outside a trace, `variable[...] = x`
+  compiles a scatter and `jnp.asarray(x)` a copy, for every shape, which added up to half of a
+  small cross-validation's first fold); the placed train state is made from them afterwards."""
 
 
 def settings(config) -> ml_collections.ConfigDict:
@@ -132,7 +136,7 @@ class RocketClassifier(nnx.Module):
 
   def series(self, sequences, lengths):
     """[(x [B, C, T], lengths)] per representation, zero past each case's end."""
-    return multirocket.with_difference(jnp.swapaxes(sequences.astype(jnp.float32), 1, 2), lengths)
+    return _series(sequences, lengths)
 
   def rocket_features(self, sequences, lengths):
     """[B, features] of MiniRocket's or MultiRocket's kernels, unscaled."""
@@ -178,7 +182,7 @@ class RocketClassifier(nnx.Module):
       biases = minirocket.biases_of(
         np.asarray(x)[where], np.asarray(n)[where], kernels, r.dilations, r.counts, r.shift_left
       )
-      r.biases[...] = jnp.asarray(biases)
+      r.biases.set_value(biases)
 
   def fit_scaling(self, sequences, lengths, index, keep_features: bool = True):
     """Fits the features' scaling on the train split, of which this process has the cases
@@ -186,43 +190,56 @@ class RocketClassifier(nnx.Module):
     them all), returns the scaled features of every process's cases, in the split's order,
     [cases, all features]; without (the logistic head, for data whose features would not fit
     in memory), only their moments are kept, chunk by chunk, and merged over the processes."""
-    if not keep_features:
-      rocket, raw = Moments(), Moments()
-      for chunk in own_feature_chunks(self._feature_parts, sequences, lengths):
-        if self.scale is not None:
-          rocket = rocket.add(chunk[0])
-        if self.hydra is not None:
-          raw = raw.add(np.sqrt(np.clip(chunk[1], 0, None)))
+    chunks = own_feature_chunks(functools.partial(feature_parts, *nnx.split(self)), sequences, lengths)  # fmt: skip
+    if keep_features:  # every process's features, in the split's order
+      rocket, raw = (in_split_order(np.concatenate(p), index) if p[0] is not None else None for p in zip(*chunks))  # fmt: skip
+      features = []
       if self.scale is not None:
-        self._set_scale(rocket.over_processes())
+        self._set_scale(Moments().add(rocket))
+        features.append(rocket * np.asarray(self.scale[...]))
       if self.hydra is not None:
-        raw = raw.over_processes()
-        mean, std = hydra.sparse_scale_from(raw.count, raw.mean, raw.squares, raw.zeros)
-        self.hydra.mean[...], self.hydra.std[...] = jnp.asarray(mean), jnp.asarray(std)
-      return None
-    parts = []
+        self._set_sparse_scale(*hydra.sparse_scale_fit(raw))
+        features.insert(0, np.asarray(hydra.sparse_scale(raw, self.hydra.mean[...], self.hydra.std[...])))  # fmt: skip
+      return np.concatenate(features, axis=1)
+    rocket, raw = Moments(), Moments()
+    for kernel_features, counts in chunks:
+      if self.scale is not None:
+        rocket = rocket.add(kernel_features)
+      if self.hydra is not None:
+        raw = raw.add(np.sqrt(np.clip(counts, 0, None)))
     if self.scale is not None:
-      rocket = in_split_order(own_features(self.rocket_features, sequences, lengths), index)
-      self._set_scale(Moments().add(rocket))
-      parts.append(rocket * np.asarray(self.scale[...]))
+      self._set_scale(rocket.over_processes())
     if self.hydra is not None:
-      raw = in_split_order(own_features(self.hydra_features, sequences, lengths), index)
-      mean, std = hydra.sparse_scale_fit(raw)
-      self.hydra.mean[...], self.hydra.std[...] = jnp.asarray(mean), jnp.asarray(std)
-      parts.insert(0, np.asarray(hydra.sparse_scale(raw, mean, std)))
-    return np.concatenate(parts, axis=1)
+      raw = raw.over_processes()
+      self._set_sparse_scale(*hydra.sparse_scale_from(raw.count, raw.mean, raw.squares, raw.zeros))
+    return None
 
-  def _feature_parts(self, sequences, lengths):
-    """(the kernels' features or None, Hydra's counts or None)."""
-    rocket = self.rocket_features(sequences, lengths) if self.scale is not None else None
-    counts = self.hydra_features(sequences, lengths) if self.hydra is not None else None
-    return rocket, counts
+  def _set_sparse_scale(self, mean, std):
+    self.hydra.mean.set_value(np.asarray(mean, np.float32))
+    self.hydra.std.set_value(np.asarray(std, np.float32))
 
   def _set_scale(self, moments):
     """x / std (population std, as StandardScaler's); features that never vary are left as
     they are."""
     std = np.sqrt(moments.squares / moments.count)
-    self.scale[...] = jnp.asarray(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1), jnp.float32)  # fmt: skip
+    self.scale.set_value(np.where(std > 0, 1 / np.where(std > 0, std, 1), 1).astype(np.float32))
+
+
+@jax.jit
+def _series(sequences, lengths):
+  return multirocket.with_difference(jnp.swapaxes(sequences.astype(jnp.float32), 1, 2), lengths)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def feature_parts(graphdef, state, sequences, lengths):
+  """(the kernels' features or None, Hydra's counts or None) of the RocketClassifier
+  `nnx.merge(graphdef, state)`: one compiled program per model structure and batch shape,
+  however many models (the folds of a cross-validation) run it; the model itself is left as it
+  is (nnx.jit would write its arrays back, placed on one device)."""
+  model = nnx.merge(graphdef, state)
+  rocket = model.rocket_features(sequences, lengths) if model.scale is not None else None
+  counts = model.hydra_features(sequences, lengths) if model.hydra is not None else None
+  return rocket, counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,8 +414,8 @@ class RocketFamily(ModelFamily):
     read by each process; the ridge head is fitted, the same in every process, to the features
     of all cases, gathered."""
     s = settings(config)
-    # this process's copy of every array, whatever the mesh placed where (replaced below)
-    nnx.update(model, jax.tree.map(lambda a: jnp.asarray(multihost_utils.process_allgather(a, tiled=True)), nnx.state(model)))  # fmt: skip
+    # this process's copy of every array on the host, whatever the mesh placed where
+    nnx.update(model, jax.tree.map(_on_this_host, nnx.state(model)))
     own = np.array_split(np.arange(len(source)), jax.process_count())[jax.process_index()]
     if not len(own):
       raise ConfigError(
@@ -414,12 +431,20 @@ class RocketFamily(ModelFamily):
       # the scores scaled by their temperature: the same classes, softmax probabilities that
       # are calibrated on the cases each score was not fitted to
       factor = temperature(left_out, labels)
-      model.head.kernel[...] = jnp.asarray(kernel * factor)
-      model.head.bias[...] = jnp.asarray(bias * factor)
+      model.head.kernel.set_value(kernel * np.float32(factor))
+      model.head.bias.set_value(bias * np.float32(factor))
       logging.info(
         '%s: %d features of %d cases; ridge alpha %.3g, temperature %.3g by leave-one-out.',
         *(s.transform, features.shape[1], len(features), alpha, factor),
       )
+
+
+def _on_this_host(a) -> np.ndarray:
+  """The whole of array `a` in this process (process_allgather, which compiles a program per
+  shape, only where other processes hold parts of it)."""
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(a))
+  return multihost_utils.process_allgather(a, tiled=True)
 
 
 def _read(source, index, info):

@@ -259,9 +259,9 @@ class Moments:
     return self.merge(Moments(len(rows), mean, ((rows - mean) ** 2).sum(0), (rows == 0).sum(0)))
 
   def merge(self, other: Moments) -> Moments:
-    count = self.count + other.count
     if not self.count or not other.count:
       return other if not self.count else self
+    count = self.count + other.count
     delta = other.mean - self.mean
     return Moments(
       count,
@@ -282,12 +282,6 @@ class Moments:
     for count, mean, squares, zeros in zip(*gathered):
       merged = merged.merge(Moments(int(count), mean, squares, zeros))
     return merged
-
-
-def own_features(features_of, sequences, lengths) -> np.ndarray:
-  """features_of(sequences, lengths) of this process's cases, on the host (`own_feature_chunks`
-  concatenated)."""
-  return np.concatenate(list(own_feature_chunks(features_of, sequences, lengths)))
 
 
 def own_feature_chunks(features_of, sequences, lengths):

@@ -95,7 +95,8 @@ class Representation(nnx.Module):
     self.dilations = tuple(int(d) for d in params.dilations)
     self.counts = tuple(int(n) for n in params.features_per_dilation)
     self.shift_left = shift_left
-    self.kernels = nnx.List([Fixed(jnp.asarray(w)) for w in minirocket.weights_of(params, num_channels)])  # fmt: skip
+    # one array [dilations, 84, channels, 9] (a checkpoint's cost grows with its arrays' count)
+    self.kernels = Fixed(jnp.asarray(np.stack(minirocket.weights_of(params, num_channels))))
     self.biases = Fixed(jnp.zeros(params.num_features))
 
 
@@ -142,7 +143,7 @@ class RocketClassifier(nnx.Module):
     """[B, features] of MiniRocket's or MultiRocket's kernels, unscaled."""
     parts = []
     for r, (x, n) in zip(self.representations, self.series(sequences, lengths)):
-      kernels = tuple(k[...] for k in r.kernels)
+      kernels = tuple(r.kernels[...])
       if self.transform == 'minirocket':
         parts.append(minirocket.transform_with(x, n, kernels, r.biases[...], r.dilations, r.counts))
       else:
@@ -178,7 +179,7 @@ class RocketClassifier(nnx.Module):
     sequences, lengths = read_cases(needed)
     for r, (x, n), cases in zip(self.representations, self.series(sequences, lengths), chosen):
       where = np.searchsorted(needed, cases)
-      kernels = [np.asarray(k[...]) for k in r.kernels]
+      kernels = list(np.asarray(r.kernels[...]))
       biases = minirocket.biases_of(
         np.asarray(x)[where], np.asarray(n)[where], kernels, r.dilations, r.counts, r.shift_left
       )

@@ -57,7 +57,8 @@ def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
     c = _convolutions(x, weights, dilations, shift_left)
     return minirocket.pool(c, lengths, biases, dilations, counts, POOLING)
 
-  return minirocket.in_case_blocks(block, x, lengths)
+  cases = minirocket.cases_per_block(len(dilations), x.shape[-1])
+  return minirocket.in_case_blocks(block, x, lengths, cases)
 
 
 def with_difference(x, lengths):

@@ -58,7 +58,7 @@ def _flag_error(error: Exception, argv: list[str]) -> str:
   message = str(error)
   if 'Traceback' in message:  # a config file that raised: its own error, without the traceback
     flag = message.split(':', 1)[0]
-    return f'{flag}: {_last_line(message)}'
+    return f'{flag}: {re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", _last_line(message))}'
   return f'{message.strip()} (--help lists the flags)'
 
 

@@ -167,6 +167,10 @@ def base() -> ml_collections.ConfigDict:
   # > 0: stop after a checkpoint once the loop has run this long, or once its pace says it would
   # (rerun to resume), as a signal stops it; the time budget of dlearn.ensemble's members.
   config.max_train_seconds = 0.0
+  # Above num_epochs: a dlearn.ensemble member trains as many epochs as its share of the budget
+  # affords, from num_epochs up to this many (HIVE-COTE 2's contracted members); other commands
+  # train num_epochs.
+  config.max_num_epochs = 0.0
   config.eval_every_steps = -1  # -1: once per epoch, and at the end
   config.log_every_steps = 100
   config.checkpoint_every_steps = -1  # -1: once per epoch, and at the end
@@ -198,6 +202,20 @@ def use_imagenet(config: ml_collections.ConfigDict) -> None:
   config.data.train_split, config.data.eval_split = 'train', 'validation'
   config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
   config.data.image_size = 224
+
+
+def dataset_and_options(arg: str | None, options, default: str) -> tuple[str, list[str]]:
+  """(dataset, options) of an experiment config's argument `DATASET,OPTION,...` (in any order):
+  the words in `options` are options, the one other word names the dataset (`default` without
+  one). Two other words are an error rather than one of them ignored."""
+  words = [w for w in (arg or '').split(',') if w]
+  others = [w for w in words if w not in options]
+  if len(others) > 1:
+    raise ConfigError(
+      f'config argument {arg!r}: {others[0]!r} and {others[1]!r} cannot both name the dataset: '
+      f'give one dataset name and options from {", ".join(options)}.'
+    )
+  return (others[0] if others else default), [w for w in words if w in options]
 
 
 def finish(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

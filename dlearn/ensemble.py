@@ -30,6 +30,7 @@ import time
 import jax
 import numpy as np
 from absl import flags, logging
+from jax.experimental import multihost_utils
 
 from dlearn import cli, configs, cross_validate, distributed, metrics, train
 from dlearn.errors import ConfigError
@@ -62,7 +63,10 @@ def member_config(spec: str, dataset: str, overrides: dict):
   path, _, extra = spec.partition(':')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'--member={spec}: {path} is not a file: give experiment config files.')
-  config = configs.load_file(path, ','.join(a for a in (dataset, extra) if a))
+  try:
+    config = configs.load_file(path, ','.join(a for a in (dataset, extra) if a))
+  except ConfigError as e:
+    raise ConfigError(f'--member={spec} (with --dataset={dataset}): {e}') from e
   name = '-'.join([os.path.splitext(os.path.basename(path))[0], *extra.split(',')]).rstrip('-')
   try:
     configs.override(config, overrides)
@@ -96,11 +100,53 @@ class Budget:
     return max(self.end - time.monotonic(), 0.0) / runs
 
 
+PACE_EPOCHS = 4.0  # the timed run's
+SAFETY = 0.8  # of a run's share: the pace of a few steps is a rough guess at a whole run's
+
+
+def affordable_epochs(config, workdir: str, seconds: float) -> float:
+  """config.num_epochs, or where config.max_num_epochs is above it, the most epochs up to that
+  which a run of `seconds` affords, at the pace of a timed run of PACE_EPOCHS epochs over the
+  whole split (WORKDIR/pace; its fixed cost, compilation included, counted as every run's). The
+  choice is kept in WORKDIR/epochs.json, so that a rerun resumes the same runs (with
+  config.fresh, chosen again)."""
+  least, most = config.num_epochs, config.max_num_epochs
+  if not most > least or config.num_train_steps > 0:
+    return least
+  path = os.path.join(workdir, 'epochs.json')
+  if os.path.exists(path) and not config.fresh:
+    with open(path) as f:
+      return json.load(f)['num_epochs']
+  probe = config.copy_and_resolve_references()
+  probe.num_epochs, probe.max_num_epochs, probe.max_train_seconds = PACE_EPOCHS, 0.0, 0.0
+  probe.fresh = True
+  start = time.monotonic()
+  result = train.train_and_evaluate(probe, os.path.join(workdir, 'pace'))
+  timing = result['timing']
+  stepping = result['seconds_after_first_step'] - timing['eval_seconds']
+  per_step = stepping / max(timing['steps_after_first_dispatch'], 1)
+  steps = (SAFETY * seconds - (time.monotonic() - start - stepping)) / per_step
+  if 0 < config.max_train_steps <= steps:
+    steps = float('inf')  # the run stops at max_train_steps whatever its epochs
+  epochs = float(np.clip(np.floor(steps / result['steps'] * PACE_EPOCHS), least, most))
+  if jax.process_count() > 1:  # each process timed its own run: process 0's choice for all
+    epochs = float(multihost_utils.broadcast_one_to_all(np.float32(epochs)))
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump({'num_epochs': epochs, 'seconds_per_step': per_step, 'share_seconds': seconds}, f)
+  return epochs
+
+
 def train_member(name, config, workdir, folds, budget: Budget, report):
   """The member's record for ensemble.json: its folds' accuracies and weight, or why it was left
   out."""
   start = time.monotonic()
   record = {'name': name}
+  config = config.copy_and_resolve_references()
+  least, config.num_epochs = config.num_epochs, affordable_epochs(config, workdir, budget.share(folds + 1))  # fmt: skip
+  if config.num_epochs != least or config.max_num_epochs > least:
+    record['num_epochs'] = config.num_epochs
+    report(f'member {name}: {config.num_epochs:g} epochs a run ({least:g} to {config.max_num_epochs:g}, as its share of --minutes affords)')  # fmt: skip
   cv_config = config.copy_and_resolve_references()
   # every fold gets the same share: the time left now, over the member's folds and final fit
   cv_config.max_train_seconds = budget.share(folds + 1)

@@ -105,3 +105,28 @@ def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_pat
     assert json.load(f)['eval']['accuracy'] == 1.0
   again, *_ = evaluation.evaluate_workdir(workdir, split='train')
   assert again['accuracy'] == 1.0 and again['count'] == 33
+
+
+@pytest.mark.parametrize(
+  'field, value',
+  [('num_features', -5), ('max_dilations', 0), ('transform', 'rocket')],  # fmt: skip
+)
+def test_a_setting_out_of_range_is_refused_naming_it(field, value):
+  from dlearn import configs
+  from dlearn.errors import ConfigError
+
+  config = configs.load_file('experiments/configs/rocket_uea.py', 'gun_point')
+  config.rocket[field] = value
+  with pytest.raises(ConfigError, match=f'config.rocket.{field}={value!r}'):
+    rocket.settings(config)
+
+
+@pytest.mark.parametrize('arg', ['gun_point,bogus', 'gun_point,minirocket,hydra'])
+def test_a_config_argument_with_a_word_too_many_is_refused_not_ignored(arg):
+  from dlearn import configs
+  from dlearn.errors import ConfigError
+
+  with pytest.raises(ConfigError, match=f'config argument {arg!r}'):
+    configs.load_file('experiments/configs/rocket_uea.py', arg)
+  config = configs.load_file('experiments/configs/rocket_uea.py', 'minirocket,gun_point')
+  assert (config.data.name, config.rocket.transform) == ('gun_point', 'minirocket')

@@ -134,3 +134,30 @@ def test_a_budget_of_no_time_is_refused_before_any_work(tmp_path, minutes):
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
   assert len(errors) == 1 and f'--minutes={minutes}' in errors[0], errors
   assert not os.path.exists(tmp_path / 'e')
+
+
+def test_a_contracted_member_trains_the_epochs_its_share_affords_and_keeps_the_choice(tmp_path, monkeypatch):  # fmt: skip
+  from dlearn import ensemble, train
+
+  timed = []
+
+  def timed_run(config, workdir):  # 4 epochs of 10 steps: 9 after the first, 0.1 s each
+    timed.append(config.num_epochs)
+    timing = {'steps_after_first_dispatch': 9, 'eval_seconds': 0.5}
+    return {'steps': 10, 'timing': timing, 'seconds_after_first_step': 0.9 + 0.5}
+
+  monkeypatch.setattr(train, 'train_and_evaluate', timed_run)
+  _, config = ensemble.member_config('experiments/configs/rnn_uea.py:quick', 'gun_point', {})
+  assert (config.num_epochs, config.max_num_epochs) == (100, 1000)
+  # 0.8 x 100 s at 0.1 s a step, 2.5 steps an epoch: 320 (+3 for the fake run's taking no time)
+  assert 315 <= ensemble.affordable_epochs(config, str(tmp_path), 100.0) <= 324
+  assert timed == [ensemble.PACE_EPOCHS]
+  # a rerun resumes the same runs: the choice is read back, not timed again
+  assert 315 <= ensemble.affordable_epochs(config, str(tmp_path), 1000.0) <= 324
+  assert len(timed) == 1
+  config.fresh = True  # chosen again: at most max_num_epochs, at least num_epochs
+  assert ensemble.affordable_epochs(config, str(tmp_path), 1e6) == 1000
+  assert ensemble.affordable_epochs(config, str(tmp_path), 1.0) == 100
+  config.max_num_epochs = 0  # not contracted: num_epochs, nothing timed
+  assert ensemble.affordable_epochs(config, str(tmp_path / 'plain'), 1e6) == 100
+  assert len(timed) == 3

@@ -84,6 +84,12 @@ def settings(config) -> ml_collections.ConfigDict:
       f'config.rocket.transform={merged.transform!r}, head={merged.head!r}: transforms '
       f'{TRANSFORMS}, heads {HEADS}.'
     )
+  for field, least in (('num_features', 0), ('max_dilations', 1)):
+    value = merged[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ConfigError(f'config.rocket.{field}={value!r}: give a whole number, {least} or more.')
+  if not merged.alphas or min(merged.alphas) <= 0:
+    raise ConfigError(f'config.rocket.alphas={merged.alphas!r}: give ridge penalties above 0.')
   return merged
 
 

@@ -19,6 +19,7 @@ import ml_collections
 
 from dlearn import configs
 from dlearn.data import fetch
+from dlearn.errors import ConfigError
 from dlearn.models import rocket
 
 # The references' sizes: MiniRocket's 10,000 features; MultiRocket's 50,000 (with Hydra's beside
@@ -27,10 +28,16 @@ FEATURES = {'minirocket': 10_000, 'multirocket': 50_000, 'hydra': 0, 'multirocke
 
 
 def get_config(arg=None):
-  names = [a for a in (arg or '').split(',') if a]
+  dataset, names = configs.dataset_and_options(
+    arg, (*rocket.TRANSFORMS, 'smoke'), 'japanese_vowels'
+  )
+  transforms = [a for a in names if a in rocket.TRANSFORMS]
+  if len(transforms) > 1:
+    raise ConfigError(
+      f'config argument {arg!r}: give one transform, not {" and ".join(transforms)}.'
+    )
   # MultiRocket-Hydra: 5-fold accuracy >= MiniRocket's on each of the three training files (README)
-  transform = next((a for a in names if a in rocket.TRANSFORMS), 'multirocket_hydra')
-  dataset = next((a for a in names if a != 'smoke' and a != transform), 'japanese_vowels')
+  transform = transforms[0] if transforms else 'multirocket_hydra'
   config = configs.base()
   config.model = 'rocket'
   config.rocket = ml_collections.ConfigDict(

@@ -16,8 +16,10 @@ split. `--minutes` bounds the whole command: each of a member's folds may take t
 the member starts divided by its folds + 1, its final fit all that is left then
 (config.max_train_seconds); a member whose run is stopped so,
 or that no longer fits, is left out, and the command says which and why (rerun with more minutes
-to finish it: its runs resume). WORKDIR/ensemble.json records each member's fold accuracies,
-weight, seconds, and why any was left out.
+to finish it: its runs resume). A member with config.max_num_epochs above its num_epochs trains
+as many epochs in that range as its runs' share affords (`affordable_epochs`). WORKDIR/
+ensemble.json records each member's fold accuracies, weight, epochs, seconds, and why any was
+left out.
 """
 
 from __future__ import annotations
@@ -100,14 +102,14 @@ class Budget:
     return max(self.end - time.monotonic(), 0.0) / runs
 
 
-PACE_EPOCHS = 4.0  # the timed run's
+PACE_EPOCHS, PACE_STEPS = 4.0, 100  # the timed run's: so many epochs, at most so many steps
 SAFETY = 0.8  # of a run's share: the pace of a few steps is a rough guess at a whole run's
 
 
 def affordable_epochs(config, workdir: str, seconds: float) -> float:
   """config.num_epochs, or where config.max_num_epochs is above it, the most epochs up to that
-  which a run of `seconds` affords, at the pace of a timed run of PACE_EPOCHS epochs over the
-  whole split (WORKDIR/pace; its fixed cost, compilation included, counted as every run's). The
+  which a run of `seconds` affords, at the pace of a timed run of a few steps over the whole
+  split (WORKDIR/pace; its fixed cost, compilation included, counted as every run's). The
   choice is kept in WORKDIR/epochs.json, so that a rerun resumes the same runs (with
   config.fresh, chosen again)."""
   least, most = config.num_epochs, config.max_num_epochs
@@ -119,6 +121,7 @@ def affordable_epochs(config, workdir: str, seconds: float) -> float:
       return json.load(f)['num_epochs']
   probe = config.copy_and_resolve_references()
   probe.num_epochs, probe.max_num_epochs, probe.max_train_seconds = PACE_EPOCHS, 0.0, 0.0
+  probe.max_train_steps = PACE_STEPS
   probe.fresh = True
   start = time.monotonic()
   result = train.train_and_evaluate(probe, os.path.join(workdir, 'pace'))
@@ -128,7 +131,7 @@ def affordable_epochs(config, workdir: str, seconds: float) -> float:
   steps = (SAFETY * seconds - (time.monotonic() - start - stepping)) / per_step
   if 0 < config.max_train_steps <= steps:
     steps = float('inf')  # the run stops at max_train_steps whatever its epochs
-  epochs = float(np.clip(np.floor(steps / result['steps'] * PACE_EPOCHS), least, most))
+  epochs = float(np.clip(np.floor(steps / result['steps_per_epoch']), least, most))
   if jax.process_count() > 1:  # each process timed its own run: process 0's choice for all
     epochs = float(multihost_utils.broadcast_one_to_all(np.float32(epochs)))
   if jax.process_index() == 0:

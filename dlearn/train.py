@@ -319,7 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # compilation it includes), evaluations (timing.eval_seconds) included.
   # ---------------------------------------------------------------------------------------------
   result = dict(
-    train=train_summary, eval=eval_summary, steps=total_steps, timing=timing_record,
+    train=train_summary, eval=eval_summary, steps=total_steps,
+    steps_per_epoch=data.steps_per_epoch, timing=timing_record,
     seconds_after_first_step=train_seconds, skipped_nonfinite_steps=nonfinite.skipped,
     preempted=bool(stopped_by),
   )  # fmt: skip

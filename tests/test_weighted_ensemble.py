@@ -141,10 +141,10 @@ def test_a_contracted_member_trains_the_epochs_its_share_affords_and_keeps_the_c
 
   timed = []
 
-  def timed_run(config, workdir):  # 4 epochs of 10 steps: 9 after the first, 0.1 s each
+  def timed_run(config, workdir):  # 10 steps, 2.5 an epoch: 9 after the first, 0.1 s each
     timed.append(config.num_epochs)
     timing = {'steps_after_first_dispatch': 9, 'eval_seconds': 0.5}
-    return {'steps': 10, 'timing': timing, 'seconds_after_first_step': 0.9 + 0.5}
+    return {'steps': 10, 'steps_per_epoch': 2.5, 'timing': timing, 'seconds_after_first_step': 1.4}
 
   monkeypatch.setattr(train, 'train_and_evaluate', timed_run)
   _, config = ensemble.member_config('experiments/configs/rnn_uea.py:quick', 'gun_point', {})

@@ -262,10 +262,11 @@ def test_a_deadline_stops_a_run_once_its_pace_says_it_would_pass_it(monkeypatch)
   for total_steps, expected in ((100, 'config.max_train_seconds'), (8, None)):
     signals = checkpoint.StopSignals(deadline=110.0)  # 10 s; the steps take 1 s each
     reasons = []
-    for step in range(1, 5):
+    for step in range(1, 6):
       reasons.append(signals.stop_reason(None, step - 1, step, total_steps))
       clock[0] += 1.0
-    # no verdict before 2 s of pace; then 100 steps would take 96 s more, 8 steps 4 s
-    assert reasons[:2] == [None, None] and reasons[2:] == [expected] * 2, (total_steps, reasons)
+    # no verdict before 2.5 s of pace (a quarter of the 10 s); then 100 steps would take 96 s
+    # more, 8 steps 4 s
+    assert reasons[:3] == [None] * 3 and reasons[3:] == [expected] * 2, (total_steps, reasons)
     signals.restore()
     clock[0] = 100.0

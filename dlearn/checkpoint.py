@@ -175,8 +175,7 @@ class StopSignals:
   (config.max_train_seconds), or as soon as the steps' pace says the run would pass it: after
   MEASURE_SECONDS of steps or MEASURE_SHARE of the time the run had left at the first check,
   whichever is longer, the steps left at the pace since that check; every process takes process
-  0's clock. (A run's first two seconds of steps on a busy 2-core CPU once ran at 60% of its
-  later pace and stopped a run that would have fit.)"""
+  0's clock. (A run's first seconds of steps can be far slower than its later ones: README.)"""
 
   MEASURE_SECONDS, MEASURE_SHARE = 2.0, 0.25
 

@@ -147,7 +147,7 @@ def train_member(name, config, workdir, folds, budget: Budget, report):
   record = {'name': name}
   config = config.copy_and_resolve_references()
   least, config.num_epochs = config.num_epochs, affordable_epochs(config, workdir, budget.share(folds + 1))  # fmt: skip
-  if config.num_epochs != least or config.max_num_epochs > least:
+  if config.max_num_epochs > least:  # contracted
     record['num_epochs'] = config.num_epochs
     report(f'member {name}: {config.num_epochs:g} epochs a run ({least:g} to {config.max_num_epochs:g}, as its share of --minutes affords)')  # fmt: skip
   cv_config = config.copy_and_resolve_references()

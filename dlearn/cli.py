@@ -99,6 +99,10 @@ def define_workdir_flags(set_example: str) -> None:
   )
 
 
+def default_compilation_cache() -> str:
+  return os.environ.get('JAX_COMPILATION_CACHE_DIR', '~/.cache/dlearn/jax')
+
+
 def use_compilation_cache(directory: str) -> None:
   """Keeps every compiled program in `directory` (JAX's persistent compilation cache), so that a
   program compiled once is loaded, not compiled again, by later runs and commands on the same
@@ -118,7 +122,7 @@ def run(main: Callable, define_flags: Callable[[], None]) -> None:
   define_flags()
   flags.DEFINE_string(
     'compilation_cache',
-    os.environ.get('JAX_COMPILATION_CACHE_DIR', '~/.cache/dlearn/jax'),
+    default_compilation_cache(),
     "Directory of JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
     '~/.cache/dlearn/jax); empty: compile every program afresh.',
   )

@@ -7,6 +7,7 @@ same experiment in a minute on a laptop CPU.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -278,6 +279,38 @@ def load(workdir: str) -> ml_collections.ConfigDict:
     )
   with open(path) as f:
     return from_dict(json.load(f))
+
+
+def program_key(config: ml_collections.ConfigDict):
+  """`config` as the programs of a run see it, hashable, or None where a field cannot be hashed: a
+  cross-validation's runs differ only in the fold they hold out (config.data.fold), which no
+  program reads."""
+  program = config.copy_and_resolve_references()
+  program.data.fold = 0
+  key = ml_collections.FrozenConfigDict(program)
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  return key
+
+
+def per_program(make):
+  """`make(config, *args)`, made once for the runs of one program in a process (`program_key`,
+  and `args`), so that the runs of a cross-validation or an ensemble share what it compiles
+  (traced and loaded once); made for each call where config or args cannot be hashed."""
+  shared = functools.lru_cache(maxsize=16)(make)
+
+  @functools.wraps(make)
+  def get(config, *args):
+    key = program_key(config)
+    try:
+      hash((key, *args))
+    except TypeError:  # e.g. a model with unhashable static attributes (lists)
+      key = None
+    return make(config, *args) if key is None else shared(key, *args)
+
+  return get
 
 
 def override(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:

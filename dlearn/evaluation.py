@@ -53,25 +53,16 @@ def map_eval_step(graphdef, config, info, mesh):
   """`steps.eval_step` on every device of `mesh`, compiled on its first call. One function per
   program in a process: the runs of a cross-validation or an ensemble, which differ only in the
   fold they hold out (config.data.fold, which the step never reads), trace and load it once."""
-  program = config.copy_and_resolve_references()
-  program.data.fold = 0
-  key = (graphdef, ml_collections.FrozenConfigDict(program), info, mesh)
-  try:
-    hash(key)
-  except TypeError:  # a model with unhashable static attributes (lists): a step of its own
-    return _eval_step_on(graphdef, config, info, mesh)
-  return _shared_eval_step(*key)
+  return _eval_step_on(config, graphdef, info, mesh)
 
 
-def _eval_step_on(graphdef, config, info, mesh):
+@configs.per_program
+def _eval_step_on(config, graphdef, info, mesh):
   return parallel.map_over_devices(
     functools.partial(steps.eval_step, graphdef=graphdef, config=config, info=info),
     mesh,
     config.mapping,
   )
-
-
-_shared_eval_step = functools.lru_cache(maxsize=16)(_eval_step_on)
 
 
 @dataclasses.dataclass(frozen=True)

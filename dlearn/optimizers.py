@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dlearn import configs
 from dlearn.errors import ConfigError
 
 
@@ -308,6 +309,14 @@ def register(name: str, make: Callable[..., optax.GradientTransformation]) -> No
 
 
 def create(config, total_steps: int, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """The optimizer of `config` for a run of `total_steps`: one object for the runs of a program
+  in a process (`configs.per_program`: a cross-validation's folds of one length), so that they
+  share what is compiled for it (`steps.create_train_state`)."""
+  return _create(config, total_steps, steps_per_epoch, _OPTIMIZERS.get(config.optimizer))
+
+
+@configs.per_program
+def _create(config, total_steps: int, steps_per_epoch: int, _maker) -> optax.GradientTransformation:
   if config.optimizer not in _OPTIMIZERS:
     raise ConfigError(
       f'Unknown config.optimizer {config.optimizer!r}: choose one of {tuple(_OPTIMIZERS)}.'

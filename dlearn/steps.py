@@ -10,6 +10,9 @@ its inputs, its partitioned form, its evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,7 @@ import optax
 from flax import nnx
 from jax import lax
 
-from dlearn import models, parallel, sharding
+from dlearn import configs, models, parallel, sharding
 from dlearn.data import augment
 from dlearn.parallel import AXIS, PART_AXIS
 
@@ -77,8 +80,26 @@ def abstract_train_state(config, info, tx):
 
 def state_shardings(config, info, tx, mesh):
   """(graphdef, abstract state, where each of its arrays lives on `mesh` under config.sharding)."""
+  return _state_programs(config, info, tx, mesh).placement
+
+
+class _StatePrograms(NamedTuple):
+  placement: tuple  # state_shardings'
+  create: Callable[[], TrainState]  # a fresh state's arrays, each made where it is placed
+  init_optimizer: Callable  # params -> the optimizer's state, placed
+
+
+@configs.per_program
+def _state_programs(config, info, tx, mesh) -> _StatePrograms:
+  """One per program in a process (with `info`, `tx` and `mesh`): the runs of a cross-validation
+  or an ensemble trace and load them once, as they share their evaluation step."""
   graphdef, abstract_state = abstract_train_state(config, info, tx)
-  return graphdef, abstract_state, sharding.shardings(abstract_state, mesh, config)
+  shardings = sharding.shardings(abstract_state, mesh, config)
+  return _StatePrograms(
+    placement=(graphdef, abstract_state, shardings),
+    create=jax.jit(lambda: _new_state(config, info, tx)[1], out_shardings=shardings),
+    init_optimizer=jax.jit(tx.init, out_shardings=shardings.opt_state),
+  )
 
 
 def create_train_state(config, info, tx, mesh, source=None):
@@ -86,8 +107,9 @@ def create_train_state(config, info, tx, mesh, source=None):
   created where config.sharding places it on `mesh` (never whole on one device first). With the
   train split `source`, the family's data-dependent initialisation runs (a fresh run; a resumed
   one restores such values from its checkpoint)."""
-  graphdef, _, shardings = state_shardings(config, info, tx, mesh)
-  state = jax.jit(lambda: _new_state(config, info, tx)[1], out_shardings=shardings)()
+  programs = _state_programs(config, info, tx, mesh)
+  graphdef, _, shardings = programs.placement
+  state = programs.create()
   if source is not None:
     # The family sets values computed from data on the placed model (the default sets none); they
     # are placed in turn, and the optimizer state is made again for the new parameters.
@@ -97,7 +119,7 @@ def create_train_state(config, info, tx, mesh, source=None):
     params, model_state = jax.device_put(
       (params, model_state), (shardings.params, shardings.model_state)
     )
-    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    opt_state = programs.init_optimizer(params)
     state = state.replace(params=params, model_state=model_state, opt_state=opt_state)
   return graphdef, state
 

@@ -98,6 +98,36 @@ def test_the_folds_share_one_evaluation_step_and_other_programs_do_not():
   assert config.data.fold == 3  # the caller's config is left as it was
 
 
+def test_the_folds_share_one_optimizer_and_state_creation_and_other_programs_do_not():
+  """Likewise the optimizer and the programs that create a fresh train state
+  (steps.create_train_state): one per program in a process, another for another seed; the state
+  a fold gets from the shared program is the one its own config makes."""
+  from dlearn import optimizers
+  from dlearn import steps as steps_lib
+
+  info = pipeline.DatasetInfo('synthetic', 'sequence', (6, 2), 3, ('x', 'y', 'z'))
+  mesh = parallel.make_mesh()
+  config = configs.base()
+  config.model, config.rnn.hidden_size, config.data.folds = 'rnn', 4, 5
+  made = []
+  for fold, seed in ((0, 0), (3, 0), (3, 1)):
+    config.data.fold, config.seed = fold, seed
+    tx = optimizers.create(config, 10)
+    made.append((tx, steps_lib._state_programs(config, info, tx, mesh)))
+  assert made[0][0] is made[1][0] and made[0][1] is made[1][1]
+  assert made[2][1] is not made[1][1]
+  assert optimizers.create(config, 20) is not made[2][0]  # another length, another schedule
+  _, shared = steps_lib.create_train_state(config, info, made[2][0], mesh)
+  own = steps_lib._state_programs.__wrapped__(config, info, made[2][0], mesh).create()
+  helpers.assert_trees_close(shared, own, rtol=0, atol=0)
+  config.seed = 0
+  first = steps_lib.create_train_state(config, info, made[0][0], mesh)[1]
+  kernels = [
+    np.asarray(s.params['layers'][0]['cell']['dense_h']['kernel']) for s in (first, shared)
+  ]
+  assert not np.allclose(*kernels)  # another seed, other weights
+
+
 def test_host_and_on_device_training_data_read_only_the_subset():
   records = helpers.image_records(60)  # each record's pixels are unique
   info = pipeline.DatasetInfo('synthetic', 'image', (4, 4, 3), 5, tuple('abcde'))

@@ -136,14 +136,16 @@ def cases_per_block(dilations: int, steps: int) -> int:
 
 
 def in_case_blocks(per_block, x, lengths, cases: int):
-  """per_block(x, lengths) of blocks of `cases` cases, one compiled body for all, rows in the
-  cases' order (the last block padded with the last case). The block axis is the batch's minor
-  one, so that a batch sharded over devices stays so within each block: a block holds a multiple
-  of the devices' count of cases (a global batch under jit may be split over all of them)."""
+  """per_block(x, lengths) of blocks of at most `cases` cases, one compiled body for all, rows in
+  the cases' order: as few blocks as the batch needs, of one size, the last padded with the last
+  case (16 cases with room for 15 are two blocks of 8, not of 15). The block axis is the batch's
+  minor one, so that a batch sharded over devices stays so within each block: a block holds a
+  multiple of the devices' count of cases (a global batch under jit may be split over all)."""
   batch = x.shape[0]
   devices = jax.device_count()
-  size = min(-(-cases // devices) * devices, batch)
-  blocks = -(-batch // size)
+  blocks = -(-batch // min(-(-cases // devices) * devices, batch))
+  size = -(-batch // blocks)  # blocks as even as they can be: the last pads the fewest cases
+  size = -(-size // devices) * devices
   index = jnp.minimum(jnp.arange(size * blocks), batch - 1)
   x, lengths = x[index], lengths[index]
   split = lambda a: jnp.moveaxis(a.reshape(size, blocks, *a.shape[1:]), 1, 0)  # noqa: E731

@@ -5,6 +5,7 @@ multirocket.py) against aeon's, from aeon's own fitted parameters and features
 
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -79,6 +80,20 @@ def _aeon_multirocket(name):
     values.setdefault('channel_indices', np.zeros(combinations, np.int32))
     parts.append(minirocket.Parameters(**values))
   return x, parts, data[f'multirocket/{name}/features']
+
+
+def test_case_blocks_keep_the_cases_order_and_are_as_even_as_they_can_be():
+  """64 cases with room for 40 a block (8 devices): two blocks of 32, not of 40 (16 cases'
+  work for nothing), each case's row where it was."""
+  x = np.arange(64, dtype=np.float32)[:, None, None]
+  rows = minirocket.in_case_blocks(
+    lambda x, lengths: jnp.stack([x[:, 0, 0], jnp.full(len(x), len(x), jnp.float32)], 1),
+    x,
+    np.zeros(64, np.int32),
+    40,
+  )
+  np.testing.assert_array_equal(np.asarray(rows)[:, 0], np.arange(64))
+  assert set(np.asarray(rows)[:, 1].tolist()) == {32}
 
 
 @pytest.mark.parametrize('name', ['multivariate', 'univariate_integers'])

@@ -639,6 +639,10 @@ def main(argv):
     for side in ('minirocket', 'multirocket_hydra', 'dlearn'):
       if 'error' in result.get(side, {}):
         print(f'  {side} failed: {result[side]["error"]}', flush=True)
+    aeon, ours = result.get('minirocket', {}), result.get('dlearn', {})
+    if 'warm_seconds' in ours and 'seconds' in aeon:
+      ratios = [ours[key] / aeon['seconds'] for key in ('seconds', 'warm_seconds')]
+      print('  dlearn / aeon MiniRocket seconds: {:.1f}x, warm {:.1f}x'.format(*ratios), flush=True)
     path = write_results()
 
   print(f'wrote {path}')

@@ -190,19 +190,24 @@ def pool(c, lengths, biases, dilations, counts, poolings=('ppv',)):
     b = [biases[offsets[j] : offsets[j + 1]].reshape(kernels, count).T for j in members]
     per_group.append(jnp.stack(b, 1)[:, None])  # [count, 1, dilations, 84]
   extra = len(poolings) > 1
+  steps = jnp.arange(c.shape[-1])
+  # Each group's convolutions [T, B, dilations, 84], NaN outside a kernel's run: neither above
+  # nor below any bias there, so that the scan's body checks no run.
+  masked = []
+  for members, (first, end) in zip(groups.values(), runs):
+    valid = (steps >= first[..., None]) & (steps < end[..., None])
+    masked.append(jnp.moveaxis(jnp.where(valid, c[:, np.asarray(members)], jnp.nan), -1, 0))
 
   def step(sums, inputs):
-    c_t, t = inputs  # [B, dilations, 84] at time t
+    c_groups, t = inputs  # each [B, dilations, 84] at time t
     out = []
-    for members, b, (first, end), s in zip(groups.values(), per_group, runs, sums):
-      c_g = c_t[:, np.asarray(members)]
-      valid = (t >= first) & (t < end)
-      above = (c_g > b) & valid  # [count, B, dilations, 84]
+    for b, c_g, s in zip(per_group, c_groups, sums):
+      above = c_g > b  # [count, B, dilations, 84]
       new = {'hits': s['hits'] + above}
-      if extra:
-        below = (c_g < b) & valid
-        new['values'] = s['values'] + jnp.where(above, c_g + b, 0.0)
-        new['positions'] = s['positions'] + jnp.where(above, t - first, 0)
+      if extra:  # value and position sums without the bias and the run's start (added after)
+        below = c_g < b
+        new['values'] = s['values'] + jnp.where(above, c_g, 0.0)
+        new['positions'] = s['positions'] + jnp.where(above, t, 0.0)
         new['longest'] = jnp.where(below, jnp.maximum(s['longest'], t - s['last']), s['longest'])
         new['last'] = jnp.where(below, t, s['last'])
       out.append(new)
@@ -212,23 +217,23 @@ def pool(c, lengths, biases, dilations, counts, poolings=('ppv',)):
   sums = []
   for b, (first, _) in zip(per_group, runs):
     shape = (b.shape[0], *first.shape)
-    s = {'hits': jnp.zeros(shape, jnp.int32)}
+    s = {'hits': jnp.zeros(shape, jnp.float32)}  # float32 throughout: one type for the body
     if extra:
       s['values'] = jnp.zeros(shape, jnp.float32)
-      s['positions'] = jnp.zeros(shape, jnp.int32)
-      s['longest'] = jnp.zeros(shape, jnp.int32)
-      s['last'] = jnp.broadcast_to(first, shape)  # aeon's last_val starts at the run's start
+      s['positions'] = jnp.zeros(shape, jnp.float32)
+      s['longest'] = jnp.zeros(shape, jnp.float32)
+      s['last'] = jnp.broadcast_to(first, shape).astype(jnp.float32)  # aeon's last_val: the start
     sums.append(s)
-  sums, _ = jax.lax.scan(step, sums, (jnp.moveaxis(c, -1, 0), jnp.arange(c.shape[-1])))
+  sums, _ = jax.lax.scan(step, sums, (masked, steps.astype(jnp.float32)))
   features = [None] * len(dilations)
-  for members, s, (first, end) in zip(groups.values(), sums, runs):
+  for members, s, (first, end), b in zip(groups.values(), sums, runs, per_group):
     count = end - first  # [B, dilations, 84]
     hits = s['hits']
     pooled = {'ppv': hits / count}
     if extra:
       some = jnp.maximum(hits, 1)
-      pooled['mpv'] = jnp.where(hits > 0, s['values'] / some, 0.0)
-      pooled['mipv'] = jnp.where(hits > 0, s['positions'] / some, -1.0)
+      pooled['mpv'] = jnp.where(hits > 0, s['values'] / some + b, 0.0)
+      pooled['mipv'] = jnp.where(hits > 0, s['positions'] / some - first, -1.0)
       pooled['lspv'] = jnp.maximum(s['longest'], count - 1 - (s['last'] - first))
     # [count, B, dilations, 84] -> per dilation [B, poolings, 84 x count]
     stacked = jnp.stack([pooled[name].astype(jnp.float32) for name in poolings], 1)

@@ -281,18 +281,12 @@ def load(workdir: str) -> ml_collections.ConfigDict:
     return from_dict(json.load(f))
 
 
-def program_key(config: ml_collections.ConfigDict):
-  """`config` as the programs of a run see it, hashable, or None where a field cannot be hashed: a
-  cross-validation's runs differ only in the fold they hold out (config.data.fold), which no
-  program reads."""
+def program_key(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """`config` as the programs of a run see it: a cross-validation's runs differ only in the fold
+  they hold out (config.data.fold), which no program reads."""
   program = config.copy_and_resolve_references()
   program.data.fold = 0
-  key = ml_collections.FrozenConfigDict(program)
-  try:
-    hash(key)
-  except TypeError:
-    return None
-  return key
+  return ml_collections.FrozenConfigDict(program)
 
 
 def per_program(make):
@@ -303,12 +297,12 @@ def per_program(make):
 
   @functools.wraps(make)
   def get(config, *args):
-    key = program_key(config)
     try:
+      key = program_key(config)
       hash((key, *args))
     except TypeError:  # e.g. a model with unhashable static attributes (lists)
-      key = None
-    return make(config, *args) if key is None else shared(key, *args)
+      return make(config, *args)
+    return shared(key, *args)
 
   return get
 

@@ -317,6 +317,7 @@ def create(config, total_steps: int, steps_per_epoch: int = 1) -> optax.Gradient
 
 @configs.per_program
 def _create(config, total_steps: int, steps_per_epoch: int, _maker) -> optax.GradientTransformation:
+  # _maker (the registered function) is in the key only: a name registered again makes anew
   if config.optimizer not in _OPTIMIZERS:
     raise ConfigError(
       f'Unknown config.optimizer {config.optimizer!r}: choose one of {tuple(_OPTIMIZERS)}.'

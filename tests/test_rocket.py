@@ -5,6 +5,8 @@ in 0 steps, evaluated and read back."""
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import helpers
 import numpy as np
@@ -130,3 +132,18 @@ def test_a_config_argument_with_a_word_too_many_is_refused_not_ignored(arg):
     configs.load_file('experiments/configs/rocket_uea.py', arg)
   config = configs.load_file('experiments/configs/rocket_uea.py', 'minirocket,gun_point')
   assert (config.data.name, config.rocket.transform) == ('gun_point', 'minirocket')
+
+
+def test_numpys_blas_threads_leave_the_cores_after_the_ridge():
+  # OpenBLAS's threads spin for ~0.1 s after each call by default, taking the cores from the next
+  # fold's transform; importing dlearn (before NumPy) shortens that wait (dlearn/__init__.py).
+  program = (
+    'import time, dlearn, numpy as np; from dlearn.models import rocket\n'
+    'x = np.random.default_rng(0).normal(size=(200, 400))\n'
+    'rocket.ridge_loo(x, np.arange(200) % 3, 3, (1.0,))\n'
+    'start = time.process_time(); time.sleep(0.3); print(time.process_time() - start)\n'
+  )
+  env = {k: v for k, v in os.environ.items() if k != 'OPENBLAS_THREAD_TIMEOUT'}
+  out = subprocess.run([sys.executable, '-c', program], env=env, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert float(out.stdout) < 0.03  # CPU seconds while the process sleeps: ~0.1 without it

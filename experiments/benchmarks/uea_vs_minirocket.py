@@ -58,7 +58,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 from absl import app, flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,6 +65,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)  # this checkout's dlearn, before any installed one
 
+import dlearn  # noqa: E402, F401  (before NumPy: its BLAS settings, for both sides alike)
+
+# isort: split
+
+import numpy as np  # noqa: E402
 import results_file  # noqa: E402
 
 from dlearn import cli, configs, cross_validate  # noqa: E402

@@ -32,29 +32,11 @@ from dlearn.models import minirocket
 POOLING = minirocket.POOLING  # defined, with MiniRocket's PPV, where they are pooled
 
 
-def _convolutions(x, weights, dilations, shift_left):
-  """[B, dilations, 84, T]: every dilation's kernels, one compiled body for all (the dilation a
-  traced value: each tap a dynamic slice of the zero-padded series)."""
-  steps = x.shape[-1]
-  pad = 4 * max(dilations)
-  padded = jnp.pad(x, ((0, 0), (0, 0), (pad, pad)))
-
-  def one(args):
-    w, d = args
-    offsets = minirocket.tap_offsets(d, shift_left)  # traced: d is a value of the loop
-    taps = [jax.lax.dynamic_slice_in_dim(padded, pad + o, steps, 2) for o in offsets]
-    return jnp.einsum('kcg,bcgt->bkt', w, jnp.stack(taps, 2), precision=jax.lax.Precision.HIGHEST)
-
-  return jnp.moveaxis(
-    jax.lax.map(one, (jnp.stack(weights), jnp.asarray(dilations, jnp.int32))), 0, 1
-  )
-
-
 def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
   """[B, 4, features of this representation]."""
 
   def block(x, lengths):
-    c = _convolutions(x, weights, dilations, shift_left)
+    c = minirocket.convolutions(x, weights, dilations, shift_left)
     return minirocket.pool(c, lengths, biases, dilations, counts, POOLING)
 
   cases = minirocket.cases_per_block(len(dilations), x.shape[-1])

@@ -124,6 +124,33 @@ def test_multirocket_of_a_padded_case_is_that_of_the_case_alone():
 
 
 @pytest.mark.parametrize('channels', [1, 3])
+def test_hydra_equals_its_definition_computed_directly(channels):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, channels, 40)).astype(np.float32)
+  lengths = np.array([40, 27])
+  kernels = hydra.draw(40, channels, seed=1)
+  features = np.asarray(hydra.transform(x, lengths, kernels))
+  expected = []
+  for b, length in enumerate(lengths):
+    series = x[b, :, :length].astype(np.float64)
+    case = []
+    for i, dilation in enumerate(kernels.dilations):
+      for r, s in enumerate((series, np.diff(series, axis=-1))):
+        w = kernels.weights[i, r].reshape(-1, kernels.kernels, 9)  # [groups, k, 9]
+        top, bottom = np.zeros(w.shape[:2]), np.zeros(w.shape[:2])
+        for g in range(len(w)):
+          summed = s[0] if kernels.channels is None else s[kernels.channels[i, r, g]].sum(0)
+          padded = np.pad(summed, 4 * dilation)
+          taps = np.stack([padded[n * dilation : n * dilation + s.shape[-1]] for n in range(9)])
+          z = w[g] @ taps  # [k, steps]: each kernel, zero outside the series
+          np.add.at(top[g], z.argmax(0), z.max(0))
+          np.add.at(bottom[g], z.argmin(0), 1)
+        case += [top.ravel(), bottom.ravel()]
+    expected.append(np.concatenate(case))
+  np.testing.assert_allclose(features, np.stack(expected), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
 def test_hydra_counts_every_position_once_and_ignores_padding(channels):
   rng = np.random.default_rng(2)
   x = rng.integers(-5, 6, size=(3, channels, 60)).astype(np.float32)

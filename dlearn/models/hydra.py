@@ -70,49 +70,39 @@ def transform(x, lengths, kernels: Kernels) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=(4,))
 def _transform(x, lengths, weights, channels, k):
+  groups = weights.shape[2] // k
+
   def block(x, lengths):
-    series = multirocket.with_difference(x, lengths)
-    responses, ends = [], []  # per (dilation, representation): [B, groups, k, T], [B]
+    features = []  # per (dilation, representation): [B, 2, groups, k]
     for i in range(weights.shape[0]):
       dilation = 2**i
-      for r, (s, n) in enumerate(series):
-        groups = weights.shape[2] // k
-        if channels is None:  # one channel: every group convolves it
-          inputs = jnp.broadcast_to(s, (s.shape[0], groups, s.shape[-1]))
-        else:  # each group: the sum of its channels
-          inputs = s[:, channels[i, r]].sum(2)
-        z = jax.lax.conv_general_dilated(
-          inputs,
-          weights[i, r][:, None, :],
-          window_strides=(1,),
-          padding=[(4 * dilation, 4 * dilation)],
-          rhs_dilation=(dilation,),
-          dimension_numbers=('NCH', 'OIH', 'NCH'),
-          feature_group_count=groups,
-          precision=jax.lax.Precision.HIGHEST,
-        )
-        z = z.reshape(s.shape[0], groups, k, -1)  # the difference one step shorter: padded
-        responses.append(jnp.pad(z, ((0, 0),) * 3 + ((0, x.shape[-1] - z.shape[-1]),)))
-        ends.append(n)
-    ends = jnp.stack(ends, 1)[:, :, None, None]  # [B, dilations x 2, 1, 1]
+      for r, (s, n) in enumerate(multirocket.with_difference(x, lengths)):
+        if channels is None:  # one channel: every kernel of every group on it, one matmul
+          taps = jnp.stack([minirocket.shifted(s[:, 0], o) for o in minirocket.tap_offsets(dilation)], 1)  # fmt: skip
+          z = jnp.einsum('jn,bnt->bjt', weights[i, r], taps, precision=jax.lax.Precision.HIGHEST)
+        else:  # each group on the sum of its channels: a grouped convolution
+          z = jax.lax.conv_general_dilated(
+            s[:, channels[i, r]].sum(2),
+            weights[i, r][:, None, :],
+            window_strides=(1,),
+            padding=[(4 * dilation, 4 * dilation)],
+            rhs_dilation=(dilation,),
+            dimension_numbers=('NCH', 'OIH', 'NCH'),
+            feature_group_count=groups,
+            precision=jax.lax.Precision.HIGHEST,
+          )
+        z = z.reshape(s.shape[0], groups, k, -1)  # [B, groups, k, T]
+        valid = (jnp.arange(z.shape[-1]) < n[:, None])[:, None, None]  # the case's own steps
+        # at each step, the top kernel of a group adds its response, the bottom one counts 1
+        top = jax.nn.one_hot(z.argmax(2), k, axis=2) * z.max(2, keepdims=True)
+        bottom = jax.nn.one_hot(z.argmin(2), k, axis=2)
+        features.append(jnp.stack([jnp.where(valid, f, 0.0).sum(-1) for f in (top, bottom)], 1))
+    return jnp.stack(features, 1).reshape(x.shape[0], -1)
 
-    def step(sums, inputs):
-      z, t = inputs  # [B, dilations x 2, groups, k] at time t
-      valid = t < ends
-      top = jax.nn.one_hot(z.argmax(-1), k) * valid
-      bottom = jax.nn.one_hot(z.argmin(-1), k) * valid
-      return (sums[0] + top * z.max(-1, keepdims=True), sums[1] + bottom), None
-
-    # one pass over time (a scan: reductions over the time axis cost 2x more on a CPU)
-    z = jnp.moveaxis(jnp.stack(responses, 1), -1, 0)
-    zeros = jnp.zeros(z.shape[1:], jnp.float32)
-    (top, bottom), _ = jax.lax.scan(step, (zeros, zeros), (z, jnp.arange(z.shape[0])))
-    # per dilation and representation: the top kernels' summed responses, then the bottom counts
-    return jnp.stack([top, bottom], 2).reshape(x.shape[0], -1)
-
-  # one case a pass: blocks of 2 or more cases ran about twice as slow per case at every length
-  # tried (24 to 1,460 steps) on a CPU
-  return minirocket.in_case_blocks(block, x, lengths, cases=1)
+  # reductions over time in blocks of cases whose responses fit minirocket.BLOCK_BYTES: one case
+  # a block (a scan over time, as before 2026-12-06) paid the loop's cost per step and case
+  cases = minirocket.cases_per_block(2 * weights.shape[0], x.shape[-1], weights.shape[2])
+  return minirocket.in_case_blocks(block, x, lengths, cases)
 
 
 def sparse_scale_fit(features):

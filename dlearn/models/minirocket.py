@@ -115,9 +115,10 @@ CASE_BLOCK = 16
 BLOCK_BYTES = 12 * 2**20
 
 
-def cases_per_block(dilations: int, steps: int) -> int:
-  """Cases per block whose convolutions [cases, dilations, 84, steps] (float32) fit BLOCK_BYTES."""
-  return int(np.clip(BLOCK_BYTES // (4 * dilations * len(KERNEL_INDICES) * steps), 1, CASE_BLOCK))
+def cases_per_block(dilations: int, steps: int, kernels: int = len(KERNEL_INDICES)) -> int:
+  """Cases per block whose convolutions [cases, dilations, kernels, steps] (float32) fit
+  BLOCK_BYTES."""
+  return int(np.clip(BLOCK_BYTES // (4 * dilations * kernels * steps), 1, CASE_BLOCK))
 
 
 def in_case_blocks(per_block, x, lengths, cases: int):

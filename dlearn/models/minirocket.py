@@ -195,23 +195,8 @@ def pool(c, lengths, biases, dilations, counts, poolings=('ppv',)):
   def chunk(sums, inputs):
     c_groups, times = inputs
     for k in range(TIME_CHUNK):
-      sums = step(sums, ([c_g[k] for c_g in c_groups], times[k]))
+      sums = _pooled_step(sums, [c_g[k] for c_g in c_groups], times[k], per_group)
     return sums, None
-
-  def step(sums, inputs):
-    c_groups, t = inputs  # each [B, dilations, 84] at time t
-    out = []
-    for b, c_g, s in zip(per_group, c_groups, sums):
-      above = c_g > b  # [count, B, dilations, 84]
-      new = {'hits': s['hits'] + above}
-      if extra:  # value and position sums without the bias and the run's start (added after)
-        below = c_g < b
-        new['values'] = s['values'] + jnp.where(above, c_g, 0.0)
-        new['positions'] = s['positions'] + jnp.where(above, t, 0.0)
-        new['longest'] = jnp.where(below, jnp.maximum(s['longest'], t - s['last']), s['longest'])
-        new['last'] = jnp.where(below, t, s['last'])
-      out.append(new)
-    return out
 
   batch = c.shape[0]
   sums = []
@@ -242,6 +227,26 @@ def pool(c, lengths, biases, dilations, counts, poolings=('ppv',)):
         batch, len(poolings), -1
       )
   return jnp.concatenate(features, -1)
+
+
+@jax.jit
+def _pooled_step(sums, c_groups, t, biases):
+  """`pool`'s running sums after time t: per group, c_g [B, dilations, 84] (the convolutions at
+  t) against its biases [count, 1, dilations, 84]. Jitted, so that the TIME_CHUNK steps of the
+  scan's body are traced once and lowered as one function that XLA inlines into each step (the
+  steps traced one by one were most of the time to trace and lower a transform)."""
+  out = []
+  for b, c_g, s in zip(biases, c_groups, sums):
+    above = c_g > b  # [count, B, dilations, 84]
+    new = {'hits': s['hits'] + above}
+    if 'values' in s:  # value and position sums without the bias and the run's start (added after)
+      below = c_g < b
+      new['values'] = s['values'] + jnp.where(above, c_g, 0.0)
+      new['positions'] = s['positions'] + jnp.where(above, t, 0.0)
+      new['longest'] = jnp.where(below, jnp.maximum(s['longest'], t - s['last']), s['longest'])
+      new['last'] = jnp.where(below, t, s['last'])
+    out.append(new)
+  return out
 
 
 def draw_channels(num_channels: int, combinations: int, seed: int):

@@ -356,11 +356,11 @@ def ridge_loo(features, labels, num_classes: int, alphas):
   features, the eigenvectors of the centred cases' Gram matrix (scikit-learn's RidgeCV chooses
   the same, its 'eigen' mode: an [N, N] problem instead of an SVD of [N, F]); otherwise the SVD
   of the centred features."""
-  x = np.asarray(features, np.float64)
+  x = np.array(features, np.float64)  # a copy, centred in place
   y = -np.ones((len(x), num_classes))
   y[np.arange(len(x)), labels] = 1.0
   x_mean, y_mean = x.mean(0), y.mean(0)
-  x = x - x_mean
+  x -= x_mean
   if len(x) < x.shape[1]:
     s2, u = np.linalg.eigh(x @ x.T)  # Xc = U S V^T, so Xc Xc^T = U S^2 U^T
     s2 = np.maximum(s2, 0.0)  # centring leaves one zero eigenvalue; rounding may make it < 0

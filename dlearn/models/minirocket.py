@@ -102,23 +102,25 @@ def transform(x, lengths, params: Parameters) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(4, 5))
 def transform_with(x, lengths, weights, biases, dilations, counts):
   def block(x, lengths):
-    return pool(convolutions(x, weights, dilations), lengths, biases, dilations, counts)[:, 0]
+    return pool(x, weights, lengths, biases, dilations, counts)[:, 0]
 
-  return in_case_blocks(block, x, lengths, cases_per_block(len(dilations), x.shape[-1]))
+  return in_case_blocks(
+    block, x, lengths, cases_per_block(len(dilations), x.shape[-1], 9 * x.shape[1])
+  )
 
 
 # Cases pooled per pass over time (per block of `in_case_blocks`): at most CASE_BLOCK, and no more
-# than keep the block's convolutions within BLOCK_BYTES. Their running counts then stay in a CPU's
-# cache; a block of 16 long series (1,460 steps: 200 MB of convolutions) ran twice as slow per case
-# as one.
+# than keep the block's arrays over time (the series' taps for `pool`, Hydra's responses) within
+# BLOCK_BYTES. Their running counts then stay in a CPU's cache; a block of 16 long series (1,460
+# steps: 200 MB of convolutions, as `pool` then read them) ran twice as slow per case as one.
 CASE_BLOCK = 16
 BLOCK_BYTES = 12 * 2**20
 
 
-def cases_per_block(dilations: int, steps: int, kernels: int = len(KERNEL_INDICES)) -> int:
-  """Cases per block whose convolutions [cases, dilations, kernels, steps] (float32) fit
+def cases_per_block(dilations: int, steps: int, per_dilation: int) -> int:
+  """Cases per block whose arrays [cases, dilations, per_dilation, steps] (float32) fit
   BLOCK_BYTES."""
-  return int(np.clip(BLOCK_BYTES // (4 * dilations * kernels * steps), 1, CASE_BLOCK))
+  return int(np.clip(BLOCK_BYTES // (4 * dilations * per_dilation * steps), 1, CASE_BLOCK))
 
 
 def in_case_blocks(per_block, x, lengths, cases: int):
@@ -157,48 +159,67 @@ POOLING = ('ppv', 'lspv', 'mpv', 'mipv')  # MiniRocket's, then MultiRocket's thr
 TIME_CHUNK = 16
 
 
-def pool(c, lengths, biases, dilations, counts, poolings=('ppv',)):
-  """[B, len(poolings), features]: the convolutions c [B, dilations, 84, T] pooled at every
-  feature's bias (dilation-major, then kernel, then bias) over its kernel's run of positions
-  (`pooled_runs`). One pass over time: a scan whose running sums per (bias, case, dilation,
-  kernel) replace comparing every position with every bias at once, which cost 2.5x more on a
-  CPU; the dilations with as many biases per kernel share their sums' arrays, so that the body
-  to compile grows with the distinct counts, not the dilations. The poolings (multirocket.py
-  defines the last three): ppv, the proportion of values above the bias; lspv, the longest gap
-  between consecutive values below it, from the run's start and to its end; mpv, the mean of
-  value + bias over the values above it (0 if none); mipv, the mean of their positions in the run
-  (-1 if none)."""
+def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shift_left: int = 0):
+  """[B, len(poolings), features]: the kernels `weights` (one [84, C, 9] array per dilation) on
+  x [B, C, T] (zero past each case's end: MiniRocket's padding), pooled at every feature's bias
+  (dilation-major, then kernel, then bias) over its kernel's run of positions (`pooled_runs`);
+  `shift_left`: the four left taps that much later (`tap_offsets`). One pass over time: a scan
+  over chunks of TIME_CHUNK steps whose running sums per (bias, case, dilation, kernel) replace
+  comparing every position with every bias at once, which cost 2.5x more on a CPU; each chunk
+  convolves its own steps from the series' taps, so that no [B, dilations, 84, T] array of
+  convolutions is ever written (at 1,460 steps that array and its copies were half of
+  MiniRocket's time). The dilations with as many biases per kernel share their sums' arrays, so
+  that the body to compile grows with the distinct counts, not the dilations. The poolings
+  (multirocket.py defines the last three): ppv, the proportion of values above the bias; lspv,
+  the longest gap between consecutive values below it, from the run's start and to its end; mpv,
+  the mean of value + bias over the values above it (0 if none); mipv, the mean of their
+  positions in the run (-1 if none)."""
   kernels = len(KERNEL_INDICES)
+  batch, channels, length = x.shape
   offsets = np.concatenate([[0], np.cumsum(kernels * np.asarray(counts))])
   groups = {}  # biases per kernel -> the dilations (their indices) with that many
   for j, count in enumerate(counts):
     groups.setdefault(count, []).append(j)
-  runs, per_group = [], []
+  chunks = -(-length // TIME_CHUNK)
+  steps = chunks * TIME_CHUNK
+  pad = 4 * max(dilations) + shift_left
+  padded = jnp.pad(x, ((0, 0), (0, 0), (pad, pad + steps - length)))
+  runs, per_group, taps, group_weights = [], [], [], []
   for count, members in groups.items():
     starts, ends = zip(*(pooled_runs(lengths, dilations[j], j) for j in members))
     runs.append((jnp.stack(starts, 1), jnp.stack(ends, 1)))  # [B, dilations, 84]
     b = [biases[offsets[j] : offsets[j + 1]].reshape(kernels, count).T for j in members]
     per_group.append(jnp.stack(b, 1)[:, None])  # [count, 1, dilations, 84]
+    # the series at every tap of every dilation: [chunks, TIME_CHUNK, B, dilations, C x 9]
+    t = jnp.stack(
+      [
+        jnp.stack(
+          [padded[..., pad + o : pad + o + steps] for o in tap_offsets(dilations[j], shift_left)],
+          -1,
+        )  # fmt: skip
+        for j in members
+      ],
+      2,
+    )  # [B, C, dilations, steps, 9]
+    t = jnp.transpose(t, (3, 0, 2, 1, 4))
+    taps.append(t.reshape(chunks, TIME_CHUNK, batch, len(members), channels * 9))
+    w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
+    group_weights.append(w.reshape(len(members), kernels, channels * 9))
   extra = len(poolings) > 1
-  # Each group's convolutions [chunks, TIME_CHUNK, B, dilations, 84], NaN outside a kernel's run
-  # (and after the series' end, to fill the last chunk): neither above nor below any bias there,
-  # so that the scan's body checks no run.
-  chunks = -(-c.shape[-1] // TIME_CHUNK)
-  steps = jnp.arange(chunks * TIME_CHUNK)
-  c = jnp.pad(c, [(0, 0)] * (c.ndim - 1) + [(0, len(steps) - c.shape[-1])])
-  masked = []
-  for members, (first, end) in zip(groups.values(), runs):
-    valid = (steps >= first[..., None]) & (steps < end[..., None])
-    m = jnp.moveaxis(jnp.where(valid, c[:, np.asarray(members)], jnp.nan), -1, 0)
-    masked.append(m.reshape(chunks, TIME_CHUNK, *m.shape[1:]))
 
   def chunk(sums, inputs):
-    c_groups, times = inputs
+    tap_groups, times = inputs
+    c_groups = []
+    for t, w, (first, end) in zip(tap_groups, group_weights, runs):
+      c = jnp.einsum('sbdn,dkn->sbdk', t, w, precision=jax.lax.Precision.HIGHEST)
+      # NaN outside a kernel's run (and after the series' end): neither above nor below any
+      # bias there, so that the steps check no run
+      at = times[:, None, None, None]
+      c_groups.append(jnp.where((at >= first) & (at < end), c, jnp.nan))
     for k in range(TIME_CHUNK):
       sums = _pooled_step(sums, [c_g[k] for c_g in c_groups], times[k], per_group)
     return sums, None
 
-  batch = c.shape[0]
   sums = []
   for b, (first, _) in zip(per_group, runs):
     shape = (b.shape[0], *first.shape)
@@ -209,7 +230,8 @@ def pool(c, lengths, biases, dilations, counts, poolings=('ppv',)):
       s['longest'] = jnp.zeros(shape, jnp.float32)
       s['last'] = jnp.broadcast_to(first, shape).astype(jnp.float32)  # aeon's last_val: the start
     sums.append(s)
-  sums, _ = jax.lax.scan(chunk, sums, (masked, steps.reshape(chunks, -1).astype(jnp.float32)))
+  times = jnp.arange(steps, dtype=jnp.float32).reshape(chunks, TIME_CHUNK)
+  sums, _ = jax.lax.scan(chunk, sums, (taps, times))
   features = [None] * len(dilations)
   for members, s, (first, end), b in zip(groups.values(), sums, runs, per_group):
     count = end - first  # [B, dilations, 84]
@@ -284,27 +306,6 @@ def shifted(x, offset: int):
   if offset > 0:
     return jnp.pad(x[..., offset:], (*pad, (0, offset)))
   return jnp.pad(x[..., :offset], (*pad, (-offset, 0)))
-
-
-def convolutions(x, weights, dilations, shift_left: int = 0):
-  """[B, dilations, 84, T]: every dilation's kernels (`weights`, one [84, C, 9] array each) on
-  x [B, C, T], zero-padded to its length; one compiled body for all dilations (the dilation a
-  traced value: each tap a dynamic slice of the zero-padded series, the taps and channels
-  contracted in one einsum). On a CPU this beat a dilated convolution per dilation where the
-  series has several channels (README, "ROCKET")."""
-  steps = x.shape[-1]
-  pad = 4 * max(dilations)
-  padded = jnp.pad(x, ((0, 0), (0, 0), (pad, pad)))
-
-  def one(args):
-    w, d = args
-    offsets = tap_offsets(d, shift_left)  # traced: d is a value of the loop
-    taps = [jax.lax.dynamic_slice_in_dim(padded, pad + o, steps, 2) for o in offsets]
-    return jnp.einsum('kcg,bcgt->bkt', w, jnp.stack(taps, 2), precision=jax.lax.Precision.HIGHEST)
-
-  return jnp.moveaxis(
-    jax.lax.map(one, (jnp.stack(weights), jnp.asarray(dilations, jnp.int32))), 0, 1
-  )
 
 
 def own_convolutions(cases, weights, dilations, shift_left: int = 0) -> np.ndarray:

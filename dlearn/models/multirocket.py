@@ -36,10 +36,9 @@ def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
   """[B, 4, features of this representation]."""
 
   def block(x, lengths):
-    c = minirocket.convolutions(x, weights, dilations, shift_left)
-    return minirocket.pool(c, lengths, biases, dilations, counts, POOLING)
+    return minirocket.pool(x, weights, lengths, biases, dilations, counts, POOLING, shift_left)
 
-  cases = minirocket.cases_per_block(len(dilations), x.shape[-1])
+  cases = minirocket.cases_per_block(len(dilations), x.shape[-1], 9 * x.shape[1])
   return minirocket.in_case_blocks(block, x, lengths, cases)
 
 

@@ -153,9 +153,9 @@ def pooled_runs(lengths, dilation: int, j: int):
 
 
 POOLING = ('ppv', 'lspv', 'mpv', 'mipv')  # MiniRocket's, then MultiRocket's three more
-# Steps per pass of `pool`'s scan: XLA fuses a chunk's updates of the running sums into one pass
-# over them (the sums stay in registers across its steps, not in memory between them). Chunks of
-# 8 or 12 steps were not fused as well on a CPU, and were slower than no chunks (README).
+# Steps per pass of `pool`'s scan: XLA fuses a chunk's steps' updates of the running sums, which
+# made MultiRocket's transform about twice as fast as a step a pass on a CPU; chunks of 8 or 12
+# steps were slower than no chunks (README).
 TIME_CHUNK = 16
 
 
@@ -191,17 +191,8 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     b = [biases[offsets[j] : offsets[j + 1]].reshape(kernels, count).T for j in members]
     per_group.append(jnp.stack(b, 1)[:, None])  # [count, 1, dilations, 84]
     # the series at every tap of every dilation: [chunks, TIME_CHUNK, B, dilations, C x 9]
-    t = jnp.stack(
-      [
-        jnp.stack(
-          [padded[..., pad + o : pad + o + steps] for o in tap_offsets(dilations[j], shift_left)],
-          -1,
-        )  # fmt: skip
-        for j in members
-      ],
-      2,
-    )  # [B, C, dilations, steps, 9]
-    t = jnp.transpose(t, (3, 0, 2, 1, 4))
+    at = [[padded[..., pad + o : pad + o + steps] for o in tap_offsets(dilations[j], shift_left)] for j in members]  # fmt: skip
+    t = jnp.transpose(jnp.stack([jnp.stack(a, -1) for a in at], 2), (3, 0, 2, 1, 4))
     taps.append(t.reshape(chunks, TIME_CHUNK, batch, len(members), channels * 9))
     w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
     group_weights.append(w.reshape(len(members), kernels, channels * 9))
@@ -311,7 +302,7 @@ def shifted(x, offset: int):
 def own_convolutions(cases, weights, dilations, shift_left: int = 0) -> np.ndarray:
   """[dilations, 84, T]: per dilation j, kernel k on its own case cases[j, k] ([84, C, T]), in
   NumPy: a few multiply-adds per kernel and step, where a jitted program cost more to trace and
-  load in each process (two programs, 0.35 s of MultiRocket's first fold) than it saved."""
+  load in each process (two programs, 0.36 s of MultiRocket's first fold) than it saved."""
   steps = cases.shape[-1]
   pad = 4 * max(dilations) + shift_left
   padded = np.pad(cases, [(0, 0)] * (cases.ndim - 1) + [(pad, pad)])

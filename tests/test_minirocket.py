@@ -5,6 +5,7 @@ multirocket.py) against aeon's, from aeon's own fitted parameters and features
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -94,6 +95,27 @@ def test_case_blocks_keep_the_cases_order_and_are_as_even_as_they_can_be():
   )
   np.testing.assert_array_equal(np.asarray(rows)[:, 0], np.arange(64))
   assert set(np.asarray(rows)[:, 1].tolist()) == {32}
+
+
+def test_pool_sums_a_kernels_channels_first_or_reads_every_channels_taps_alike(monkeypatch):
+  """The two ways `pool` convolves (each kernel's channels summed first from SUMMED_CHANNELS on,
+  else every channel's taps): the same four poolings, on exact whole numbers, lengths varied and
+  MultiRocket's shifted taps."""
+  rng = np.random.default_rng(2)
+  x = rng.integers(-5, 6, size=(5, 4, 60)).astype(np.float32)
+  lengths = np.array([60, 41, 12, 60, 30])
+  x = np.where(np.arange(60) < lengths[:, None, None], x, 0.0).astype(np.float32)
+  params = minirocket.fit(x, lengths, num_features=336, seed=0)
+  weights = minirocket.weights_of(params, 4)
+  dilations = tuple(int(d) for d in params.dilations)
+  counts = tuple(int(n) for n in params.features_per_dilation)
+  out = []
+  for summed_from in (1, 10**9):
+    monkeypatch.setattr(minirocket, 'SUMMED_CHANNELS', summed_from)
+    pool = jax.jit(lambda x, n: minirocket.pool(x, weights, n, params.biases, dilations, counts, minirocket.POOLING, 1))  # fmt: skip
+    out.append(np.asarray(pool(x, lengths)))
+  np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-6)
+  assert 0 < out[0][:, 0].mean() < 1  # proportions, not all 0 or 1
 
 
 @pytest.mark.parametrize('name', ['multivariate', 'univariate_integers'])

@@ -30,6 +30,8 @@ import numpy as np
 KERNEL_LENGTH = 9
 # The 84 kernels: which three of the nine taps weigh 2 (the others -1), in aeon's order.
 KERNEL_INDICES = np.array(list(itertools.combinations(range(KERNEL_LENGTH), 3)), np.int32)
+KERNEL_TAPS = np.full((len(KERNEL_INDICES), KERNEL_LENGTH), -1.0, np.float32)  # [84, 9]
+np.put_along_axis(KERNEL_TAPS, KERNEL_INDICES, 2.0, axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +75,13 @@ def quantiles(count: int) -> np.ndarray:
 def weights_of(params: Parameters, num_channels: int) -> list[np.ndarray]:
   """Per dilation: [84, channels, 9] kernel weights, zero on the channels a combination leaves
   out (a kernel summed over its channels is one convolution over all of them)."""
-  taps = -np.ones((len(KERNEL_INDICES), KERNEL_LENGTH), np.float32)
-  np.put_along_axis(taps, KERNEL_INDICES, 2.0, axis=1)
   ends = np.cumsum(params.channels_per_combination)
   weights, combination = [], 0
   for _ in params.dilations:
     w = np.zeros((len(KERNEL_INDICES), num_channels, KERNEL_LENGTH), np.float32)
     for k in range(len(KERNEL_INDICES)):
       start = ends[combination] - params.channels_per_combination[combination]
-      w[k, params.channel_indices[start : ends[combination]]] = taps[k]
+      w[k, params.channel_indices[start : ends[combination]]] = KERNEL_TAPS[k]
       combination += 1
     weights.append(w)
   return weights
@@ -105,7 +105,7 @@ def transform_with(x, lengths, weights, biases, dilations, counts):
     return pool(x, weights, lengths, biases, dilations, counts)[:, 0]
 
   return in_case_blocks(
-    block, x, lengths, cases_per_block(len(dilations), x.shape[-1], 9 * x.shape[1])
+    block, x, lengths, cases_per_block(len(dilations), x.shape[-1], pooled_floats(x.shape[1]))
   )
 
 
@@ -115,6 +115,20 @@ def transform_with(x, lengths, weights, biases, dilations, counts):
 # steps: 200 MB of convolutions, as `pool` then read them) ran twice as slow per case as one.
 CASE_BLOCK = 16
 BLOCK_BYTES = 12 * 2**20
+
+
+# From this many channels on, `pool` sums each kernel's channels before convolving them: 84 sums
+# a step and dilation instead of the C x 9 taps every kernel reads.
+SUMMED_CHANNELS = 3
+
+
+def summed_first(channels: int) -> bool:
+  return channels >= SUMMED_CHANNELS
+
+
+def pooled_floats(channels: int) -> int:
+  """Floats per case, dilation and step that `pool` keeps over time."""
+  return 2 * len(KERNEL_INDICES) if summed_first(channels) else KERNEL_LENGTH * channels
 
 
 def cases_per_block(dilations: int, steps: int, per_dilation: int) -> int:
@@ -190,11 +204,19 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     runs.append((jnp.stack(starts, 1), jnp.stack(ends, 1)))  # [B, dilations, 84]
     b = [biases[offsets[j] : offsets[j + 1]].reshape(kernels, count).T for j in members]
     per_group.append(jnp.stack(b, 1)[:, None])  # [count, 1, dilations, 84]
+    w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
+    if summed_first(channels):
+      # each kernel's channels summed, then convolved (its weights are the same on each of its
+      # channels): [chunks, TIME_CHUNK, B, dilations, 84], read by the scan as they are
+      summed = jnp.einsum('dkc,bct->tbdk', (w[..., 0] != 0).astype(jnp.float32), padded, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
+      c = [sum(KERNEL_TAPS[:, g] * summed[pad + o : pad + o + steps, :, i] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
+      taps.append(jnp.stack(c, 2).reshape(chunks, TIME_CHUNK, batch, len(members), kernels))
+      group_weights.append(None)
+      continue
     # the series at every tap of every dilation: [chunks, TIME_CHUNK, B, dilations, C x 9]
     at = [[padded[..., pad + o : pad + o + steps] for o in tap_offsets(dilations[j], shift_left)] for j in members]  # fmt: skip
     t = jnp.transpose(jnp.stack([jnp.stack(a, -1) for a in at], 2), (3, 0, 2, 1, 4))
     taps.append(t.reshape(chunks, TIME_CHUNK, batch, len(members), channels * 9))
-    w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
     group_weights.append(w.reshape(len(members), kernels, channels * 9))
   extra = len(poolings) > 1
 
@@ -202,7 +224,7 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     tap_groups, times = inputs
     c_groups = []
     for t, w, (first, end) in zip(tap_groups, group_weights, runs):
-      c = jnp.einsum('sbdn,dkn->sbdk', t, w, precision=jax.lax.Precision.HIGHEST)
+      c = t if w is None else jnp.einsum('sbdn,dkn->sbdk', t, w, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
       # NaN outside a kernel's run (and after the series' end): neither above nor below any
       # bias there, so that the steps check no run
       at = times[:, None, None, None]
@@ -299,18 +321,19 @@ def shifted(x, offset: int):
   return jnp.pad(x[..., :offset], (*pad, (-offset, 0)))
 
 
-def own_convolutions(cases, weights, dilations, shift_left: int = 0) -> np.ndarray:
-  """[dilations, 84, T]: per dilation j, kernel k on its own case cases[j, k] ([84, C, T]), in
+def own_convolutions(x, cases, weights, dilations, shift_left: int = 0) -> np.ndarray:
+  """[dilations, 84, T]: per dilation j, kernel k on its own case x[cases[j, k]] (x [N, C, T]),
+  the case's channels that the kernel takes summed first (its weights are the same on each), in
   NumPy: a few multiply-adds per kernel and step, where a jitted program cost more to trace and
   load in each process (two programs, 0.36 s of MultiRocket's first fold) than it saved."""
-  steps = cases.shape[-1]
+  steps = x.shape[-1]
   pad = 4 * max(dilations) + shift_left
-  padded = np.pad(cases, [(0, 0)] * (cases.ndim - 1) + [(pad, pad)])
-  out = np.zeros((len(dilations), cases.shape[1], steps), np.float32)
+  out = np.zeros((len(dilations), len(KERNEL_INDICES), steps), np.float32)
   for j, dilation in enumerate(dilations):
+    chosen = (weights[j][..., 0] != 0).astype(np.float32)  # [84, C]
+    summed = np.pad(np.einsum('kc,kct->kt', chosen, x[cases[j]]), ((0, 0), (pad, pad)))
     for g, offset in enumerate(tap_offsets(dilation, shift_left)):
-      # [84, 1, C] @ [84, C, T]: each kernel's tap g over its case's channels
-      out[j] += np.matmul(weights[j][:, None, :, g], padded[j, ..., pad + offset : pad + offset + steps])[:, 0]  # fmt: skip
+      out[j] += KERNEL_TAPS[:, g, None] * summed[:, pad + offset : pad + offset + steps]
   return out
 
 
@@ -328,17 +351,18 @@ def fit_biases(
   `quantiles` of the kernel's convolution (taps at `tap_offsets(dilation, shift_left)`) of one
   random case (`bias_cases`), over that case's own steps."""
   cases = bias_cases(len(x), len(dilations), seed)
-  x, lengths = np.asarray(x, np.float32)[cases], np.asarray(lengths)[cases]
-  return biases_of(x, lengths, weights, dilations, per_dilation, shift_left)
+  return biases_of(x, lengths, cases, weights, dilations, per_dilation, shift_left)
 
 
-def biases_of(cases, lengths, weights, dilations, per_dilation, shift_left: int = 0) -> np.ndarray:
-  """`fit_biases` given each (dilation, kernel)'s case: `cases` [dilations, 84, channels, steps]
-  of `lengths` [dilations, 84]."""
-  cases = np.where(np.arange(cases.shape[-1]) < lengths[..., None, None], cases, 0.0)
+def biases_of(x, lengths, cases, weights, dilations, per_dilation, shift_left: int = 0) -> np.ndarray:  # fmt: skip
+  """`fit_biases` given each (dilation, kernel)'s case: x[cases[j, k]] of x [N, C, T] of
+  `lengths` [N]."""
+  lengths = np.asarray(lengths)
+  x = np.where(np.arange(np.shape(x)[-1]) < lengths[:, None, None], x, 0.0).astype(np.float32)
   dilations = tuple(int(d) for d in dilations)
   weights = [np.asarray(w, np.float32) for w in weights]
-  c = own_convolutions(cases.astype(np.float32), weights, dilations, shift_left)
+  c = own_convolutions(x, cases, weights, dilations, shift_left)
+  lengths = lengths[cases]
   q = quantiles(len(KERNEL_INDICES) * int(np.sum(per_dilation)))
   biases, start = [], 0
   for j, n in enumerate(per_dilation):

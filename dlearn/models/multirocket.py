@@ -38,7 +38,9 @@ def _representation(x, lengths, weights, biases, dilations, counts, shift_left):
   def block(x, lengths):
     return minirocket.pool(x, weights, lengths, biases, dilations, counts, POOLING, shift_left)
 
-  cases = minirocket.cases_per_block(len(dilations), x.shape[-1], 9 * x.shape[1])
+  cases = minirocket.cases_per_block(
+    len(dilations), x.shape[-1], minirocket.pooled_floats(x.shape[1])
+  )
   return minirocket.in_case_blocks(block, x, lengths, cases)
 
 

@@ -184,11 +184,11 @@ class RocketClassifier(nnx.Module):
     needed = np.unique(np.concatenate([c.ravel() for c in chosen]))
     sequences, lengths = read_cases(needed)
     for r, (x, n), cases in zip(self.representations, self.series(sequences, lengths), chosen):
-      where = np.searchsorted(needed, cases)
       kernels = list(np.asarray(r.kernels[...]))
       biases = minirocket.biases_of(
-        np.asarray(x)[where], np.asarray(n)[where], kernels, r.dilations, r.counts, r.shift_left
-      )
+        np.asarray(x), np.asarray(n), np.searchsorted(needed, cases), kernels, r.dilations,
+        r.counts, r.shift_left,
+      )  # fmt: skip
       r.biases.set_value(biases)
 
   def fit_scaling(self, sequences, lengths, index, keep_features: bool = True):

@@ -199,15 +199,21 @@ class RocketClassifier(nnx.Module):
     in memory), only their moments are kept, chunk by chunk, and merged over the processes."""
     chunks = own_feature_chunks(functools.partial(feature_parts, *nnx.split(self)), sequences, lengths)  # fmt: skip
     if keep_features:  # every process's features, in the split's order
-      rocket, raw = (in_split_order(np.concatenate(p), index) if p[0] is not None else None for p in zip(*chunks))  # fmt: skip
-      features = []
+      joined = lambda p: p[0] if len(p) == 1 else np.concatenate(p)  # noqa: E731
+      rocket, raw = (in_split_order(joined(p), index) if p[0] is not None else None for p in zip(*chunks))  # fmt: skip
+      # scaled into one array, Hydra's first (as __call__ concatenates them): no copy of either
+      # part, which at JapaneseVowels' 216 cases x 50,000 features cost more than the ridge's
+      start = 0 if raw is None else raw.shape[1]
+      features = np.empty(
+        (len(index), start + (0 if rocket is None else rocket.shape[1])), np.float32
+      )
       if self.scale is not None:
         self._set_scale(Moments().add(rocket))
-        features.append(rocket * np.asarray(self.scale[...]))
+        np.multiply(rocket, self.scale[...], out=features[:, start:])
       if self.hydra is not None:
         self._set_sparse_scale(*hydra.sparse_scale_fit(raw))
-        features.insert(0, np.asarray(hydra.sparse_scale(raw, self.hydra.mean[...], self.hydra.std[...])))  # fmt: skip
-      return np.concatenate(features, axis=1)
+        features[:, :start] = hydra.sparse_scale(raw, self.hydra.mean[...], self.hydra.std[...])
+      return features
     rocket, raw = Moments(), Moments()
     for kernel_features, counts in chunks:
       if self.scale is not None:
@@ -313,7 +319,7 @@ def own_feature_chunks(features_of, sequences, lengths):
 def in_split_order(rows, index) -> np.ndarray:
   """Every process's `rows` (of its cases `index` in the split) gathered, in the split's order."""
   if jax.process_count() == 1:
-    return rows[np.argsort(index)]
+    return rows if np.all(np.diff(index) > 0) else rows[np.argsort(index)]
   # the processes' shares differ by one case at most: padded to one size, the padding's index -1
   size = int(multihost_utils.process_allgather(np.array(len(index))).max())
   padded = np.zeros((size, *rows.shape[1:]), rows.dtype)

@@ -204,9 +204,8 @@ class RocketClassifier(nnx.Module):
       # scaled into one array, Hydra's first (as __call__ concatenates them): no copy of either
       # part, which at JapaneseVowels' 216 cases x 50,000 features cost more than the ridge's
       start = 0 if raw is None else raw.shape[1]
-      features = np.empty(
-        (len(index), start + (0 if rocket is None else rocket.shape[1])), np.float32
-      )
+      rows = len(raw if rocket is None else rocket)  # every process's cases
+      features = np.empty((rows, start + (0 if rocket is None else rocket.shape[1])), np.float32)
       if self.scale is not None:
         self._set_scale(Moments().add(rocket))
         np.multiply(rocket, self.scale[...], out=features[:, start:])

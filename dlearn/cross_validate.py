@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   main_command.define_flags()  # --workdir (here: a fold_<i> run per fold), --config, processes
-  flags.DEFINE_integer('folds', 5, 'k: from 2 to the number of examples of the smallest class.')
+  flags.DEFINE_integer('folds', 5, 'k: from 2 to the number of examples.')
   flags.DEFINE_string(
     'split', 'train+validation', 'The split to cross-validate (config.data.train_split).'
   )
@@ -69,7 +69,10 @@ def run_folds(config, workdir: str, folds: int, split: str, report=print):
   config.data.train_split, config.data.folds = split, folds
   # The folds' checks and sizes before any training; each run cuts the same folds again.
   source = pipeline.load_split(config.data.name, config.data.train_split, config.data.data_dir)
-  held_out = pipeline.stratified_folds(pipeline.labels(source), folds, config.seed, '--folds')
+  labels = pipeline.labels(source)
+  held_out = pipeline.stratified_folds(labels, folds, config.seed, '--folds')
+  if small := pipeline.small_classes(labels, folds):
+    logging.warning('--folds=%d: %s', folds, small)
   results = []
   for fold in range(folds):
     config.data.fold = fold  # each run derives its own settings (e.g. batch_size=0) afresh

@@ -19,6 +19,8 @@ FCN = 'experiments/configs/rnn_uea.py:smoke'
 
 def test_cawpe_weights_are_accuracies_to_the_fourth():
   np.testing.assert_allclose(weighted_ensemble.cawpe_weights([1.0, 0.5, 0.9]), [1, 1 / 16, 0.6561])
+  # every member 0 (one example a class: no fold's training has the class it holds out)
+  np.testing.assert_array_equal(weighted_ensemble.cawpe_weights([0.0, 0.0]), [1, 1])
 
 
 def _ensemble(tmp_path, data_dir, *args, check=True):

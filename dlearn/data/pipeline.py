@@ -73,7 +73,10 @@ def load_split(name: str, split: str, data_dir: str | None = None):
   except Exception as e:  # tfds raises several types for "not prepared" and for a bad split.
     if os.path.isdir(os.path.join(os.path.expanduser(data_dir), name)):
       raise ConfigError(
-        f'Cannot read split {split!r} of dataset {name!r} in {data_dir} ({type(e).__name__}: {e}).'
+        f'Cannot read split {split!r} of dataset {name!r} in {data_dir} ({type(e).__name__}: {e}). '
+        'Name splits it has (--config.data.train_split=, --config.data.eval_split=; '
+        "dlearn.prepare carves 'validation' from the training file unless "
+        '--validation_fraction=0).'
       ) from e
     raise FileNotFoundError(
       f'Dataset {name!r} was not found in data_dir {data_dir!r} (it looked for '
@@ -178,19 +181,34 @@ def stratified_folds(
   with about 1/folds of every class: each class's positions shuffled by numpy's
   default_rng(seed), the classes one after another, dealt round-robin (so fold sizes differ by at
   most one as well). Each list sorted: storage order reads faster, and training shuffles anyway.
-  A count of folds that leaves a fold without some class is a ValueError naming `flag`."""
+  A class of fewer examples than folds is held out by as many folds as it has examples (as
+  scikit-learn's StratifiedKFold deals it; `small_classes` says which), so that data whose
+  classes have few examples each (UCR's Fungi: one) can still be cross-validated. Fewer than 2
+  folds, or more than the examples, is a ValueError naming `flag`."""
   labels = np.asarray(labels)
-  classes, counts = np.unique(labels, return_counts=True)
-  if not 2 <= folds <= counts.min():
-    smallest, count = classes[counts.argmin()], counts.min()
-    remedy = f'use from 2 to {count} folds' if count >= 2 else 'no number of folds works'
+  classes = np.unique(labels)
+  if not 2 <= folds <= len(labels):
+    remedy = f'use from 2 to {len(labels)} folds' if len(labels) >= 2 else 'no number of folds works'  # fmt: skip
     raise ConfigError(
-      f'{flag}={folds}: {remedy}: every fold needs an example of every class, and the smallest '
-      f'class (label {smallest}) has {count} example{"s" if count > 1 else ""}.'
+      f"{flag}={folds}: {remedy}: every fold holds out at least one of the split's "
+      f'{len(labels)} example{"s" if len(labels) != 1 else ""}.'
     )
   rng = np.random.default_rng(seed)
   order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in classes])
   return [np.sort(order[fold::folds]) for fold in range(folds)]
+
+
+def small_classes(labels, folds: int) -> str | None:
+  """None, or a sentence naming the classes of fewer examples than `folds`."""
+  classes, counts = np.unique(np.asarray(labels), return_counts=True)
+  small = [f'{c} ({n})' for c, n in zip(classes, counts) if n < folds]
+  if not small:
+    return None
+  return (
+    f'classes with fewer examples than the {folds} folds: {", ".join(small[:8])}'
+    f'{" ..." if len(small) > 8 else ""}; they are held out by fewer folds, and a class of one '
+    "example is missing from its own fold's training data (its accuracy counts it wrong)."
+  )
 
 
 def fold_sources(source, folds: int, fold: int, seed: int) -> tuple[Subset, Subset]:

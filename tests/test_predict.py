@@ -33,8 +33,9 @@ NEW_IMAGES = 37  # no global batch of 16 divides it: the last batch is padded
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """Trained CNN and RNN work directories (a few steps), the data they were prepared from, and
-  new inputs: a flat folder of images, the same as a .tar.gz, a labelled folder, .ts files."""
+  """Trained CNN and RNN work directories (a few steps), a fitted ROCKET one, the data they were
+  prepared from, and new inputs: a flat folder of images, the same as a .tar.gz, a labelled
+  folder, .ts files."""
   root = tmp_path_factory.mktemp('predict')
   data_dir = helpers.prepared_images(root)
   helpers.prepared_sequences(root)
@@ -62,6 +63,13 @@ def runs(tmp_path_factory):
     '--config.batch_size=8',
     '--config.warmup_steps=0',
     *common,
+    mock=False,
+  )
+  entry_point.run(  # fitted when it starts; its cases (3-6 steps) zero-padded to its kernels
+    'main',
+    '--config=experiments/configs/rocket_uea.py:toy_sequences,smoke',
+    f'--workdir={root / "rocket"}',
+    f'--config.data.data_dir={data_dir}',
     mock=False,
   )
   flat = root / 'new'
@@ -239,7 +247,7 @@ def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path
     exporting.export(str(runs / 'cnn'), str(tmp_path))
 
 
-@pytest.mark.parametrize('model', ['cnn', 'rnn'])
+@pytest.mark.parametrize('model', ['cnn', 'rnn', 'rocket'])
 def test_the_readme_runs_the_export_without_dlearn_as_predict_does(runs, tmp_path, model):
   exported = tmp_path / 'exported'
   entry_point.run('export', f'--workdir={runs / model}', f'--output={exported}', mock=False)

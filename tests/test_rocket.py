@@ -88,6 +88,27 @@ def test_the_logistic_heads_scaling_streamed_in_chunks_equals_the_whole_fit(monk
   assert features.shape[0] == 50
 
 
+@pytest.mark.parametrize('transform', ['multirocket_hydra', 'minirocket'])
+def test_series_shorter_than_the_kernels_are_zero_padded_as_the_references_pad(transform):
+  """UEA's PenDigits has 8 steps: a model made for 8 has the features of one made for series
+  zero-padded to 10, the cases' lengths as they are."""
+  from flax import nnx
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(12, 8, 2)).astype(np.float32)
+  lengths = rng.integers(5, 9, 12)
+  padded = np.pad(x, ((0, 0), (0, 2), (0, 0)))
+  features = []
+  for series in (x, padded):
+    model = rocket.RocketClassifier(
+      2, series.shape[1:], transform=transform, num_features=1344, max_dilations=32, seed=0, rngs=nnx.Rngs(0)
+    )  # fmt: skip
+    model.fit_biases(lambda index: (series[index], lengths[index]), len(series), 0)
+    features.append(model.fit_scaling(series, lengths, np.arange(12)))
+  np.testing.assert_allclose(features[0], features[1], rtol=1e-6)
+  assert features[0].std() > 0
+
+
 @pytest.mark.slow  # a whole run
 @pytest.mark.parametrize('transform', ['minirocket', 'multirocket', 'hydra', 'multirocket_hydra'])
 def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_path, transform):

@@ -142,8 +142,11 @@ def in_case_blocks(per_block, x, lengths, cases: int):
   the cases' order: as few blocks as the batch needs, of one size, the last padded with the last
   case (16 cases with room for 15 are two blocks of 8, not of 15). The block axis is the batch's
   minor one, so that a batch sharded over devices stays so within each block: a block holds a
-  multiple of the devices' count of cases (a global batch under jit may be split over all)."""
+  multiple of the devices' count of cases (a global batch under jit may be split over all). A
+  batch of symbolic size (an exported model's) is one block."""
   batch = x.shape[0]
+  if not isinstance(batch, int):  # a symbolic batch (dlearn.export): one block of it all
+    return per_block(x, lengths)
   devices = jax.device_count()
   blocks = -(-batch // min(-(-cases // devices) * devices, batch))
   size = -(-batch // blocks)  # blocks as even as they can be: the last pads the fewest cases

@@ -125,12 +125,9 @@ class HydraPart(nnx.Module):
 class RocketClassifier(nnx.Module):
   def __init__(self, num_classes, input_shape, *, transform, num_features, max_dilations, seed, rngs):  # fmt: skip
     steps, channels = input_shape
-    if steps < minirocket.KERNEL_LENGTH + (transform != 'minirocket'):
-      raise ConfigError(
-        f'{transform} needs series of at least {minirocket.KERNEL_LENGTH} steps (and its '
-        f'difference too); the longest has {steps}: set config.data.max_length to 10 or more '
-        '(shorter cases are zero-padded, as the references pad).'
-      )
+    # the kernels are 9 steps long (10 where the first difference has them too): shorter series
+    # are zero-padded to that, as MiniRocket pads every series (UEA's PenDigits has 8 steps)
+    self.steps = steps = max(steps, minirocket.KERNEL_LENGTH + (transform != 'minirocket'))
     self.transform = transform
     self.representations = nnx.List(_representations(transform, steps, channels, num_features, max_dilations, seed))  # fmt: skip
     self.hydra = HydraPart(steps, channels, seed) if 'hydra' in transform else None
@@ -143,6 +140,8 @@ class RocketClassifier(nnx.Module):
 
   def series(self, sequences, lengths):
     """[(x [B, C, T], lengths)] per representation, zero past each case's end."""
+    if sequences.shape[1] < self.steps:
+      sequences = jnp.pad(sequences, ((0, 0), (0, self.steps - sequences.shape[1]), (0, 0)))
     return _series(sequences, lengths)
 
   def rocket_features(self, sequences, lengths):

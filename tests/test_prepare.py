@@ -243,12 +243,24 @@ def test_preparing_twice_needs_overwrite(tmp_path):
   )
 
 
-def test_a_validation_split_too_small_to_carve(tmp_path):
+def test_classes_too_small_for_the_fraction_give_the_largest_ones_last_case(tmp_path):
+  """Two cases a class: 10% carves none of any; the split is the last case of the largest class
+  (the first in label order), so that 'train+validation' and 'validation' exist as for any data."""
+  data_dir = str(tmp_path / 'tfds')
+  path = helpers.ts_file(tmp_path / 't.ts', TS_LINES)
+  dataset_writer.write_dataset('toy', {'train': path}, data_dir)
+  _, validation = _read_all('toy', 'validation', data_dir)
+  _, train = _read_all('toy', 'train', data_dir)
+  assert [r['label'] for r in validation] == [0]  # class a's last case: '1,?,3:4,5,NaN:a'
+  assert validation[0]['length'] == 3 and len(train) == 5
+
+
+def test_a_train_split_too_small_to_carve(tmp_path):
   _assert_fails_cleanly(
     tmp_path,
-    {'train': helpers.ts_file(tmp_path / 't.ts', TS_LINES)},
+    {'train': helpers.ts_file(tmp_path / 't.ts', TS_LINES[:1])},
     ValueError,
-    "Split 'validation' would be empty",
+    "Split 'train' would be empty",
   )
 
 

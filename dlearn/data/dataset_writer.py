@@ -22,6 +22,7 @@ import types
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from array_record.python import array_record_module
 from tensorflow_datasets.core import example_serializer
 
@@ -79,13 +80,23 @@ def _check_not_empty(cases: dict, validation_fraction: float):
 
 
 def _carve(labels, fraction: float):
-  """(train indices, validation indices): per class, the last `fraction` in the given order."""
+  """(train indices, validation indices): per class, the last `fraction` in the given order. Where
+  that rounds to no case in every class (classes of one to four cases: UCR's Fungi, Pig*, UEA's
+  StandWalkJump), the last case of the largest class (the first of them in label order), so that
+  the split exists and 'train+validation' is the whole file, as for any other."""
   labels = np.asarray(labels)
   validation = []
-  for label in np.unique(labels):
+  classes, counts = np.unique(labels, return_counts=True)
+  for label in classes:
     members = np.flatnonzero(labels == label)
     count = int(len(members) * fraction + 0.5)  # to the nearest, halves up
     validation.extend(members[len(members) - count :])
+  if fraction > 0 and not validation and len(labels):
+    validation = [np.flatnonzero(labels == classes[counts.argmax()])[-1]]
+    logging.warning(
+      'validation_fraction=%s carves no case from classes this small: the validation split is '
+      'the last case of class %s.', fraction, classes[counts.argmax()],
+    )  # fmt: skip
   validation = set(int(i) for i in validation)
   train = [i for i in range(len(labels)) if i not in validation]
   return train, sorted(validation)

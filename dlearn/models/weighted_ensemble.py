@@ -52,8 +52,8 @@ def member_configs(config) -> list[ml_collections.ConfigDict]:
 
 def cawpe_weights(accuracies, power: float = 4.0) -> np.ndarray:
   """Each member's weight: its cross-validated accuracy to the `power` (CAWPE's alpha); all
-  alike where every member's is 0 (a class of one example a class: no fold's training saw the
-  class it held out), which tells no member above another."""
+  alike where every member's is 0 (one example a class: no fold's training saw the class it held
+  out), which tells no member above another."""
   weights = np.asarray(accuracies, np.float64) ** power
   return weights if weights.sum() > 0 else np.ones_like(weights)
 

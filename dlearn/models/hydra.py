@@ -99,8 +99,8 @@ def _transform(x, lengths, weights, channels, k):
         features.append(jnp.stack([jnp.where(valid, f, 0.0).sum(-1) for f in (top, bottom)], 1))
     return jnp.stack(features, 1).reshape(x.shape[0], -1)
 
-  # reductions over time in blocks of cases whose responses fit minirocket.BLOCK_BYTES: a scan
-  # over time, one case a block, paid the loop's cost per step and case (README)
+  # reductions over time in blocks of cases whose responses fit minirocket.BLOCK_BYTES, where a
+  # scan over time, one case a block, paid the loop's cost per step and case (README)
   cases = minirocket.cases_per_block(2 * weights.shape[0], x.shape[-1], weights.shape[2])
   return minirocket.in_case_blocks(block, x, lengths, cases)
 

@@ -72,6 +72,12 @@ def quantiles(count: int) -> np.ndarray:
   return ((np.arange(1, count + 1) * ((np.sqrt(5) + 1) / 2)) % 1).astype(np.float32)
 
 
+def taken(weights):
+  """[..., 84, C] float32, 1 where a kernel takes a channel (its weights [..., 84, C, 9] there
+  are -1 or 2, never 0), else 0; for jax and numpy arrays alike."""
+  return (weights[..., 0] != 0).astype(np.float32)
+
+
 def weights_of(params: Parameters, num_channels: int) -> list[np.ndarray]:
   """Per dilation: [84, channels, 9] kernel weights, zero on the channels a combination leaves
   out (a kernel summed over its channels is one convolution over all of them)."""
@@ -211,7 +217,7 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     if summed_first(channels):
       # each kernel's channels summed, then convolved (its weights are the same on each of its
       # channels): [chunks, TIME_CHUNK, B, dilations, 84], read by the scan as they are
-      summed = jnp.einsum('dkc,bct->tbdk', (w[..., 0] != 0).astype(jnp.float32), padded, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
+      summed = jnp.einsum('dkc,bct->tbdk', taken(w), padded, precision=jax.lax.Precision.HIGHEST)
       c = [sum(KERNEL_TAPS[:, g] * summed[pad + o : pad + o + steps, :, i] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
       taps.append(jnp.stack(c, 2).reshape(chunks, TIME_CHUNK, batch, len(members), kernels))
       group_weights.append(None)
@@ -333,8 +339,7 @@ def own_convolutions(x, cases, weights, dilations, shift_left: int = 0) -> np.nd
   pad = 4 * max(dilations) + shift_left
   out = np.zeros((len(dilations), len(KERNEL_INDICES), steps), np.float32)
   for j, dilation in enumerate(dilations):
-    chosen = (weights[j][..., 0] != 0).astype(np.float32)  # [84, C]
-    summed = np.pad(np.einsum('kc,kct->kt', chosen, x[cases[j]]), ((0, 0), (pad, pad)))
+    summed = np.pad(np.einsum('kc,kct->kt', taken(weights[j]), x[cases[j]]), ((0, 0), (pad, pad)))
     for g, offset in enumerate(tap_offsets(dilation, shift_left)):
       out[j] += KERNEL_TAPS[:, g, None] * summed[:, pad + offset : pad + offset + steps]
   return out

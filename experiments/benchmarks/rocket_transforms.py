@@ -3,7 +3,7 @@ computes its features (`rocket.feature_parts`, the program a fold runs on its tr
 random series of one shape, warm (after a call that compiles), on this machine's default devices.
 
   python experiments/benchmarks/rocket_transforms.py [--length=150 --channels=1] [--cases=40]
-      [--rounds=5] [--calls=5]
+      [--rounds=5] [--calls=5] [--transforms=minirocket,multirocket,hydra,aeon_minirocket]
 
 GunPoint is about --length=150 --channels=1, BasicMotions --length=100 --channels=6,
 JapaneseVowels --length=29 --channels=12. The transforms take turns, round by round (`--rounds`
@@ -41,7 +41,12 @@ flags.DEFINE_integer('channels', 1, 'Channels of each series.')
 flags.DEFINE_integer('cases', 40, 'Series a call transforms (as a fold of a cross-validation).')
 flags.DEFINE_integer('rounds', 5, 'Rounds; each times every transform in turn.')
 flags.DEFINE_integer('calls', 5, 'Calls of a transform a round.')
-flags.DEFINE_list('transforms', ['minirocket', 'multirocket', 'hydra'], 'Which transforms.')
+flags.DEFINE_list(
+  'transforms',
+  ['minirocket', 'multirocket', 'hydra'],
+  "Which transforms; aeon_minirocket: aeon's MiniRocket fit and transform (one thread), for "
+  'reference (needs the benchmark extra).',
+)
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 FLAGS = flags.FLAGS
 
@@ -67,13 +72,29 @@ def fitted_call(transform: str, sequences, lengths):
   return lambda: jax.block_until_ready(rocket.feature_parts(graphdef, state, x, n))
 
 
+def aeon_call(sequences):
+  """aeon's MiniRocket (10,000 features, one thread) fitted to `sequences` and transforming
+  them, as its MiniRocketClassifier does before its ridge."""
+  from aeon.transformations.collection.convolution_based import MiniRocket
+
+  x = np.swapaxes(sequences, 1, 2)  # aeon's [cases, channels, steps]
+
+  def call():
+    MiniRocket(random_state=0, n_jobs=1).fit(x).transform(x)
+
+  return call
+
+
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
   shape = (FLAGS.cases, FLAGS.length, FLAGS.channels)
   sequences = rng.normal(size=shape).astype(np.float32)
   lengths = np.full(FLAGS.cases, FLAGS.length, np.int32)
-  calls = {t: fitted_call(t, sequences, lengths) for t in FLAGS.transforms}
+  calls = {
+    t: aeon_call(sequences) if t == 'aeon_minirocket' else fitted_call(t, sequences, lengths)
+    for t in FLAGS.transforms
+  }
   for call in calls.values():
     call()  # compiles
   per_case = {t: [] for t in calls}

@@ -297,14 +297,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
     nonfinite.flush()
     # A run of no steps (a model fitted from the data when created, config.rocket.head=
-    # 'ridge') is saved as step 0 and reported like any run; a finished run started again only
-    # reports.
+    # 'ridge') is saved as step 0, written while it is evaluated (the save's threads mostly wait
+    # on each other: a small fitted state took orbax as long as its evaluation), and reported
+    # like any run; a finished run started again only reports.
     fitted = total_steps == 0 and checkpointer.latest_step() is None
+    if fitted:
+      checkpointer.save(0, state, None)
     if first_step >= total_steps:
       logging.info('%s; evaluating only.', 'No steps to train' if fitted else f'Already trained for {first_step} steps')  # fmt: skip
       eval_summary = _evaluate(eval_step, state, step, eval_batches(), timing)
-    if fitted:
-      checkpointer.save(0, state, None, {f'eval/{k}': v for k, v in eval_summary.items()}, wait=True)  # fmt: skip
     train_seconds, timing_record = timing.summary(step - first_step)
     checkpointer.close()
   except bookkeeping.NonFiniteError:

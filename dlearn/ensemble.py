@@ -15,7 +15,8 @@ members' trained state into its own checkpoint in WORKDIR and is evaluated on th
 split. `--minutes` bounds the whole command: each of a member's folds may take the time left when
 the member starts divided by its folds + 1, its final fit all that is left then
 (config.max_train_seconds); a member whose run is stopped so,
-or that no longer fits, is left out, and the command says which and why (rerun with more minutes
+that no longer fits in the time or that would not fit in memory (`errors.DoesNotFit`) is left
+out, and the command says which and why (rerun with more minutes
 to finish it: its runs resume). A member with config.max_num_epochs above its num_epochs trains
 as many epochs in that range as its runs' share affords (`affordable_epochs`). WORKDIR/
 ensemble.json records each member's fold accuracies, weight, epochs, seconds, and why any was
@@ -35,7 +36,7 @@ from absl import flags, logging
 from jax.experimental import multihost_utils
 
 from dlearn import cli, configs, cross_validate, distributed, metrics, train
-from dlearn.errors import ConfigError
+from dlearn.errors import ConfigError, DoesNotFit
 from dlearn.models import weighted_ensemble
 
 FLAGS = flags.FLAGS
@@ -155,9 +156,12 @@ def train_member(name, config, workdir, folds, budget: Budget, report):
   cv_config.max_train_seconds = budget.share(folds + 1)
   summary = None
   if cv_config.max_train_seconds > 0:
-    summary = cross_validate.run_folds(
-      cv_config, os.path.join(workdir, 'cv'), folds, config.data.train_split, report
-    )
+    try:
+      summary = cross_validate.run_folds(
+        cv_config, os.path.join(workdir, 'cv'), folds, config.data.train_split, report
+      )
+    except DoesNotFit as e:  # this member only: the others may fit
+      return {**record, 'left_out': str(e), 'seconds': time.monotonic() - start}
   if summary is None:
     return {**record, 'left_out': _left_out(cv_config.max_train_seconds, 'a fold of its cross-validation'), 'seconds': time.monotonic() - start}  # fmt: skip
   final = config.copy_and_resolve_references()

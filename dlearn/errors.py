@@ -14,3 +14,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config field or flag has a value dlearn cannot run with."""
+
+
+class DoesNotFit(UserError, MemoryError):
+  """A run would need more memory than this machine has; the message says what would fit."""

@@ -168,3 +168,30 @@ def test_numpys_blas_threads_leave_the_cores_after_the_ridge():
   out = subprocess.run([sys.executable, '-c', program], env=env, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
   assert float(out.stdout) < 0.03  # CPU seconds while the process sleeps: ~0.1 without it
+
+
+@pytest.mark.parametrize(
+  'head, memory, message',
+  [('logistic', None, r'config.num_epochs=0\): add'), ('ridge', 1000, 'needs about 0.0 GB')],
+)
+def test_a_head_that_could_not_be_fitted_is_refused_before_any_case_is_read(tmp_path, monkeypatch, head, memory, message):  # fmt: skip
+  from dlearn import configs
+  from dlearn.errors import UserError
+
+  config = configs.load_file('experiments/configs/rocket_uea.py', 'toy_sequences,smoke')
+  config.data.data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))
+  config.data.max_length = 12
+  config.rocket.head = head
+  monkeypatch.setattr(rocket, 'available_memory', lambda: memory)
+  monkeypatch.setattr(rocket, '_read', lambda *_: pytest.fail('a case was read'))
+  with pytest.raises(UserError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints' / '0')
+
+
+def test_the_ridge_heads_memory_estimate_grows_with_cases_and_features():
+  small, more_cases, more_features = (rocket.ridge_bytes(n, f) for n, f in ((100, 1000), (200, 1000), (100, 2000)))  # fmt: skip
+  assert small < more_cases and small < more_features
+  # InsectWingbeat's 25,000 cases at MultiRocket-Hydra's 54,848 features: the [N, F] copies and
+  # the [N, N] Gram alone are over 20 GB
+  assert rocket.ridge_bytes(25_000, 54_848) > 20 * 2**30

@@ -163,3 +163,16 @@ def test_a_contracted_member_trains_the_epochs_its_share_affords_and_keeps_the_c
   config.max_num_epochs = 0  # not contracted: num_epochs, nothing timed
   assert ensemble.affordable_epochs(config, str(tmp_path / 'plain'), 1e6) == 100
   assert len(timed) == 3
+
+
+def test_a_member_that_would_not_fit_in_memory_is_left_out_saying_why(tmp_path, monkeypatch):
+  from dlearn import cross_validate, ensemble
+  from dlearn.errors import DoesNotFit
+
+  def too_big(*_):
+    raise DoesNotFit('config.rocket.head=ridge: its closed form ... needs about 34.5 GB')
+
+  monkeypatch.setattr(cross_validate, 'run_folds', too_big)
+  name, config = ensemble.member_config(ROCKET, 'gun_point', {})
+  record = ensemble.train_member(name, config, str(tmp_path), 5, ensemble.Budget(3), print)
+  assert record['left_out'].endswith('needs about 34.5 GB') and 'cv_accuracy' not in record

@@ -49,7 +49,7 @@ from jax.sharding import PartitionSpec as P
 
 from dlearn import parallel
 from dlearn.data import pipeline
-from dlearn.errors import ConfigError
+from dlearn.errors import ConfigError, DoesNotFit
 from dlearn.models import family, hydra, minirocket, multirocket
 from dlearn.models.family import ModelFamily
 
@@ -424,6 +424,7 @@ class RocketFamily(ModelFamily):
     read by each process; the ridge head is fitted, the same in every process, to the features
     of all cases, gathered."""
     s = settings(config)
+    check_head(s.head, config, len(source), model.head.kernel.shape[0])
     # this process's copy of every array on the host, whatever the mesh placed where
     nnx.update(model, jax.tree.map(_on_this_host, nnx.state(model)))
     own = np.array_split(np.arange(len(source)), jax.process_count())[jax.process_index()]
@@ -447,6 +448,45 @@ class RocketFamily(ModelFamily):
         '%s: %d features of %d cases; ridge alpha %.3g, temperature %.3g by leave-one-out.',
         *(s.transform, features.shape[1], len(features), alpha, factor),
       )
+
+
+def check_head(head: str, config, cases: int, features: int) -> None:
+  """Refuses, before any case is read, a head that would come out untrained (a logistic head
+  given no steps) or that could not be fitted in this machine's memory (the ridge's closed form
+  on every case's features)."""
+  if head == 'logistic' and config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ConfigError(
+      'config.rocket.head=logistic is trained by steps, and this config gives none '
+      f'(config.num_epochs={config.num_epochs:g}): add e.g. --config.num_epochs=100.'
+    )
+  available = available_memory()
+  if head == 'ridge' and available is not None and ridge_bytes(cases, features) > available:
+    raise DoesNotFit(
+      f'config.rocket.head=ridge: its closed form over {cases:,} cases x {features:,} features '
+      f'needs about {ridge_bytes(cases, features) / 2**30:.1f} GB of memory, and this machine has '
+      f'{available / 2**30:.1f} GB available: train the logistic head instead '
+      '(--config.rocket.head=logistic --config.num_epochs=100), whose features are never all in '
+      'memory, or give fewer features (config.rocket.num_features).'
+    )
+
+
+def ridge_bytes(cases: int, features: int) -> int:
+  """About the most memory the ridge head's fit holds at once: the scaled features (float32),
+  ridge_loo's float64 copy of them and its decomposition (the [N, N] Gram matrix, its
+  eigenvectors and their squares; or LAPACK's copy of the features and the SVD's factors)."""
+  n, f = cases, features
+  decomposition = 4 * n * n if n < f else 3 * n * f + 4 * f * f
+  return 4 * n * f + 8 * (n * f + decomposition)
+
+
+def available_memory() -> int | None:
+  """Bytes this machine can still give a process (Linux's MemAvailable), else None."""
+  try:
+    with open('/proc/meminfo') as f:
+      fields = dict(line.split(':', 1) for line in f)
+    return int(fields['MemAvailable'].split()[0]) * 1024
+  except (OSError, KeyError, ValueError):
+    return None
 
 
 def _on_this_host(a) -> np.ndarray:

@@ -12,7 +12,8 @@ MiniRocketClassifier): `rocket_uea.py:NAME,minirocket`.
 The argument is as rnn_uea.py's: a prepared name or a UEA/UCR archive name (fetched when
 missing), optionally with a transform (`:gun_point,multirocket_hydra`; minirocket, multirocket,
 hydra, multirocket_hydra) and ',smoke' (fewer features). For large data, a logistic head trained by the
-ordinary dlearn step: `--config.rocket.head=logistic --config.num_epochs=100`.
+ordinary dlearn step: `--config.rocket.head=logistic --config.num_epochs=100` (the ridge's fit
+refuses, before reading any case, data whose features it could not hold in memory).
 """
 
 import ml_collections

@@ -59,8 +59,10 @@ def get_config(arg=None):
   config.batch_size = 0  # from the data
   # the transform's cost is per case: small batches pad less of a small evaluation split
   config.eval_batch_size = 16
+  # the logistic head's (the ridge takes no steps): at 1e-3 its k-fold accuracy was several
+  # points lower, its losses several times higher (README)
   config.optimizer = 'adamw'
-  config.learning_rate = 1e-3
+  config.learning_rate = 1e-4
   config.schedule = 'constant'
   config.num_epochs = 0  # the ridge head is fitted when the run starts
   config.write_plots = False

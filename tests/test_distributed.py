@@ -233,9 +233,12 @@ def _fit_rocket(workdir, data_dir, devices, processes=1, *flags):
   return jax.tree.leaves(jax.device_get((state.params, state.model_state)))
 
 
-# the logistic head's scaling, from moments merged over the processes (0 steps: the head's
-# training is the ordinary step's, the same on any devices as every model's)
-@pytest.mark.parametrize('head', [(), ('--config.rocket.head=logistic', '--config.num_epochs=0')])
+# the logistic head's scaling, from moments merged over the processes, and one plain SGD step of
+# its head on the same global batch (its training is the ordinary step's)
+LOGISTIC = ('--config.rocket.head=logistic', '--config.optimizer=sgd', '--config.num_train_steps=1', '--config.batch_size=8')  # fmt: skip
+
+
+@pytest.mark.parametrize('head', [(), LOGISTIC])
 def test_rocket_fits_the_same_on_1_device_8_devices_and_2_processes(tmp_path, head):
   # 33 train cases: the processes read 17 and 16 of them, and their features are gathered
   data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))

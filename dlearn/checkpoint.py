@@ -164,13 +164,6 @@ def shape_differences(saved: dict, wanted: dict, shown: int = 8) -> list[str]:
   return lines[:shown] + ([f'  ... and {len(lines) - shown} more'] if len(lines) > shown else [])
 
 
-def from_process_0(flag: bool) -> bool:
-  """Process 0's `flag`, in every process: one decision from clocks that differ."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  return bool(multihost_utils.broadcast_one_to_all(np.array(flag)))
-
-
 class StopSignals:
   """SIGTERM (preemption, schedulers) and SIGINT (Ctrl-C) ask the loop to stop at the next step
   boundary, after a checkpoint, instead of dying mid-step. A second Ctrl-C stops at once.
@@ -224,7 +217,10 @@ class StopSignals:
       window = max(self.MEASURE_SECONDS, self.MEASURE_SHARE * (self.deadline - since))
       if step > first and now - since >= window:
         late = late or now + (total_steps - step) * (now - since) / (step - first) > self.deadline
-      if from_process_0(late):
+      late = np.array(late)
+      if jax.process_count() > 1:
+        late = multihost_utils.broadcast_one_to_all(late)
+      if late:
         return 'config.max_train_seconds'
     return None
 

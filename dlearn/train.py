@@ -192,7 +192,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   # Devices: the mesh, and the batch sizes checked before any data is read or anything compiled.
   # ---------------------------------------------------------------------------------------------
-  started = time.monotonic()
   config = config.copy_and_resolve_references()  # what the run derives stays in this run
   _check_run_settings(config)
   mesh = parallel.make_mesh(parts=config.partition.parts)
@@ -307,12 +306,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if first_step >= total_steps:
       logging.info('%s; evaluating only.', 'No steps to train' if fitted else f'Already trained for {first_step} steps')  # fmt: skip
       eval_summary = _evaluate(eval_step, state, step, eval_batches(), timing)
-    # a fit takes no steps to stop between: past its time it is saved and reported as a stopped
-    # run (an ensemble's member then leaves the rest of its runs undone)
-    late = config.max_train_seconds > 0 and time.monotonic() - started > config.max_train_seconds
-    if fitted and checkpoint.from_process_0(late):
-      stopped_by = 'config.max_train_seconds'
-      logging.warning('The fit took %.0f s, more than config.max_train_seconds; saved, rerun to go on.', time.monotonic() - started)  # fmt: skip
     train_seconds, timing_record = timing.summary(step - first_step)
     checkpointer.close()
   except bookkeeping.NonFiniteError:

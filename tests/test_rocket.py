@@ -195,21 +195,3 @@ def test_the_ridge_heads_memory_estimate_grows_with_cases_and_features():
   # InsectWingbeat's 25,000 cases at MultiRocket-Hydra's 54,848 features: the [N, F] copies and
   # the [N, N] Gram alone are over 20 GB
   assert rocket.ridge_bytes(25_000, 54_848) > 20 * 2**30
-
-
-@pytest.mark.slow  # two runs
-def test_a_fit_past_its_max_train_seconds_is_saved_and_reported_stopped_then_resumes(tmp_path, monkeypatch):  # fmt: skip
-  from dlearn import configs
-
-  config = configs.load_file('experiments/configs/rocket_uea.py', 'toy_sequences,minirocket,smoke')
-  config.data.data_dir = helpers.prepared_sequences(tmp_path, per_class=(12, 12, 12))
-  config.data.max_length = 12
-  workdir = str(tmp_path / 'run')
-  config.max_train_seconds = 1e-6  # no fit is that quick
-  stopped = train.train_and_evaluate(config, workdir)
-  assert stopped['preempted'] and os.path.isdir(os.path.join(workdir, 'checkpoints', '0'))
-  assert not os.path.exists(os.path.join(workdir, 'final_metrics.json'))
-  config.max_train_seconds = 0.0  # rerun: evaluated from its checkpoint, not fitted again
-  monkeypatch.setattr(rocket.RocketFamily, 'init_from_data', lambda *_: pytest.fail('refitted'))
-  again = train.train_and_evaluate(config, workdir)
-  assert not again['preempted'] and again['eval']['accuracy'] == 1.0

@@ -166,7 +166,8 @@ def base() -> ml_collections.ConfigDict:
   config.num_train_steps = -1  # > 0 overrides num_epochs
   config.max_train_steps = -1  # > 0: num_epochs' steps, but at most this many
   # > 0: stop after a checkpoint once the loop has run this long, or once its pace says it would
-  # (rerun to resume), as a signal stops it; the time budget of dlearn.ensemble's members.
+  # (rerun to resume), as a signal stops it; the time budget of dlearn.ensemble's members. A run
+  # of no steps (a fit) is not stopped.
   config.max_train_seconds = 0.0
   # Above num_epochs: a dlearn.ensemble member trains as many epochs as its share of the budget
   # affords, from num_epochs up to this many (HIVE-COTE 2's contracted members); other commands

@@ -9,7 +9,11 @@ with config.seed and dealt round-robin, so every fold holds about 1/k of each cl
 (`pipeline.stratified_folds`). Fold i trains on the other k-1 folds and is evaluated on fold i, as
 an ordinary run (`config.data.folds=k`, `config.data.fold=i`) in WORKDIR/fold_<i>: rerunning the
 command resumes each fold, or only evaluates a finished one. Given a fold's work directory,
-`dlearn.evaluate` evaluates on its held-out fold.
+`dlearn.evaluate` evaluates on its held-out fold. Each fold also writes WORKDIR/fold_<i>/
+held_out.npz: `index`, the held-out examples' positions in the split, their `label`s and
+`probabilities` [examples, classes] (what `dlearn.ensemble` weighs its members' folds by). A
+model fitted without steps (config.num_epochs=0: ROCKET's ridge) keeps no checkpoint of a fold,
+only that file: a rerun fits the fold again.
 
 Prints a line per fold and `k-fold accuracy: MEAN ± STD over K folds (N examples)`, STD being the
 sample standard deviation (ddof=1) of the folds' accuracies, and writes
@@ -32,6 +36,7 @@ from dlearn import main as main_command
 from dlearn.data import pipeline
 
 FLAGS = flags.FLAGS
+HELD_OUT = 'held_out.npz'  # in each fold's work directory
 
 
 def define_flags():
@@ -81,6 +86,10 @@ def run_folds(config, workdir: str, folds: int, split: str, report=print):
     result = train.train_and_evaluate(config, fold_dir)
     if result['preempted']:
       return None
+    if jax.process_index() == 0:
+      held = result['held_out']
+      index = held_out[fold][held['index']]  # positions in the fold -> in the split
+      np.savez(os.path.join(fold_dir, HELD_OUT), index=index, label=labels[index], probabilities=held['probabilities'])  # fmt: skip
     evaluation = result['eval']
     results.append({'fold': fold, **evaluation, 'workdir': fold_dir})
     if jax.process_index() == 0:

@@ -12,7 +12,8 @@ order, each member is cross-validated over its config.data.train_split (`dlearn.
 folds, in WORKDIR/members/NAME/cv) and then trained on the whole split (WORKDIR/members/NAME/final).
 The ensemble (`config.model='weighted_ensemble'`, dlearn/models/weighted_ensemble.py) takes the
 members' trained state into its own checkpoint in WORKDIR and is evaluated on the evaluation
-split. `--minutes` bounds the whole command: each of a member's folds may take the time left when
+split; its own k-fold accuracy combines the members' held-out probabilities of each fold
+(`cross_validated_ensemble`). `--minutes` bounds the whole command: each of a member's folds may take the time left when
 the member starts divided by its folds + 1, its final fit all that is left then
 (config.max_train_seconds); a member whose run is stopped so,
 that no longer fits in the time or that would not fit in memory (`errors.DoesNotFit`) is left
@@ -188,9 +189,8 @@ def _left_out(seconds, what):
   )
 
 
-def ensemble_config(members, records, power: float, fold: int | None = None):
-  """The ensemble's run config: the first included member's data and batch settings; with
-  `fold`, the ensemble of the members' runs of that cross-validation fold."""
+def ensemble_config(members, records, power: float):
+  """The ensemble's run config: the first included member's data and batch settings."""
   kept = [(name, config) for (name, config), r in zip(members, records) if 'left_out' not in r]
   kept_records = [r for r in records if 'left_out' not in r]
   config = kept[0][1].copy_and_resolve_references()
@@ -206,30 +206,36 @@ def ensemble_config(members, records, power: float, fold: int | None = None):
   config.weighted_ensemble = dict(
     names=tuple(name for name, _ in kept),
     members=tuple(c.to_json_best_effort() for _, c in kept),
-    workdirs=tuple(
-      r['workdir'] if fold is None else os.path.join(r['cv_workdir'], f'fold_{fold}')
-      for r in kept_records
-    ),
+    workdirs=tuple(r['workdir'] for r in kept_records),
     weights=tuple(float(w) for w in weights),
     power=power,
   )
   return config
 
 
-def cross_validated_ensemble(members, records, power, folds, workdir, report):
-  """The ensemble's own k-fold accuracies: on each held-out fold, the ensemble of the members'
-  runs that did not see it. The weights are the members' k-fold accuracies over all folds, the
-  held-out one included (HIVE-COTE 2's estimate of its own accuracy on the training data, a
-  little optimistic for that). One member: its own folds."""
+def cross_validated_ensemble(records, power, folds, report):
+  """The ensemble's own k-fold accuracies: on each held-out fold, its members' probabilities of
+  that fold's examples (from their runs that did not see it: each fold's
+  cross_validate.HELD_OUT) combined as the ensemble combines them, as HIVE-COTE 2 estimates its
+  own accuracy. The weights are the members' k-fold accuracies over all folds, the held-out one
+  included (a little optimistic for that)."""
   kept = [r for r in records if 'left_out' not in r]
-  if len(kept) == 1:
-    return kept[0]['fold_accuracies']
+  weights = weighted_ensemble.cawpe_weights([r['cv_accuracy'] for r in kept], power)
   accuracies = []
   for fold in range(folds):
-    config = ensemble_config(members, records, power, fold)
-    config.data.folds, config.data.fold = folds, fold
-    result = train.train_and_evaluate(config, os.path.join(workdir, 'cv', f'fold_{fold}'))
-    accuracies.append(result['eval']['accuracy'])
+    held = []
+    for r in kept:
+      with np.load(os.path.join(r['cv_workdir'], f'fold_{fold}', cross_validate.HELD_OUT)) as f:
+        held.append({k: f[k] for k in f.files})
+    for r, h in zip(kept[1:], held[1:]):
+      if not np.array_equal(h['index'], held[0]['index']):
+        raise ConfigError(
+          f'--member: {kept[0]["name"]} and {r["name"]} held out other examples in fold '
+          f'{fold} (their config.seed cuts the folds): give every member the same seed '
+          '(--set=seed=0).'
+        )
+    probabilities = sum(w * h['probabilities'] for w, h in zip(weights, held))
+    accuracies.append(float(np.mean(np.argmax(probabilities, -1) == held[0]['label'])))
     report(f'ensemble fold {fold}: accuracy {accuracies[-1]:.4f}')
   return accuracies
 
@@ -264,7 +270,7 @@ def main(argv):
         f'every member was left out ({"; ".join(r["left_out"] for r in records)}): give more '
         '--minutes.'
       )
-    fold_accuracies = cross_validated_ensemble(members, records, 4.0, FLAGS.folds, FLAGS.workdir, report)  # fmt: skip
+    fold_accuracies = cross_validated_ensemble(records, 4.0, FLAGS.folds, report)
     config = ensemble_config(members, records, 4.0)
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except cli.USER_ERRORS as e:

@@ -36,17 +36,34 @@ def device_batches(source, info, config, mesh, workers: int | None = None):
   return (batch for batch, _ in parallel.prefetch(((batch, None) for batch in batches), mesh))
 
 
-def evaluate_split(mapped_eval_step, state, batches):
+def evaluate_split(mapped_eval_step, state, batches, cases: list | None = None):
   """({'loss', 'accuracy', 'count'}, confusion matrix [true, predicted]) over `batches`: a split's
   `device_batches` (or a list of them kept on the devices), each example counted once, on every
-  device of every process."""
+  device of every process. A step that gives each example's probabilities (a cross-validation
+  fold's: `steps.eval_step`) appends them to `cases`: `held_out`'s input."""
   totals = previous_sums = None
   for batch in batches:
     sums = mapped_eval_step(state, batch)
+    if 'cases' in sums:
+      sums = dict(sums)
+      each = sums.pop('cases')
+      if cases is not None:
+        cases.append(each)
     previous_sums = parallel.wait_for_previous(previous_sums, sums)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   return metrics.summarize(totals), totals['confusion'].astype(int)
+
+
+def held_out(cases: list) -> dict:
+  """{'index' [N], 'probabilities' [N, classes]} of `evaluate_split`'s `cases`: every evaluated
+  example once, in the split's order."""
+  cases = jax.device_get(cases)
+  valid = np.concatenate([c['mask'] for c in cases]) > 0
+  index = np.concatenate([c['index'] for c in cases])[valid]
+  probabilities = np.concatenate([c['probabilities'] for c in cases])[valid]
+  order = np.argsort(index, kind='stable')
+  return {'index': index[order], 'probabilities': probabilities[order].astype(np.float32)}
 
 
 def map_eval_step(graphdef, config, info, mesh):

@@ -173,7 +173,8 @@ def restore_for_evaluation(workdir: str, config, info, mesh):
   if step is None:
     raise FileNotFoundError(
       f'No checkpoint in {checkpoint_lib.directory(workdir)}: train first, or name the work '
-      'directory of a finished run.'
+      'directory of a finished run (a cross-validation fold of a model fitted without steps, '
+      "such as ROCKET's ridge, keeps none: its held-out probabilities are in held_out.npz)."
     )
   tx = optimizers.create(config, 1)
   graphdef, abstract_state, shardings = steps.state_shardings(config, info, tx, mesh)

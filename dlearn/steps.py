@@ -299,7 +299,10 @@ def eval_logits(params, model_state, batch, *, graphdef, config, info):
 
 
 def eval_step(state: TrainState, batch, *, graphdef, config, info, axis):
-  """Metric sums and the confusion matrix of the body's batch, summed over every device."""
+  """Metric sums and the confusion matrix of the body's batch, summed over every device; in a
+  cross-validation fold's run (config.data.folds) also `cases`, each example's class
+  probabilities with its position in the split, gathered from every device: what
+  `dlearn.ensemble` weighs its members' folds by."""
   logits = eval_logits(
     state.params, state.model_state, batch, graphdef=graphdef, config=config, info=info
   )
@@ -310,4 +313,8 @@ def eval_step(state: TrainState, batch, *, graphdef, config, info, axis):
   confusion = (jax.nn.one_hot(labels, num_classes) * mask[:, None]).T @ jax.nn.one_hot(
     jnp.argmax(logits, -1), num_classes
   )
-  return {**sums, 'confusion': axis.sum(confusion)}
+  out = {**sums, 'confusion': axis.sum(confusion)}
+  if config.data.folds:
+    probabilities = jax.nn.softmax(logits, -1)  # as ModelFamily.probabilities, which ensembles read
+    out['cases'] = axis.gather({'probabilities': probabilities, 'index': batch['index'], 'mask': mask})  # fmt: skip
+  return out

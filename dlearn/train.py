@@ -95,6 +95,17 @@ def derived_batch_size(num_examples: int, num_devices: int) -> int:
   return -(-batch // num_devices) * num_devices
 
 
+def fold_eval_batch_size(eval_batch_size: int, examples: int, folds: int, num_devices: int) -> int:
+  """A cross-validation fold's evaluation batch: the largest fold's held-out examples (so that
+  every fold runs one program) in as few batches of at most `eval_batch_size` as hold them, of
+  even size, rounded up to a multiple of the devices: the padding of a small held-out fold costs
+  a ROCKET model as much as real examples (10 GunPoint cases were a batch of 16)."""
+  largest = -(-examples // folds)
+  batches = -(-largest // eval_batch_size)
+  size = -(-largest // batches)
+  return -(-size // num_devices) * num_devices
+
+
 def _check_batches(config, mesh):
   """Both global batch sizes divide over the devices (else a clear error, before any work); a
   batch size of 0 is derived from the data later."""
@@ -160,8 +171,10 @@ def _kept_on_devices(eval_step, batches, state, timing):
 
 
 def _evaluate(eval_step, state, step, batches, timing):
+  """(summary, each example's probabilities or None: `evaluation.held_out`)."""
+  cases = []
   with timing.timed('eval'):
-    summary, _ = evaluation.evaluate_split(eval_step, state, batches)
+    summary, _ = evaluation.evaluate_split(eval_step, state, batches, cases)
   logging.info(
     'eval at step %d: loss %.4f  accuracy %.4f  (%d examples)',
     step,
@@ -169,7 +182,7 @@ def _evaluate(eval_step, state, step, batches, timing):
     summary['accuracy'],
     summary['count'],
   )
-  return summary
+  return summary, evaluation.held_out(cases) if cases else None
 
 
 def _write_final(result, config, workdir):
@@ -188,7 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` on every device, evaluating every epoch and at the end; writes the resolved
   config, metrics.jsonl, TensorBoard files and checkpoints to `workdir`, and resumes from the
   newest checkpoint there. Returns the final metrics and state; `preempted` is set when a signal
-  stopped the run after a checkpoint."""
+  stopped the run after a checkpoint; a cross-validation fold's run (config.data.folds) also
+  returns `held_out`, its held-out examples' probabilities (`evaluation.held_out`)."""
   # ---------------------------------------------------------------------------------------------
   # Devices: the mesh, and the batch sizes checked before any data is read or anything compiled.
   # ---------------------------------------------------------------------------------------------
@@ -207,6 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.batch_size:
     config.batch_size = derived_batch_size(len(train_source), mesh.shape[parallel.AXIS])
     logging.info('config.batch_size=0: %d from the train split.', config.batch_size)
+  if config.data.folds:
+    examples = len(train_source) + len(eval_source)
+    config.eval_batch_size = fold_eval_batch_size(config.eval_batch_size, examples, config.data.folds, mesh.shape[parallel.AXIS])  # fmt: skip
   info = pipeline.dataset_info(
     train_source, config.data.name, config.data.max_length, config.data.standardize, config.data
   )
@@ -257,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   # Loop
   # ---------------------------------------------------------------------------------------------
-  totals, stopped_by, step, train_summary, eval_summary = None, None, first_step, {}, {}
+  totals, stopped_by, step, train_summary, eval_summary, held_out = None, None, first_step, {}, {}, None  # fmt: skip
   timing.start()
   try:
     for dispatch, ((before, length), (inputs, position)) in enumerate(
@@ -283,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
       eval_metrics = None
       if bookkeeping.itstime(step, eval_every, total_steps):
-        eval_summary = _evaluate(eval_step, state, step, eval_batches(), timing)
+        eval_summary, held_out = _evaluate(eval_step, state, step, eval_batches(), timing)
         writer.write(step, 'eval', eval_summary)
         eval_metrics = {f'eval/{k}': v for k, v in eval_summary.items()}
         progress.restart(step)
@@ -299,13 +316,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # A run of no steps (a model fitted from the data when created, config.rocket.head=
     # 'ridge') is saved as step 0, written while it is evaluated (the save's threads mostly wait
     # on each other: a small fitted state took orbax as long as its evaluation), and reported
-    # like any run; a finished run started again only reports.
+    # like any run; a finished run started again only reports. A cross-validation fold's fit is
+    # not saved: what is kept of it are its held-out probabilities (`held_out`, which
+    # dlearn.cross_validate writes), and orbax's save cost more than a small fold's features
+    # (README, "ROCKET"); a rerun fits it again.
     fitted = total_steps == 0 and checkpointer.latest_step() is None
-    if fitted:
+    if fitted and not config.data.folds:
       checkpointer.save(0, state, None)
     if first_step >= total_steps:
       logging.info('%s; evaluating only.', 'No steps to train' if fitted else f'Already trained for {first_step} steps')  # fmt: skip
-      eval_summary = _evaluate(eval_step, state, step, eval_batches(), timing)
+      eval_summary, held_out = _evaluate(eval_step, state, step, eval_batches(), timing)
     train_seconds, timing_record = timing.summary(step - first_step)
     checkpointer.close()
   except bookkeeping.NonFiniteError:
@@ -327,4 +347,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )  # fmt: skip
   if not stopped_by and (first_step < total_steps or fitted):
     _write_final(result, config, workdir)
-  return {**result, 'state': state}
+  return {**result, 'state': state, 'held_out': held_out}

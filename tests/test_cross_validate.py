@@ -10,7 +10,7 @@ import helpers
 import numpy as np
 import pytest
 
-from dlearn import configs, evaluation, parallel
+from dlearn import configs, evaluation, parallel, train
 from dlearn.data import on_device, pipeline
 
 # helpers.prepared_sequences: classes of 6, 5 and 4 cases, 15 in train+validation.
@@ -206,6 +206,9 @@ def test_the_command_trains_each_fold_reports_and_resumes(data_dir, tmp_path):
       data = json.load(f)['data']
     assert (data['folds'], data['fold']) == (3, fold)
     assert os.path.exists(workdir / f'fold_{fold}' / 'final_metrics.json')
+    with np.load(workdir / f'fold_{fold}' / 'held_out.npz') as held:  # its held-out examples
+      right = np.argmax(held['probabilities'], -1) == held['label']
+      assert len(right) == 5 and np.mean(right) == pytest.approx(accuracies[fold])
 
   # A fold's work directory evaluates on its held-out fold by default.
   summary_0, _, _, _ = evaluation.evaluate_workdir(str(workdir / 'fold_0'))
@@ -257,3 +260,14 @@ def test_the_uea_recipe_trains_an_ensemble_with_its_batch_from_the_data(data_dir
     'evaluate', f'--workdir={workdir}', '--split=validation', '--nopng', mock=False
   )
   assert re.match(r'accuracy \S+  loss \S+  examples 2', result.stdout), result.stdout
+
+
+@pytest.mark.parametrize(
+  'examples, folds, devices, batch',
+  [(50, 5, 1, 10), (100, 5, 1, 10), (67, 5, 1, 14), (270, 5, 1, 14), (50, 5, 8, 16), (4, 2, 1, 2)],
+)
+def test_a_folds_evaluation_batch_holds_its_largest_fold_in_even_batches(examples, folds, devices, batch):  # fmt: skip
+  # GunPoint's 10 held-out cases one batch of 10, not 16; ACSF1's 20 two of 10; ItalyPowerDemand's
+  # 13-14 one of 14; JapaneseVowels' 54 four of 14; at most config.eval_batch_size (16) a batch,
+  # a multiple of the devices
+  assert train.fold_eval_batch_size(16, examples, folds, devices) == batch

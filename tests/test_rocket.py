@@ -12,7 +12,8 @@ import helpers
 import numpy as np
 import pytest
 
-from dlearn import evaluation, train
+from dlearn import configs, evaluation, train
+from dlearn.data import pipeline
 from dlearn.models import rocket
 
 
@@ -195,3 +196,28 @@ def test_the_ridge_heads_memory_estimate_grows_with_cases_and_features():
   # InsectWingbeat's 25,000 cases at MultiRocket-Hydra's 54,848 features: the [N, F] copies and
   # the [N, N] Gram alone are over 20 GB
   assert rocket.ridge_bytes(25_000, 54_848) > 20 * 2**30
+
+
+@pytest.mark.slow  # three fitted runs
+def test_a_cross_validation_keeps_each_folds_held_out_probabilities_not_its_fit(tmp_path):
+  from dlearn import cross_validate
+
+  data_dir = helpers.prepared_sequences(tmp_path, per_class=(6, 6, 6))
+  config = configs.load_file('experiments/configs/rocket_uea.py', 'toy_sequences,minirocket,smoke')
+  config.data.data_dir = data_dir
+  config.data.max_length = 12
+  workdir = tmp_path / 'cv'
+  summary = cross_validate.run_folds(config, str(workdir), 3, 'train+validation', lambda *_: None)
+  labels = pipeline.labels(pipeline.load_split('toy_sequences', 'train+validation', data_dir))
+  positions = []
+  for fold in summary['folds']:
+    with np.load(workdir / f'fold_{fold["fold"]}' / cross_validate.HELD_OUT) as held:
+      assert held['probabilities'].shape == (fold['count'], 3)
+      np.testing.assert_allclose(held['probabilities'].sum(-1), 1.0, rtol=1e-5)
+      np.testing.assert_array_equal(held['label'], labels[held['index']])
+      predicted = np.argmax(held['probabilities'], -1)
+      assert np.mean(predicted == held['label']) == pytest.approx(fold['accuracy'])
+      positions.extend(held['index'].tolist())
+    # a fitted fold keeps no checkpoint: a rerun fits it again
+    assert not os.listdir(workdir / f'fold_{fold["fold"]}' / 'checkpoints')
+  assert sorted(positions) == list(range(len(labels)))  # every example held out once

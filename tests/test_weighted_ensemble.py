@@ -65,14 +65,17 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
   for m in members:
     assert m['weight'] == pytest.approx(np.mean(m['fold_accuracies']) ** 4)
   assert 'validation accuracy' in result.stdout
-  # its own k-fold accuracy: on each held-out fold, the ensemble of the runs that did not see it
+  # its own k-fold accuracy: on each held-out fold, its members' probabilities from the runs that
+  # did not see it, weighted
   assert len(summary['fold_accuracies']) == 2 and '2-fold accuracy' in result.stdout
-  with open(tmp_path / 'ensemble' / 'cv' / 'fold_1' / 'config.json') as f:
-    fold_config = json.load(f)
-  assert fold_config['data']['fold'] == 1
-  assert fold_config['weighted_ensemble']['workdirs'] == [
-    os.path.join(os.path.dirname(m['workdir']), 'cv', 'fold_1') for m in members
-  ]
+  weights = np.array([m['weight'] for m in members])
+  for fold, accuracy in enumerate(summary['fold_accuracies']):
+    held = [dict(np.load(os.path.join(m['cv_workdir'], f'fold_{fold}', 'held_out.npz'))) for m in members]  # fmt: skip
+    for m, h in zip(members, held):
+      right = np.argmax(h['probabilities'], -1) == h['label']
+      assert np.mean(right) == pytest.approx(m['fold_accuracies'][fold])
+    combined = sum(w * h['probabilities'] for w, h in zip(weights, held))
+    assert accuracy == pytest.approx(np.mean(np.argmax(combined, -1) == held[0]['label']))
   # predict reads the ensemble's work directory alone; its probabilities are the members',
   # weighted: the ridge member's softmax of its scores at their leave-one-out temperature, the
   # FCNs' averaged softmax. The ridge member's features count comparisons with its biases, which
@@ -92,6 +95,19 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
   expected = sum(w * predicted[m['name']] for w, m in zip(weights, members)) / weights.sum()
   share = weights[0] / weights.sum()  # members[0] is the ridge member
   np.testing.assert_allclose(predicted['ensemble'], expected, atol=2e-5 + 0.01 * share)
+
+
+def test_members_whose_folds_held_out_other_examples_are_refused_naming_the_seed(tmp_path):
+  from dlearn import ensemble
+  from dlearn.errors import ConfigError
+
+  records = []
+  for name, index in [('a', [0, 2]), ('b', [1, 2])]:  # fold 0 of each
+    os.makedirs(tmp_path / name / 'fold_0')
+    np.savez(tmp_path / name / 'fold_0' / 'held_out.npz', index=np.array(index), label=np.zeros(2, int), probabilities=np.full((2, 2), 0.5))  # fmt: skip
+    records.append({'name': name, 'cv_accuracy': 1.0, 'cv_workdir': str(tmp_path / name)})
+  with pytest.raises(ConfigError, match=r'a and b held out other examples in fold 0.*--set=seed='):
+    ensemble.cross_validated_ensemble(records, 4.0, 1, print)
 
 
 @pytest.mark.slow  # a process

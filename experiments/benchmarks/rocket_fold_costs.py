@@ -9,7 +9,7 @@ experiments/configs/rocket_uea.py:DATASET[,TRANSFORM], fresh runs) in this proce
 wall-clock timers around the functions a fold calls. Prints each timed run's seconds and, per
 function, the milliseconds a cross-validation spent in it (mean over the runs). The timers nest:
 a fold's `train_and_evaluate` holds `init_from_data` (which holds the biases' fit, the features and
-their scaling, the ridge and its temperature), the checkpoint's save and the evaluation.
+their scaling, the ridge and its temperature) and the evaluation (a fold's fit is not saved).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import dlearn  # noqa: E402, F401  (before NumPy: its BLAS settings)
 
 from absl import app, flags, logging  # noqa: E402
 
-from dlearn import checkpoint, cli, configs, cross_validate, evaluation, train  # noqa: E402
+from dlearn import cli, configs, cross_validate, evaluation, train  # noqa: E402
 from dlearn.models import rocket  # noqa: E402
 
 flags.DEFINE_string('dataset', 'gun_point', 'A prepared dataset (dlearn.prepare).')
@@ -49,7 +49,6 @@ TIMED = (
   (rocket, 'ridge_loo', '    ridge'),
   (rocket, 'temperature', '    temperature'),
   (rocket, '_read', '    reading cases'),
-  (checkpoint.Checkpointer, 'save', '  checkpoint save'),
   (evaluation, 'evaluate_split', '  evaluation'),
 )
 

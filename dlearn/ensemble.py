@@ -13,9 +13,9 @@ folds, in WORKDIR/members/NAME/cv) and then trained on the whole split (WORKDIR/
 The ensemble (`config.model='weighted_ensemble'`, dlearn/models/weighted_ensemble.py) takes the
 members' trained state into its own checkpoint in WORKDIR and is evaluated on the evaluation
 split; its own k-fold accuracy combines the members' held-out probabilities of each fold
-(`cross_validated_ensemble`). `--minutes` bounds the whole command: each of a member's folds may take the time left when
-the member starts divided by its folds + 1, its final fit all that is left then
-(config.max_train_seconds); a member whose run is stopped so,
+(`cross_validated_ensemble`). `--minutes` bounds the whole command: each of a member's folds may
+take the time left when the member starts divided by its folds + 1, its final fit all that is
+left then (config.max_train_seconds); a member whose run is stopped so,
 that no longer fits in the time or that would not fit in memory (`errors.DoesNotFit`) is left
 out, and the command says which and why (rerun with more minutes
 to finish it: its runs resume). A member with config.max_num_epochs above its num_epochs trains

@@ -57,7 +57,7 @@ def evaluate_split(mapped_eval_step, state, batches, cases: list | None = None):
 
 def held_out(cases: list) -> dict:
   """{'index' [N], 'probabilities' [N, classes]} of `evaluate_split`'s `cases`: every evaluated
-  example once, in the split's order."""
+  example once, in the order of the source evaluated (`index`: positions in it)."""
   cases = jax.device_get(cases)
   valid = np.concatenate([c['mask'] for c in cases]) > 0
   index = np.concatenate([c['index'] for c in cases])[valid]

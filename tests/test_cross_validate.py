@@ -163,6 +163,28 @@ def test_host_and_on_device_training_data_read_only_the_subset():
   assert (subset.indices[np.asarray(data['index']).ravel()] == resident).all()
 
 
+@pytest.mark.slow  # three runs
+def test_a_folds_held_out_probabilities_are_the_same_under_every_mapping(data_dir, tmp_path):
+  # each held-out example once, in the fold's order, whichever devices computed it (8 here)
+  config = configs.load_file('experiments/configs/rnn_uea.py', 'toy_sequences')
+  config.data.data_dir, config.data.train_split = data_dir, 'train+validation'
+  config.data.folds, config.data.fold = 3, 1
+  config.rnn.conv_filters, config.rnn.conv_kernels, config.ensemble_size = (4,), (3,), 1
+  config.num_epochs, config.eval_batch_size, config.write_plots = 0, 8, False
+  held = {}
+  for mapping in ('jit', 'pmap', 'shard_map'):
+    config.mapping = mapping
+    result = train.train_and_evaluate(config, str(tmp_path / mapping))
+    held[mapping] = result['held_out']
+    assert np.array_equal(held[mapping]['index'], np.arange(5))
+    right = np.argmax(held[mapping]['probabilities'], -1) == [
+      int(pipeline.run_sources(config)[1][i]['label']) for i in range(5)
+    ]
+    assert np.mean(right) == pytest.approx(result['eval']['accuracy'])
+  for mapping in ('pmap', 'shard_map'):
+    np.testing.assert_allclose(held[mapping]['probabilities'], held['jit']['probabilities'], rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
 # ---- the command ---------------------------------------------------------------------------------
 def _cross_validate(data_dir, workdir, *args, check=True):
   return entry_point.run(

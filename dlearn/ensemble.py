@@ -183,8 +183,9 @@ def train_member(name, config, workdir, folds, budget: Budget, report):
 
 
 def _left_out(seconds, what):
+  share = f'{seconds:.0f}' if seconds >= 1 else f'{seconds:.2f}'  # not '0 s' for a short share
   return (
-    f'{what} would not finish in its share of --minutes ({seconds:.0f} s); rerun with more '
+    f'{what} would not finish in its share of --minutes ({share} s); rerun with more '
     '--minutes to finish it (its runs resume)'
   )
 

@@ -5,6 +5,7 @@ reads like any other; a member that does not fit the time budget is left out, an
 import csv
 import json
 import os
+import re
 
 import entry_point
 import helpers
@@ -117,6 +118,7 @@ def test_a_member_beyond_the_time_budget_is_left_out_saying_why(tmp_path):
   assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
   assert len(errors) == 1 and 'left out' in errors[0] and '--minutes' in errors[0], errors
+  assert re.search(r'share of --minutes \(0\.\d\d s\)', errors[0]), errors  # not '(0 s)'
   assert 'member rnn_uea-smoke: left out' in result.stdout
   assert not os.path.exists(tmp_path / 'ensemble' / 'ensemble.json')
 

@@ -89,7 +89,7 @@ def run_folds(config, workdir: str, folds: int, split: str, report=print):
     if jax.process_index() == 0:
       held = result['held_out']
       index = held_out[fold][held['index']]  # positions in the fold -> in the split
-      np.savez(os.path.join(fold_dir, HELD_OUT), index=index, label=labels[index], probabilities=held['probabilities'])  # fmt: skip
+      np.savez(os.path.join(fold_dir, HELD_OUT), **{**held, 'index': index})
     evaluation = result['eval']
     results.append({'fold': fold, **evaluation, 'workdir': fold_dir})
     if jax.process_index() == 0:

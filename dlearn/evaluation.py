@@ -56,14 +56,14 @@ def evaluate_split(mapped_eval_step, state, batches, cases: list | None = None):
 
 
 def held_out(cases: list) -> dict:
-  """{'index' [N], 'probabilities' [N, classes]} of `evaluate_split`'s `cases`: every evaluated
-  example once, in the order of the source evaluated (`index`: positions in it)."""
+  """{'index' [N], 'label' [N], 'probabilities' [N, classes]} of batches of `steps.each_example`
+  (`evaluate_split`'s `cases`, or a prediction's batch): every example once, padding left out,
+  in the order of the source (`index`: positions in it)."""
   cases = jax.device_get(cases)
-  valid = np.concatenate([c['mask'] for c in cases]) > 0
-  index = np.concatenate([c['index'] for c in cases])[valid]
-  probabilities = np.concatenate([c['probabilities'] for c in cases])[valid]
-  order = np.argsort(index, kind='stable')
-  return {'index': index[order], 'probabilities': probabilities[order].astype(np.float32)}
+  joined = {k: np.concatenate([c[k] for c in cases]) for k in ('index', 'label', 'probabilities', 'mask')}  # fmt: skip
+  valid = joined.pop('mask') > 0
+  order = np.argsort(joined['index'][valid], kind='stable')
+  return {k: v[valid][order] for k, v in joined.items()}
 
 
 def map_eval_step(graphdef, config, info, mesh):

@@ -19,18 +19,11 @@ from dlearn.inputs import UNLABELLED, UNREADABLE, SplitInputs, open_inputs
 
 
 def _predict_step(state, batch, *, graphdef, config, info, axis):
-  """Probabilities of the body's batch, gathered with their positions and labels from every
-  device, so that every process holds the whole global batch."""
+  """`steps.each_example` of the body's batch."""
   logits = steps.eval_logits(
     state.params, state.model_state, batch, graphdef=graphdef, config=config, info=info
   )
-  out = {
-    'probabilities': jax.nn.softmax(logits, -1),
-    'index': batch['index'],
-    'label': batch['label'],
-    'mask': batch['mask'],
-  }
-  return axis.gather(out)
+  return steps.each_example(logits, batch, axis)
 
 
 def predictions(inputs, info, state, graphdef, config, mesh, progress=None):
@@ -45,13 +38,9 @@ def predictions(inputs, info, state, graphdef, config, mesh, progress=None):
   progress = progress or metrics.Progress(len(inputs))
 
   def rows(out):
-    out = jax.device_get(out)
-    valid = out['mask'] > 0
-    order = np.argsort(out['index'][valid], kind='stable')
-    probabilities, indices = out['probabilities'][valid][order], out['index'][valid][order]
-    labels = out['label'][valid][order]
-    progress.advance(len(indices))
-    yield from zip(indices.tolist(), probabilities, labels.tolist())
+    out = evaluation.held_out([out])
+    progress.advance(len(out['index']))
+    yield from zip(out['index'].tolist(), out['probabilities'], out['label'].tolist())
 
   pending = None  # the previous step's output, read while the next one runs
   # New inputs are read in this process (threads): they keep their errors and open files here.

@@ -300,8 +300,7 @@ def eval_logits(params, model_state, batch, *, graphdef, config, info):
 
 def eval_step(state: TrainState, batch, *, graphdef, config, info, axis):
   """Metric sums and the confusion matrix of the body's batch, summed over every device; in a
-  cross-validation fold's run (config.data.folds) also `cases`, each example's class
-  probabilities with its position in the split, gathered from every device: what
+  cross-validation fold's run (config.data.folds) also `cases` (`each_example`): what
   `dlearn.ensemble` weighs its members' folds by."""
   logits = eval_logits(
     state.params, state.model_state, batch, graphdef=graphdef, config=config, info=info
@@ -315,6 +314,14 @@ def eval_step(state: TrainState, batch, *, graphdef, config, info, axis):
   )
   out = {**sums, 'confusion': axis.sum(confusion)}
   if config.data.folds:
-    probabilities = jax.nn.softmax(logits, -1)  # as ModelFamily.probabilities, which ensembles read
-    out['cases'] = axis.gather({'probabilities': probabilities, 'index': batch['index'], 'mask': mask})  # fmt: skip
+    out['cases'] = each_example(logits, batch, axis)
   return out
+
+
+def each_example(logits, batch, axis):
+  """Each example's class probabilities (as ModelFamily.probabilities, which ensembles read)
+  with its position, label and mask, gathered from every device, so that every process holds the
+  whole global batch: what prediction and a cross-validation fold's held-out examples keep
+  (`evaluation.held_out` orders them)."""
+  keep = {k: batch[k] for k in ('index', 'label', 'mask')}
+  return axis.gather({'probabilities': jax.nn.softmax(logits, -1), **keep})

@@ -210,22 +210,28 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   runs, per_group, taps, group_weights = [], [], [], []
   for count, members in groups.items():
     starts, ends = zip(*(pooled_runs(lengths, dilations[j], j) for j in members))
-    runs.append((jnp.stack(starts, 1), jnp.stack(ends, 1)))  # [B, dilations, 84]
+    # dilations before cases, in every array of the scan: the chunk's convolutions come out of
+    # their batched matmul (over dilations) in that order, where cases first cost a transposing
+    # copy a chunk (README, "ROCKET")
+    runs.append((jnp.stack(starts), jnp.stack(ends)))  # [dilations, B, 84]
     b = [biases[offsets[j] : offsets[j + 1]].reshape(kernels, count).T for j in members]
-    per_group.append(jnp.stack(b, 1)[:, None])  # [count, 1, dilations, 84]
+    per_group.append(jnp.stack(b, 1)[:, :, None])  # [count, dilations, 1, 84]
     w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
     if summed_first(channels):
       # each kernel's channels summed, then convolved (its weights are the same on each of its
-      # channels): [chunks, TIME_CHUNK, B, dilations, 84], read by the scan as they are
-      summed = jnp.einsum('dkc,bct->tbdk', taken(w), padded, precision=jax.lax.Precision.HIGHEST)
-      c = [sum(KERNEL_TAPS[:, g] * summed[pad + o : pad + o + steps, :, i] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
-      taps.append(jnp.stack(c, 2).reshape(chunks, TIME_CHUNK, batch, len(members), kernels))
+      # channels): [chunks, dilations, TIME_CHUNK, B, 84], read by the scan as they are
+      summed = jnp.einsum('dkc,bct->dtbk', taken(w), padded, precision=jax.lax.Precision.HIGHEST)
+      c = [sum(KERNEL_TAPS[:, g] * summed[i, pad + o : pad + o + steps] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
+      c = jnp.stack(c).reshape(len(members), chunks, TIME_CHUNK, batch, kernels)
+      taps.append(jnp.swapaxes(c, 0, 1))
       group_weights.append(None)
       continue
-    # the series at every tap of every dilation: [chunks, TIME_CHUNK, B, dilations, C x 9]
+    # the series at every tap of every dilation: [chunks, dilations, TIME_CHUNK, B, C x 9]
     at = [[padded[..., pad + o : pad + o + steps] for o in tap_offsets(dilations[j], shift_left)] for j in members]  # fmt: skip
-    t = jnp.transpose(jnp.stack([jnp.stack(a, -1) for a in at], 2), (3, 0, 2, 1, 4))
-    taps.append(t.reshape(chunks, TIME_CHUNK, batch, len(members), channels * 9))
+    t = jnp.stack([jnp.stack(a, -1) for a in at], 2)  # [B, C, dilations, steps, 9]
+    t = t.reshape(batch, channels, len(members), chunks, TIME_CHUNK, KERNEL_LENGTH)
+    t = jnp.transpose(t, (3, 2, 4, 0, 1, 5))
+    taps.append(t.reshape(chunks, len(members), TIME_CHUNK, batch, channels * 9))
     group_weights.append(w.reshape(len(members), kernels, channels * 9))
   extra = len(poolings) > 1
 
@@ -233,13 +239,13 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     tap_groups, times = inputs
     c_groups = []
     for t, w, (first, end) in zip(tap_groups, group_weights, runs):
-      c = t if w is None else jnp.einsum('sbdn,dkn->sbdk', t, w, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
+      c = t if w is None else jnp.einsum('dsbn,dkn->dsbk', t, w, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
       # NaN outside a kernel's run (and after the series' end): neither above nor below any
       # bias there, so that the steps check no run
-      at = times[:, None, None, None]
-      c_groups.append(jnp.where((at >= first) & (at < end), c, jnp.nan))
+      at = times[None, :, None, None]
+      c_groups.append(jnp.where((at >= first[:, None]) & (at < end[:, None]), c, jnp.nan))
     for k in range(TIME_CHUNK):
-      sums = _pooled_step(sums, [c_g[k] for c_g in c_groups], times[k], per_group)
+      sums = _pooled_step(sums, [c_g[:, k] for c_g in c_groups], times[k], per_group)
     return sums, None
 
   sums = []
@@ -256,7 +262,7 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   sums, _ = jax.lax.scan(chunk, sums, (taps, times))
   features = [None] * len(dilations)
   for members, s, (first, end), b in zip(groups.values(), sums, runs, per_group):
-    count = end - first  # [B, dilations, 84]
+    count = end - first  # [dilations, B, 84]
     hits = s['hits']
     pooled = {'ppv': hits / count}
     if extra:
@@ -264,24 +270,22 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
       pooled['mpv'] = jnp.where(hits > 0, s['values'] / some + b, 0.0)
       pooled['mipv'] = jnp.where(hits > 0, s['positions'] / some - first, -1.0)
       pooled['lspv'] = jnp.maximum(s['longest'], count - 1 - (s['last'] - first))
-    # [count, B, dilations, 84] -> per dilation [B, poolings, 84 x count]
+    # [count, dilations, B, 84] -> per dilation [B, poolings, 84 x count]
     stacked = jnp.stack([pooled[name].astype(jnp.float32) for name in poolings], 1)
     for i, j in enumerate(members):
-      features[j] = jnp.transpose(stacked[:, :, :, i], (2, 1, 3, 0)).reshape(
-        batch, len(poolings), -1
-      )
+      features[j] = jnp.transpose(stacked[:, :, i], (2, 1, 3, 0)).reshape(batch, len(poolings), -1)
   return jnp.concatenate(features, -1)
 
 
 @jax.jit
 def _pooled_step(sums, c_groups, t, biases):
-  """`pool`'s running sums after time t: per group, c_g [B, dilations, 84] (the convolutions at
-  t) against its biases [count, 1, dilations, 84]. Jitted, so that the TIME_CHUNK steps of the
+  """`pool`'s running sums after time t: per group, c_g [dilations, B, 84] (the convolutions at
+  t) against its biases [count, dilations, 1, 84]. Jitted, so that the TIME_CHUNK steps of the
   scan's body are traced once and lowered as one function that XLA inlines into each step (the
   steps traced one by one were most of the time to trace and lower a transform)."""
   out = []
   for b, c_g, s in zip(biases, c_groups, sums):
-    above = c_g > b  # [count, B, dilations, 84]
+    above = c_g > b  # [count, dilations, B, 84]
     new = {'hits': s['hits'] + above}
     if 'values' in s:  # value and position sums without the bias and the run's start (added after)
       below = c_g < b

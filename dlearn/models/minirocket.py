@@ -210,20 +210,20 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   runs, per_group, taps, group_weights = [], [], [], []
   for count, members in groups.items():
     starts, ends = zip(*(pooled_runs(lengths, dilations[j], j) for j in members))
-    # dilations before cases, in every array of the scan: the chunk's convolutions come out of
-    # their batched matmul (over dilations) in that order, where cases first cost a transposing
-    # copy a chunk (README, "ROCKET")
+    # dilations before cases in the scan's arrays, [..., dilations, B, 84]: a chunk's matmul
+    # (batched over dilations) writes its convolutions [dilations, steps, B, 84], and swapping
+    # its two major axes costs little, where cases first cost a transposing copy of every
+    # chunk's convolutions (README, "ROCKET")
     runs.append((jnp.stack(starts), jnp.stack(ends)))  # [dilations, B, 84]
     b = [biases[offsets[j] : offsets[j + 1]].reshape(kernels, count).T for j in members]
     per_group.append(jnp.stack(b, 1)[:, :, None])  # [count, dilations, 1, 84]
     w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
     if summed_first(channels):
       # each kernel's channels summed, then convolved (its weights are the same on each of its
-      # channels): [chunks, dilations, TIME_CHUNK, B, 84], read by the scan as they are
-      summed = jnp.einsum('dkc,bct->dtbk', taken(w), padded, precision=jax.lax.Precision.HIGHEST)
-      c = [sum(KERNEL_TAPS[:, g] * summed[i, pad + o : pad + o + steps] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
-      c = jnp.stack(c).reshape(len(members), chunks, TIME_CHUNK, batch, kernels)
-      taps.append(jnp.swapaxes(c, 0, 1))
+      # channels): [chunks, TIME_CHUNK, dilations, B, 84], read by the scan as they are
+      summed = jnp.einsum('dkc,bct->tbdk', taken(w), padded, precision=jax.lax.Precision.HIGHEST)
+      c = [sum(KERNEL_TAPS[:, g] * summed[pad + o : pad + o + steps, :, i] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
+      taps.append(jnp.stack(c, 1).reshape(chunks, TIME_CHUNK, len(members), batch, kernels))
       group_weights.append(None)
       continue
     # the series at every tap of every dilation: [chunks, dilations, TIME_CHUNK, B, C x 9]
@@ -239,13 +239,13 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     tap_groups, times = inputs
     c_groups = []
     for t, w, (first, end) in zip(tap_groups, group_weights, runs):
-      c = t if w is None else jnp.einsum('dsbn,dkn->dsbk', t, w, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
+      c = t if w is None else jnp.einsum('dsbn,dkn->sdbk', t, w, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
       # NaN outside a kernel's run (and after the series' end): neither above nor below any
       # bias there, so that the steps check no run
-      at = times[None, :, None, None]
-      c_groups.append(jnp.where((at >= first[:, None]) & (at < end[:, None]), c, jnp.nan))
+      at = times[:, None, None, None]
+      c_groups.append(jnp.where((at >= first) & (at < end), c, jnp.nan))
     for k in range(TIME_CHUNK):
-      sums = _pooled_step(sums, [c_g[:, k] for c_g in c_groups], times[k], per_group)
+      sums = _pooled_step(sums, [c_g[k] for c_g in c_groups], times[k], per_group)
     return sums, None
 
   sums = []

@@ -434,7 +434,14 @@ class RocketFamily(ModelFamily):
         'at least one; run fewer processes.'
       )
     x, lengths, labels = _read(source, own, info)
-    model.fit_biases(lambda index: _read(source, index, info)[:2], len(source), config.seed)
+
+    def read_cases(index):  # the biases' cases: this process's own where it holds them all
+      at = np.minimum(np.searchsorted(own, index), len(own) - 1)
+      if np.array_equal(own[at], index):
+        return x[at], lengths[at]
+      return _read(source, index, info)[:2]
+
+    model.fit_biases(read_cases, len(source), config.seed)
     features = model.fit_scaling(x, lengths, own, keep_features=s.head == 'ridge')
     if s.head == 'ridge':
       labels = in_split_order(labels, own)

@@ -117,11 +117,9 @@ def transform_with(x, lengths, weights, biases, dilations, counts):
 
 # Cases pooled per pass over time (per block of `in_case_blocks`): at most CASE_BLOCK, and no more
 # than keep the block's arrays over time (the series' taps for `pool`, Hydra's responses) within
-# BLOCK_BYTES, which bounds long series (a block of 16 series of 1,460 steps, 200 MB of
-# convolutions as `pool` once read them, ran twice as slow per case as one). Short series pool
-# a fit's chunk of cases (rocket.FEATURE_BATCH) in one block: each block's pass has a cost of its
-# own, which blocks of 16 paid 2-5 times over on files of 24 to 150 steps (README, "ROCKET").
-CASE_BLOCK = 256
+# BLOCK_BYTES. Their running counts then stay in a CPU's cache; a block of 16 long series (1,460
+# steps: 200 MB of convolutions, as `pool` then read them) ran twice as slow per case as one.
+CASE_BLOCK = 16
 BLOCK_BYTES = 12 * 2**20
 
 

@@ -194,3 +194,37 @@ def test_hydra_counts_every_position_once_and_ignores_padding(channels):
     alone = np.asarray(hydra.transform(x[i : i + 1, :, :length], [length], kernels))[0]
     # the kernels' dilations come from the longest case; shorter cases keep them
     np.testing.assert_allclose(features[i], alone, rtol=1e-5, atol=1e-4)
+
+
+def test_multirocket_sums_counted_from_bits_equal_those_step_by_step():
+  # the chunk's comparisons packed as bits (`_compared`, `_counted`) against the sums' definition
+  # a step at a time: ties with the biases (neither above nor below), NaN (outside a run), runs
+  # of steps not below longer than a chunk and within one, no step below at all
+  rng = np.random.default_rng(4)
+  chunks, steps = 5, minirocket.TIME_CHUNK
+  c = rng.choice([-1.0, 0.0, 1.0, 2.0, np.nan], size=(chunks, 2, steps, 3, 84)).astype(np.float32)
+  c[:, 0, :, 0] = np.abs(c[:, 0, :, 0])  # nothing below a bias of 0 for a whole case
+  c[1:3, 1, :, 1] = 2.0  # 32 steps above everything
+  biases = rng.choice([0.0, 0.5, 1.0], size=(2, 2, 1, 84)).astype(np.float32)
+  first = rng.integers(0, 3, size=(2, 3, 84)).astype(np.float32)
+  shape = (2, 2, 3, 84)
+  sums = [{n: jnp.zeros(shape) for n in ('hits', 'values', 'positions', 'longest')}]
+  sums[0]['last'] = jnp.broadcast_to(first, shape)
+  bits, start = [jnp.zeros(shape, jnp.uint32)], 0.0
+  for i in range(chunks):
+    sums, bits = minirocket._compared(minirocket._counted(sums, bits, start), [c[i]], [biases])
+    start = float(i * steps)
+  (got,) = minirocket._counted(sums, bits, start)
+  want = {n: np.zeros(shape) for n in ('hits', 'values', 'positions', 'longest')}
+  want['last'] = np.broadcast_to(first, shape).copy()
+  for t in range(chunks * steps):
+    value = c[t // steps, :, t % steps]
+    above, below = value > biases, value < biases
+    want['hits'] += above
+    want['values'] += np.where(above, value, 0.0)
+    want['positions'] += np.where(above, t, 0.0)
+    want['longest'] = np.where(below, np.maximum(want['longest'], t - want['last']), want['longest'])
+    want['last'] = np.where(below, t, want['last'])
+  for name, expected in want.items():
+    np.testing.assert_array_equal(np.asarray(got[name]), expected, err_msg=name)
+  assert want['longest'].max() > steps  # the case of runs longer than a chunk is in the test

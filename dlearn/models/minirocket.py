@@ -188,7 +188,8 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   (dilation-major, then kernel, then bias) over its kernel's run of positions (`pooled_runs`);
   `shift_left`: the four left taps that much later (`tap_offsets`). One pass over time: a scan
   over chunks of TIME_CHUNK steps whose running sums per (bias, case, dilation, kernel) replace
-  comparing every position with every bias at once, which cost 2.5x more on a CPU; each chunk
+  comparing every position with every bias at once, which cost 2.5x more on a CPU (MultiRocket's
+  from the chunk's comparisons packed as bits, `_compared` and `_counted`); each chunk
   convolves its own steps from the series' taps, so that no [B, dilations, 84, T] array of
   convolutions is ever written (at 1,460 steps that array and its copies were half of
   MiniRocket's time). The dilations with as many biases per kernel share their sums' arrays, so
@@ -210,20 +211,20 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   runs, per_group, taps, group_weights = [], [], [], []
   for count, members in groups.items():
     starts, ends = zip(*(pooled_runs(lengths, dilations[j], j) for j in members))
-    # dilations before cases in the scan's arrays, [..., dilations, B, 84]: a chunk's matmul
-    # (batched over dilations) writes its convolutions [dilations, steps, B, 84], and swapping
-    # its two major axes costs little, where cases first cost a transposing copy of every
-    # chunk's convolutions (README, "ROCKET")
+    # dilations, then steps, then cases in the scan's arrays: a chunk's matmul (batched over
+    # dilations) writes its convolutions [dilations, steps, B, 84], which the scan reads as they
+    # are, where cases first cost a transposing copy of every chunk's convolutions, and steps
+    # first a swap of its two major axes (README, "ROCKET")
     runs.append((jnp.stack(starts), jnp.stack(ends)))  # [dilations, B, 84]
     b = [biases[offsets[j] : offsets[j + 1]].reshape(kernels, count).T for j in members]
     per_group.append(jnp.stack(b, 1)[:, :, None])  # [count, dilations, 1, 84]
     w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
     if summed_first(channels):
       # each kernel's channels summed, then convolved (its weights are the same on each of its
-      # channels): [chunks, TIME_CHUNK, dilations, B, 84], read by the scan as they are
+      # channels): [chunks, dilations, TIME_CHUNK, B, 84], read by the scan as they are
       summed = jnp.einsum('dkc,bct->tbdk', taken(w), padded, precision=jax.lax.Precision.HIGHEST)
       c = [sum(KERNEL_TAPS[:, g] * summed[pad + o : pad + o + steps, :, i] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
-      taps.append(jnp.stack(c, 1).reshape(chunks, TIME_CHUNK, len(members), batch, kernels))
+      taps.append(jnp.stack([a.reshape(chunks, TIME_CHUNK, batch, kernels) for a in c], 1))
       group_weights.append(None)
       continue
     # the series at every tap of every dilation: [chunks, dilations, TIME_CHUNK, B, C x 9]
@@ -239,13 +240,17 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     tap_groups, times = inputs
     c_groups = []
     for t, w, (first, end) in zip(tap_groups, group_weights, runs):
-      c = t if w is None else jnp.einsum('dsbn,dkn->sdbk', t, w, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
+      c = t if w is None else jnp.einsum('dsbn,dkn->dsbk', t, w, precision=jax.lax.Precision.HIGHEST)  # fmt: skip
       # NaN outside a kernel's run (and after the series' end): neither above nor below any
       # bias there, so that the steps check no run
-      at = times[:, None, None, None]
-      c_groups.append(jnp.where((at >= first) & (at < end), c, jnp.nan))
+      at = times[:, None, None]
+      c_groups.append(jnp.where((at >= first[:, None]) & (at < end[:, None]), c, jnp.nan))
+    if extra:  # the previous chunk's comparisons counted, this chunk's written (`_compared`)
+      sums, (bits, start) = sums
+      sums, new_bits = _compared(_counted(sums, bits, start), c_groups, per_group)
+      return (sums, (new_bits, times[0])), None
     for k in range(TIME_CHUNK):
-      sums = _pooled_step(sums, [c_g[k] for c_g in c_groups], times[k], per_group)
+      sums = _pooled_step(sums, [c_g[:, k] for c_g in c_groups], times[k], per_group)
     return sums, None
 
   sums = []
@@ -259,7 +264,12 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
       s['last'] = jnp.broadcast_to(first, shape).astype(jnp.float32)  # aeon's last_val: the start
     sums.append(s)
   times = jnp.arange(steps, dtype=jnp.float32).reshape(chunks, TIME_CHUNK)
-  sums, _ = jax.lax.scan(chunk, sums, (taps, times))
+  if extra:
+    nothing = [jnp.zeros(s['hits'].shape, jnp.uint32) for s in sums]  # no step above or below
+    (sums, (bits, start)), _ = jax.lax.scan(chunk, (sums, (nothing, times[0, 0])), (taps, times))
+    sums = _counted(sums, bits, start)
+  else:
+    sums, _ = jax.lax.scan(chunk, sums, (taps, times))
   features = [None] * len(dilations)
   for members, s, (first, end), b in zip(groups.values(), sums, runs, per_group):
     count = end - first  # [dilations, B, 84]
@@ -279,21 +289,78 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
 
 @jax.jit
 def _pooled_step(sums, c_groups, t, biases):
-  """`pool`'s running sums after time t: per group, c_g [dilations, B, 84] (the convolutions at
-  t) against its biases [count, dilations, 1, 84]. Jitted, so that the TIME_CHUNK steps of the
+  """MiniRocket's running hits after time t: per group, c_g [dilations, B, 84] (the convolutions
+  at t) against its biases [count, dilations, 1, 84]. Jitted, so that the TIME_CHUNK steps of the
   scan's body are traced once and lowered as one function that XLA inlines into each step (the
   steps traced one by one were most of the time to trace and lower a transform)."""
-  out = []
+  return [{'hits': s['hits'] + (c_g > b)} for b, c_g, s in zip(biases, c_groups, sums)]
+
+
+# The bits of a chunk's steps in one uint32 (`_compared`): TIME_CHUNK above, TIME_CHUNK below.
+assert TIME_CHUNK <= 16
+# Bit j of each step's offset in the chunk: the steps whose offset has it (`_counted`).
+OFFSET_BITS = [sum(1 << k for k in range(TIME_CHUNK) if k >> j & 1) for j in range(TIME_CHUNK.bit_length() - 1)]  # fmt: skip
+
+
+@jax.jit
+def _compared(sums, c_groups, biases):
+  """MultiRocket's sums of values after a chunk (per group, c_g [dilations, TIME_CHUNK, B, 84]
+  against biases [count, dilations, 1, 84]) and the chunk's comparisons as bits, a uint32 per
+  sum: bit k if its step k is above the bias, bit TIME_CHUNK + k if below (`_counted` counts
+  them). The scan carries the bits to its next chunk, which XLA then writes once: within one
+  chunk, it fused their comparisons into each of their four readers (an optimization barrier
+  did not stop it)."""
+  out, bits = [], []
   for b, c_g, s in zip(biases, c_groups, sums):
-    above = c_g > b  # [count, dilations, B, 84]
-    new = {'hits': s['hits'] + above}
-    if 'values' in s:  # value and position sums without the bias and the run's start (added after)
-      below = c_g < b
-      new['values'] = s['values'] + jnp.where(above, c_g, 0.0)
-      new['positions'] = s['positions'] + jnp.where(above, t, 0.0)
-      new['longest'] = jnp.where(below, jnp.maximum(s['longest'], t - s['last']), s['longest'])
-      new['last'] = jnp.where(below, t, s['last'])
-    out.append(new)
+    values, packed = s['values'], jnp.zeros(s['values'].shape, jnp.uint32)
+    for k in range(TIME_CHUNK):
+      c = c_g[:, k]
+      above = c > b
+      values = values + jnp.where(above, c, 0.0)
+      packed = packed | jnp.where(above, jnp.uint32(1 << k), 0) | jnp.where(c < b, jnp.uint32(1 << (TIME_CHUNK + k)), 0)  # fmt: skip
+    out.append({**s, 'values': values})
+    bits.append(packed)
+  return out, bits
+
+
+@jax.jit
+def _counted(sums, bits, start):
+  """MultiRocket's running hits, positions and stretches after the chunk from `start` whose
+  comparisons `bits` are (`_compared`), from counts of bits: one pass over the sums a chunk,
+  where a pass of each over the chunk's steps took twice the time (README)."""
+  out = []
+  for s, packed in zip(sums, bits):
+    above, below = packed & ((1 << TIME_CHUNK) - 1), packed >> TIME_CHUNK
+    count = lambda m: jax.lax.population_count(m).astype(jnp.float32)  # noqa: E731
+    hits = count(above)
+    # the steps' offsets in the chunk, bit by bit
+    offsets = sum(2**j * count(above & m) for j, m in enumerate(OFFSET_BITS))
+    first = jax.lax.population_count(~below & (below - 1))  # trailing zeros: the first below
+    last = 31 - jax.lax.clz(below)
+    # the longest gap between consecutive steps below within the chunk: 1 + the longest run of
+    # steps not below between the first and the last, by a binary search over runs' lengths
+    # (runs[n]: bit i set where the n steps from step i are all not below)
+    between = ~below & ((jnp.uint32(1) << last.astype(jnp.uint32)) - 1)
+    between = between & ~((jnp.uint32(2) << first.astype(jnp.uint32)) - 1)
+    runs = {1: between}
+    sizes = [2**i for i in range(TIME_CHUNK.bit_length() - 1)]  # 1, 2, 4, 8: up to 15 steps
+    for n in sizes[1:]:
+      runs[n] = runs[n // 2] & (runs[n // 2] >> (n // 2))
+    run, longer = jnp.zeros_like(between), jnp.full_like(between, 0xFFFFFFFF)
+    for n in reversed(sizes):
+      candidate = longer & (runs[n] >> run)
+      run, longer = jnp.where(candidate != 0, run + n, run), jnp.where(candidate != 0, candidate, longer)  # fmt: skip
+    gap = jnp.maximum(start + first.astype(jnp.float32) - s['last'], jnp.where(last > first, run.astype(jnp.float32) + 1, 0.0))  # fmt: skip
+    some = below != 0
+    out.append(
+      {
+        **s,
+        'hits': s['hits'] + hits,
+        'positions': s['positions'] + start * hits + offsets,
+        'longest': jnp.where(some, jnp.maximum(s['longest'], gap), s['longest']),
+        'last': jnp.where(some, start + last.astype(jnp.float32), s['last']),
+      }
+    )
   return out
 
 

@@ -79,7 +79,7 @@ def _transform(x, lengths, weights, channels, k):
       for r, (s, n) in enumerate(multirocket.with_difference(x, lengths)):
         if channels is None:  # one channel: every kernel of every group on it, one matmul
           taps = jnp.stack([minirocket.shifted(s[:, 0], o) for o in minirocket.tap_offsets(dilation)], 1)  # fmt: skip
-          z = jnp.einsum('jn,bnt->bjt', weights[i, r], taps, precision=jax.lax.Precision.HIGHEST)
+          z = jnp.einsum('jn,bnt->btj', weights[i, r], taps, precision=jax.lax.Precision.HIGHEST)
         else:  # each group on the sum of its channels: a grouped convolution
           z = jax.lax.conv_general_dilated(
             s[:, channels[i, r]].sum(2),
@@ -87,16 +87,18 @@ def _transform(x, lengths, weights, channels, k):
             window_strides=(1,),
             padding=[(4 * dilation, 4 * dilation)],
             rhs_dilation=(dilation,),
-            dimension_numbers=('NCH', 'OIH', 'NCH'),
+            dimension_numbers=('NCH', 'OIH', 'NHC'),  # [B, T, groups x k], as the matmul's
             feature_group_count=groups,
             precision=jax.lax.Precision.HIGHEST,
           )
-        z = z.reshape(s.shape[0], groups, k, -1)  # [B, groups, k, T]
-        valid = (jnp.arange(z.shape[-1]) < n[:, None])[:, None, None]  # the case's own steps
+        # a group's kernels minor, [B, T, groups, k]: argmax and argmin reduce adjacent values
+        # (with the steps minor, one channel's transform took 1.3-1.6x the time, README)
+        z = z.reshape(s.shape[0], -1, groups, k)
+        valid = (jnp.arange(z.shape[1]) < n[:, None])[:, :, None, None]  # the case's own steps
         # at each step, the top kernel of a group adds its response, the bottom one counts 1
-        top = jax.nn.one_hot(z.argmax(2), k, axis=2) * z.max(2, keepdims=True)
-        bottom = jax.nn.one_hot(z.argmin(2), k, axis=2)
-        features.append(jnp.stack([jnp.where(valid, f, 0.0).sum(-1) for f in (top, bottom)], 1))
+        top = jax.nn.one_hot(z.argmax(3), k) * z.max(3, keepdims=True)
+        bottom = jax.nn.one_hot(z.argmin(3), k)
+        features.append(jnp.stack([jnp.where(valid, f, 0.0).sum(1) for f in (top, bottom)], 1))
     return jnp.stack(features, 1).reshape(x.shape[0], -1)
 
   # reductions over time in blocks of cases whose responses fit minirocket.BLOCK_BYTES, where a

@@ -243,6 +243,27 @@ def test_preparing_twice_needs_overwrite(tmp_path):
   )
 
 
+def test_a_split_is_read_once_until_it_is_prepared_again(tmp_path):
+  data_dir = str(tmp_path / 'tfds')
+  path = helpers.ts_file(tmp_path / 't.ts', TS_LINES)
+  dataset_writer.write_dataset('toy', {'train': path}, data_dir, validation_fraction=0)
+  source = pipeline.load_split('toy', 'train', data_dir)
+  assert pipeline.load_split('toy', 'train', data_dir) is source  # the folds' loads: one read
+  first = pipeline.labels(source)
+  fold = pipeline.Subset(source, [4, 1])
+  np.testing.assert_array_equal(pipeline.labels(fold), [fold[i]['label'] for i in range(2)])
+  # the same cases, classes a and c swapped, prepared again: read again, with the new labels
+  swapped = [line.replace(':a', ':_').replace(':c', ':a').replace(':_', ':c') for line in TS_LINES]
+  relabelled = helpers.ts_file(tmp_path / 'r.ts', swapped)
+  dataset_writer.write_dataset(
+    'toy', {'train': relabelled}, data_dir, validation_fraction=0, overwrite=True
+  )
+  again = pipeline.load_split('toy', 'train', data_dir)
+  assert again is not source
+  np.testing.assert_array_equal(pipeline.labels(again), [again[i]['label'] for i in range(len(again))])  # fmt: skip
+  assert not np.array_equal(pipeline.labels(again), first)
+
+
 def test_classes_too_small_for_the_fraction_give_the_largest_ones_last_case(tmp_path):
   """Two cases a class: 10% carves none of any; the split is the last case of the largest class
   (the first in label order), so that 'train+validation' and 'validation' exist as for any data."""

@@ -223,7 +223,9 @@ def test_multirocket_sums_counted_from_bits_equal_those_step_by_step():
     want['hits'] += above
     want['values'] += np.where(above, value, 0.0)
     want['positions'] += np.where(above, t, 0.0)
-    want['longest'] = np.where(below, np.maximum(want['longest'], t - want['last']), want['longest'])
+    want['longest'] = np.where(
+      below, np.maximum(want['longest'], t - want['last']), want['longest']
+    )
     want['last'] = np.where(below, t, want['last'])
   for name, expected in want.items():
     np.testing.assert_array_equal(np.asarray(got[name]), expected, err_msg=name)

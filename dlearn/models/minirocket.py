@@ -299,7 +299,7 @@ def _pooled_step(sums, c_groups, t, biases):
 # The bits of a chunk's steps in one uint32 (`_compared`): TIME_CHUNK above, TIME_CHUNK below.
 assert TIME_CHUNK <= 16
 # Bit j of each step's offset in the chunk: the steps whose offset has it (`_counted`).
-OFFSET_BITS = [sum(1 << k for k in range(TIME_CHUNK) if k >> j & 1) for j in range(TIME_CHUNK.bit_length() - 1)]  # fmt: skip
+OFFSET_BITS = [sum(1 << k for k in range(TIME_CHUNK) if k >> j & 1) for j in range((TIME_CHUNK - 1).bit_length())]  # fmt: skip
 
 
 @jax.jit
@@ -343,7 +343,7 @@ def _counted(sums, bits, start):
     between = ~below & ((jnp.uint32(1) << last.astype(jnp.uint32)) - 1)
     between = between & ~((jnp.uint32(2) << first.astype(jnp.uint32)) - 1)
     runs = {1: between}
-    sizes = [2**i for i in range(TIME_CHUNK.bit_length() - 1)]  # 1, 2, 4, 8: up to 15 steps
+    sizes = [2**i for i in range((TIME_CHUNK - 1).bit_length())]  # 1, 2, 4, 8: up to 15 steps
     for n in sizes[1:]:
       runs[n] = runs[n // 2] & (runs[n // 2] >> (n // 2))
     run, longer = jnp.zeros_like(between), jnp.full_like(between, 0xFFFFFFFF)

@@ -58,7 +58,7 @@ def default_data_dir() -> str:
 def load_split(name: str, split: str, data_dir: str | None = None):
   """`tfds.data_source(name, split)`, with an error that says where it looked and how to prepare
   the dataset when it is not there. A process reads a split once while its files stay as they
-  are (a cross-validation's folds each load the split: 4-5 ms each, `_prepared`)."""
+  are (`_prepared`): a cross-validation's folds each load it."""
   data_dir = data_dir or default_data_dir()
   return _prepared(name, split, data_dir, _files(os.path.join(os.path.expanduser(data_dir), name)))
 

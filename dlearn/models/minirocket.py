@@ -314,13 +314,20 @@ def _compared(sums, c_groups, biases):
   for b, c_g, s in zip(biases, c_groups, sums):
     values, packed = s['values'], jnp.zeros(s['values'].shape, jnp.uint32)
     for k in range(TIME_CHUNK):
-      c = c_g[:, k]
-      above = c > b
-      values = values + jnp.where(above, c, 0.0)
-      packed = packed | jnp.where(above, jnp.uint32(1 << k), 0) | jnp.where(c < b, jnp.uint32(1 << (TIME_CHUNK + k)), 0)  # fmt: skip
+      values, packed = _compared_step(values, packed, c_g[:, k], b, jnp.uint32(k))
     out.append({**s, 'values': values})
     bits.append(packed)
   return out, bits
+
+
+@jax.jit
+def _compared_step(values, packed, c, b, k):
+  """`_compared` at the chunk's step k (traced: one function for the TIME_CHUNK steps, traced
+  and lowered once, which XLA inlines into each)."""
+  above = c > b
+  one = jnp.uint32(1)
+  bits = jnp.where(above, one << k, 0) | jnp.where(c < b, one << (k + TIME_CHUNK), 0)
+  return values + jnp.where(above, c, 0.0), packed | bits.astype(jnp.uint32)
 
 
 @jax.jit

@@ -1,5 +1,6 @@
 """Preparing image folders and UEA/UCR .ts files as tfds datasets, and the errors for bad input."""
 
+import gc
 import os
 import tarfile
 
@@ -262,6 +263,13 @@ def test_a_split_is_read_once_until_it_is_prepared_again(tmp_path):
   assert again is not source
   np.testing.assert_array_equal(pipeline.labels(again), [again[i]['label'] for i in range(len(again))])  # fmt: skip
   assert not np.array_equal(pipeline.labels(again), first)
+  # the labels are kept no longer than the split they belong to
+  key = id(source)
+  assert key in pipeline._LABELS
+  pipeline._prepared.cache_clear()
+  del source, fold
+  gc.collect()
+  assert key not in pipeline._LABELS
 
 
 def test_classes_too_small_for_the_fraction_give_the_largest_ones_last_case(tmp_path):

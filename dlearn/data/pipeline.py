@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import os
+import weakref
 
 import grain
 import numpy as np
@@ -87,9 +88,8 @@ def _prepared(name: str, split: str, data_dir: str, files: tuple):
         download=False,
         decoders={'image': tfds.decode.SkipDecoding()},
       )
-    if len(_LABELS) >= 32:
-      _LABELS.pop(next(iter(_LABELS)))
-    _LABELS[id(source)] = (source, None)
+    _LABELS[id(source)] = None  # read by `labels`, forgotten with the source
+    weakref.finalize(source, _LABELS.pop, id(source), None)
     return source
   except Exception as e:  # tfds raises several types for "not prepared" and for a bad split.
     if os.path.isdir(os.path.join(os.path.expanduser(data_dir), name)):
@@ -195,18 +195,18 @@ def labels(source) -> np.ndarray:
   once a process: a cross-validation's folds each cut their folds from them)."""
   if isinstance(source, Subset):
     return labels(source.source)[source.indices]
-  entry = _LABELS.get(id(source))
-  if entry is not None and entry[0] is source and entry[1] is not None:
-    return entry[1]
+  found = _LABELS.get(id(source))
+  if found is not None:
+    return found
   found = np.array([source[i]['label'] for i in range(len(source))], np.int64)
   found.flags.writeable = False
-  if entry is not None and entry[0] is source:
-    _LABELS[id(source)] = (source, found)
+  if id(source) in _LABELS:
+    _LABELS[id(source)] = found
   return found
 
 
-# id(source) -> (source, its labels or None until read), for the splits `load_split` read: each
-# source kept, so that its id is not another's
+# id(source) -> its labels (None until read), for the splits `load_split` holds (`_prepared`'s
+# cache): an entry leaves when its source is collected, before its id can be another's
 _LABELS = {}
 
 

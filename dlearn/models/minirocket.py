@@ -327,7 +327,7 @@ def _compared_step(values, packed, c, b, k):
   above = c > b
   one = jnp.uint32(1)
   bits = jnp.where(above, one << k, 0) | jnp.where(c < b, one << (k + TIME_CHUNK), 0)
-  return values + jnp.where(above, c, 0.0), packed | bits.astype(jnp.uint32)
+  return values + jnp.where(above, c, 0.0), packed | bits
 
 
 @jax.jit

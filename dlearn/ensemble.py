@@ -235,7 +235,7 @@ def cross_validated_ensemble(records, power, folds, report):
           f'{fold} (their config.seed cuts the folds): give every member the same seed '
           '(--set=seed=0).'
         )
-    probabilities = sum(w * h['probabilities'] for w, h in zip(weights, held))
+    probabilities = weighted_ensemble.combined(weights, [h['probabilities'] for h in held])
     accuracies.append(float(np.mean(np.argmax(probabilities, -1) == held[0]['label'])))
     report(f'ensemble fold {fold}: accuracy {accuracies[-1]:.4f}')
   return accuracies

@@ -58,6 +58,12 @@ def cawpe_weights(accuracies, power: float = 4.0) -> np.ndarray:
   return weights if weights.sum() > 0 else np.ones_like(weights)
 
 
+def combined(weights, probabilities):
+  """The ensemble's class probabilities: its members' (NumPy or JAX arrays, one per member)
+  weighted by `weights` (`cawpe_weights`), summing to 1 as each member's do."""
+  return sum(w * p for w, p in zip(weights, probabilities)) / sum(weights)
+
+
 class WeightedEnsemble(nnx.Module):
   def __init__(self, members, member_settings, weights, each_case):
     self.members = nnx.List(members)
@@ -69,13 +75,13 @@ class WeightedEnsemble(nnx.Module):
     del train  # the members are trained already
     valid = jnp.arange(sequences.shape[1])[None, :, None] < lengths[:, None, None]
     own = pipeline.DatasetInfo('', 'sequence', sequences.shape[1:], 0, (), standardize='each_case')
-    total = 0.0
-    for member, (member_family, member_config), weight, each_case in zip(
-      self.members, self.member_settings, self.weights, self.each_case
+    members = []
+    for member, (member_family, member_config), each_case in zip(
+      self.members, self.member_settings, self.each_case
     ):
       x = jnp.where(valid, pipeline.standardize(sequences, own, valid), 0.0) if each_case else sequences  # fmt: skip
-      total += weight * member_family.probabilities(member, (x, lengths), member_config)
-    probabilities = total / sum(self.weights)
+      members.append(member_family.probabilities(member, (x, lengths), member_config))
+    probabilities = combined(self.weights, members)
     return jnp.log(jnp.maximum(probabilities, jnp.finfo(jnp.float32).tiny))
 
 

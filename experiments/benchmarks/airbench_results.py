@@ -10,7 +10,6 @@ gpu_run.sh runs it after the reference step, on the GPU machine.
 
 import os
 import re
-import statistics
 import sys
 
 from absl import app, flags
@@ -53,12 +52,7 @@ def main(argv):
     import torch
 
     torch_version = torch.__version__
-  accuracies = [r['accuracy'] for r in runs]
-  summary = {
-    'median_seconds': statistics.median(r['seconds'] for r in runs),
-    'mean_accuracy': statistics.mean(accuracies),
-    'std_accuracy': statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
-  }
+  summary = results_file.runs_summary(runs)
   kind = results_file.machine_kind(FLAGS.machine_kind)
   settings = {'script': 'peers/airbench/airbench94_muon.py', 'compile_mode': FLAGS.compile_mode}
   path = results_file.write(
@@ -67,8 +61,7 @@ def main(argv):
     {'settings': settings, 'summary': summary, 'runs': runs},
     versions={'torch': torch_version},
   )
-  print(f'{len(runs)} runs: median {summary["median_seconds"]:.2f} s, accuracy '
-        f'{summary["mean_accuracy"]:.4f} ± {summary["std_accuracy"]:.4f}; wrote {path}')  # fmt: skip
+  print(f'{results_file.runs_line(summary)}; wrote {path}')
 
 
 if __name__ == '__main__':

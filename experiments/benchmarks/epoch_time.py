@@ -5,10 +5,15 @@ device (`config.data.on_device`), each with one and with K steps per dispatch
 
   python experiments/benchmarks/epoch_time.py [--data_dir=data/tfds] [--devices=1] [--repeats=2]
       [--steps=0] [--workloads=seed_dcnn,lstm] [--variants=host:1,host:8,device:1,device:8]
+      [--batch_size=0] [--eval_examples=512] [--results_suffix=]
 
 Workloads: the article's `seed_dcnn` recipe (batch 32, experiments/configs/seed_dcnn_cifar10.py)
 and the LSTM over CIFAR-10 rows (batch 256, lstm_cifar10_rows.py), on the prepared `cifar10_jpeg`
-dataset (see those files). Each run trains `--steps` steps (0: the workload's default; -1: one
+dataset (see those files); `resnet50`, ResNet-50 v1.5 (imagenet_resnet50.py, bf16, batch 256)
+through the JPEG pipeline (encoded images decoded, random-resized-cropped to 224x224 and flipped
+in worker processes, one per core) on the prepared `imagenet_like` folder (`imagenet_like.py`),
+the host variants only (encoded images are not kept on the device): its images/s beside
+`suite.py`'s step alone say whether the host keeps the device fed. Each run trains `--steps` steps (0: the workload's default; -1: one
 whole epoch) in a fresh work directory. Timed: every step after the first dispatch (which includes
 compilation), without the final evaluation (run on 512 validation images) but with the final
 checkpoint's save call; steps/s, examples/s, and the epoch time those give, with the on-device
@@ -37,16 +42,27 @@ flags.DEFINE_integer(
   "Steps per run: 0 for the workload's default, -1 for one epoch. "
   "Rounded up to a multiple of every variant's steps per dispatch.",
 )
-flags.DEFINE_list('workloads', ['seed_dcnn', 'lstm'], 'Among: seed_dcnn, lstm.')
+flags.DEFINE_list('workloads', ['seed_dcnn', 'lstm'], 'Among: seed_dcnn, lstm, resnet50.')
 flags.DEFINE_list(
   'variants',
   ['host:1', 'host:8', 'device:1', 'device:8'],
   'pipeline:steps_per_dispatch, pipeline being host or device.',
 )
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
+flags.DEFINE_string('results_suffix', '', 'Appended to the results file name (e.g. -resnet50).')
+flags.DEFINE_integer('batch_size', 0, "Global batch (0: the workload's).")
+flags.DEFINE_integer('eval_examples', 512, 'Validation images of the final evaluation.')
 
-# name: (config file, default steps per run)
-WORKLOADS = {'seed_dcnn': ('seed_dcnn_cifar10.py', 400), 'lstm': ('lstm_cifar10_rows.py', 96)}
+# name: (config file, default steps per run, config fields set)
+WORKLOADS = {
+  'seed_dcnn': ('seed_dcnn_cifar10.py', 400, {'data.name': 'cifar10_jpeg'}),  # not its fetched one
+  'lstm': ('lstm_cifar10_rows.py', 96, {}),
+  'resnet50': (
+    'imagenet_resnet50.py',
+    48,
+    {'data.name': 'imagenet_like', 'batch_size': 256, 'dtype': 'bfloat16'},
+  ),
+}
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 
@@ -61,15 +77,18 @@ def _set_devices(count: int):
 def _config(workload: str, pipeline: str, steps_per_dispatch: int, steps: int):
   import importlib.util
 
+  from dlearn import configs
+
   path = os.path.join(ROOT, 'experiments', 'configs', WORKLOADS[workload][0])
   spec = importlib.util.spec_from_file_location('experiment', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = configs.override(module.get_config(), WORKLOADS[workload][2])
+  config.batch_size = FLAGS.batch_size or config.batch_size
   config.data.data_dir = FLAGS.data_dir
   config.data.on_device = pipeline == 'device'
-  config.data.eval_split = 'validation[:512]'
-  config.eval_batch_size = 512
+  config.data.eval_split = f'validation[:{FLAGS.eval_examples}]'
+  config.eval_batch_size = FLAGS.eval_examples
   config.steps_per_dispatch = steps_per_dispatch
   if steps > 0:
     config.num_train_steps = steps
@@ -168,7 +187,7 @@ def main(argv):
 
   rows = []
   for repeat in range(FLAGS.repeats):
-    for workload, _steps in runs:
+    for workload, steps in runs:
       for pipeline, k in variants:
         row = _run(workload, pipeline, k, steps)
         row['repeat'] = repeat
@@ -221,7 +240,7 @@ def main(argv):
       )
 
   path = results_file.write(
-    f'epoch_time-{kind}',
+    f'epoch_time-{kind}{FLAGS.results_suffix}',
     kind,
     {
       'repeats': FLAGS.repeats,

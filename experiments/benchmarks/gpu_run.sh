@@ -16,24 +16,36 @@
 # (any trained work directories: here the `:smoke` run of the README and a cross-validation fold of
 # rnn_uea.py), and, if an earlier call brought back compile-cache.tgz, `tar xzf compile-cache.tgz`
 # here (it fills .cache/: torch.compile's and JAX's compilation caches; compilation is never timed).
-# Then one device call: command `bash experiments/benchmarks/gpu_run.sh`, carry [".whl",
-# "data/raw", "peers", ".cache", "workdirs/gpu_exports"], timeout_s 590. Steps, in this order (name
-# some to run only those, e.g. `gpu_run.sh epoch bf16` to finish a call that ran out of time on a
-# warm machine). Their device time on an H200 (2026-11-27, cold caches): checks 48 s, suite 144 s,
-# recipe 160 s (61 s of it the first compilation), epoch ~100 s:
+# Then the device calls, each `bash experiments/benchmarks/gpu_run.sh STEP...` with carry [".whl",
+# "data/raw", "peers", ".cache", "workdirs/gpu_exports"] and timeout_s 590; a session's 15 minutes
+# of device time (the machine's start included) hold two calls on a warm machine, in the order of
+# issue 28's items: call 1 `checks recipe reference`, call 2 `suite bf16 unroll lstm export
+# ensemble epoch pipeline imagenet` (what the budget cuts is named in the log; rerun it first next session).
+# Steps (no names: all, in this order). Their device time on an H200 (2026-11-27, cold caches):
+# checks 48 s, suite 144 s, recipe 160 s for 5 runs (61 s of it the first compilation; each run
+# then also read and decoded the splits, ~10 s, which the runs now share), reference 93 s for 5
+# runs, export 15 s, epoch 120 s, bf16 127 s; the others not run yet:
 #   checks     experiments/benchmarks/gpu_checks.py: cuDNN LSTM == scan, bf16 ~ float32
 #   suite      suite.py, float32: dlearn (scan and cuDNN LSTMs) against torch eager and compile
-#   recipe     fast_cifar10.py: the fast CIFAR-10 recipe, 5 timed runs after a warm-up
-#   reference  peers/airbench (PyTorch) on the same split, 5 runs after its warm-up; torch.compile
-#              in its default mode (REFERENCE_MODE=max-autotune for airbench's own: that one
-#              compiled for over 370 s on an H200 without finishing)
+#   recipe     fast_cifar10.py: the fast CIFAR-10 recipe at 8 and 9 epochs, 8 timed runs of each
+#              (alternated, after a warm-up each), then one more run profiled (the trace stays
+#              in /tmp/dlearn-profile, too big to come back; profile_summary.py's reading of it
+#              and the fraction of the card's peak go into the results file)
+#   reference  peers/airbench (PyTorch) on the same split, 8 runs (REFERENCE_RUNS) after its
+#              warm-up; torch.compile in its default mode (REFERENCE_MODE=max-autotune for
+#              airbench's own: that one compiled for over 370 s on an H200 without finishing)
 #   export     export_on_gpu.py check: the exported models run by the README's lines on the GPU
 #   epoch      epoch_time.py: training through the real input pipeline, host and on-device data
+#   pipeline   epoch_time.py's resnet50: ResNet-50 (bf16, batch 256) through the JPEG pipeline
+#              (random-resized crops decoded in one worker process per core) on a folder made
+#              from the CIFAR-10 JPEGs upscaled to 200-500 px (imagenet_like.py), images/s
 #   bf16       suite.py, bfloat16 (autocast in PyTorch), eager and compile
 #   unroll     suite.py's LSTM rows with --rnn_unroll=8 (results/<card>-unroll8.json), eager only
+#   lstm       the long LSTM (T1024 F3 H128, batch 256) profiled: dlearn's scan and JAX's cuDNN
+#              LSTM (float32), what each step's kernels take (results/<card>-lstm-profile.json)
 #   ensemble   ensemble_step.py: the UEA recipe's 5 FCNs vmapped against in turn, two shapes
 #   imagenet   suite.py's ResNet-50 and ViT-B/16 training steps, bf16, batch 256, against
-#              torchvision's and timm's (both in the image), eager and compile (not yet run)
+#              torchvision's and timm's (both in the image), eager and compile: the step alone
 # BUDGET (default 570 s) bounds the whole script: each step gets at most its own limit and what is
 # left of the budget, so a slow step costs the later ones, never the call's output. Everything
 # lands in $OUT: log.txt, prepare.log, probe.log and the results JSON files, which go into
@@ -43,7 +55,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/dlearn-gpu}
 BUDGET=${BUDGET:-570}
 SMOKE=${SMOKE:-0}
-STEPS=" ${*:-checks suite recipe reference export epoch bf16 unroll ensemble imagenet} "
+STEPS=" ${*:-checks suite recipe reference export epoch pipeline bf16 unroll lstm ensemble imagenet} "
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 began_at=$(mktemp)  # results files newer than this one are this call's
@@ -68,8 +80,10 @@ step() {
     kind=(--machine_kind=smoke)  # results/smoke*.json, removed at the end
     suite_args=("${kind[@]}" --repeats=1 --steps=2 --only='seed_dcnn b32,lstm T29' --nocompile)
     imagenet_args=("${kind[@]}" --repeats=1 --steps=1 --imagenet_batch=2 --nocompile)
-    recipe_args=("${kind[@]}" --smoke --runs=1)
+    recipe_args=("${kind[@]}" --smoke --runs=1 --epochs=8,9 --profile=/tmp/dlearn-profile)
     epoch_args=("${kind[@]}" --steps=8 --variants=host:1,device:1)
+    pipeline_args=("${kind[@]}" --steps=2 --batch_size=4 --eval_examples=8 --repeats=1)
+    like_count=64
     reference=(echo "reference: needs a GPU and torch.compile; not run in SMOKE mode")
     ensemble_args=("${kind[@]}" --repeats=1)
   else
@@ -81,8 +95,10 @@ step() {
       || { echo "error: installing .whl failed"; exit 1; }
     suite_args=(--repeats=3 --steps=10 --noplain_layers --only=seed_dcnn,resnet18,lstm,elman)
     imagenet_args=(--repeats=3 --steps=5 --imagenet_batch=256)
-    recipe_args=(--runs=5)
+    recipe_args=(--runs=8 --epochs=8,9 --profile=/tmp/dlearn-profile --peak_tflops=989)
     epoch_args=(--repeats=1)
+    pipeline_args=(--steps=48 --repeats=1)
+    like_count=2000
     ensemble_args=(--repeats=20)
     reference=(python3 airbench94_muon.py)
   fi
@@ -104,13 +120,23 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
       --train=data/raw/cifar10_jpeg_train.tar.gz >"$OUT/prepare.log" 2>&1 &
     data_pid=$!
   fi
+  # The JPEG folder of ImageNet's sizes and its encoded store, for the pipeline step.
+  like_pid=''
+  if wants pipeline && [ ! -d data/tfds/imagenet_like ]; then
+    { $PY experiments/benchmarks/imagenet_like.py --output=data/imagenet_like --count=$like_count \
+        --archive=data/raw/cifar10_jpeg_train.tar.gz \
+      && JAX_PLATFORMS=cpu $PY -m dlearn.prepare --name=imagenet_like --train=data/imagenet_like \
+        --data_dir=data/tfds; } >"$OUT/prepare_imagenet_like.log" 2>&1 &
+    like_pid=$!
+  fi
   airbench=/tmp/airbench
   ref_pid=''
   if wants reference && [ "$SMOKE" != 1 ] && [ ! -f $airbench/cifar10/test.pt ]; then
     mkdir -p $airbench
-    # 5 runs, and torch.compile's default mode unless REFERENCE_MODE says otherwise: its own
-    # max-autotune compiled for over 370 s of device time on an H200 without finishing (2026-11-27).
-    sed "s/range(200)/range(5)/; s/mode=\"max-autotune\"/mode=\"${REFERENCE_MODE:-default}\"/" \
+    # REFERENCE_RUNS runs, and torch.compile's default mode unless REFERENCE_MODE says otherwise:
+    # its own max-autotune compiled for over 370 s of device time on an H200 without finishing
+    # (2026-11-27).
+    sed "s/range(200)/range(${REFERENCE_RUNS:-8})/; s/mode=\"max-autotune\"/mode=\"${REFERENCE_MODE:-default}\"/" \
       peers/airbench/airbench94_muon.py >$airbench/airbench94_muon.py
     grep -n 'model.compile' $airbench/airbench94_muon.py
     $PY peers/airbench/jpeg_to_pt.py data/raw/cifar10_jpeg_train.tar.gz $airbench/cifar10 \
@@ -147,8 +173,9 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
     echo "== waiting for the dataset ($((SECONDS - start))s)"
     wait $data_pid || echo "error: preparing the dataset failed (prepare.log)"
   fi
-  # 240 s: 5 runs took more than 180 s on an H200, each reading the splits onto the GPU anew.
-  wants recipe && JAX_COMPILATION_CACHE_DIR=$caches/jax step 240 recipe \
+  # 2 warm-ups, 16 runs and a profiled one: 5 runs and a warm-up took 160-180 s on an H200 when
+  # each read the splits anew (2026-11-27).
+  wants recipe && JAX_COMPILATION_CACHE_DIR=$caches/jax step 330 recipe \
     $PY experiments/benchmarks/fast_cifar10.py --data_dir=data/tfds "${recipe_args[@]}"
   if wants reference; then
     [ -n "$ref_pid" ] && { wait $ref_pid || echo "error: airbench's data files failed"; }
@@ -162,12 +189,20 @@ print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version
     workdirs/gpu_exports && cp workdirs/gpu_exports/check.json "$OUT/export_check.json"
   wants epoch && step 150 epoch $PY experiments/benchmarks/epoch_time.py --data_dir=data/tfds \
     "${epoch_args[@]}"
+  if wants pipeline; then
+    [ -n "$like_pid" ] && { wait $like_pid || echo "error: the imagenet_like folder failed"; }
+    step 150 pipeline $PY experiments/benchmarks/epoch_time.py --data_dir=data/tfds \
+      --workloads=resnet50 --variants=host:1 --results_suffix=-resnet50 "${pipeline_args[@]}"
+  fi
   wants bf16 && XLA_PYTHON_CLIENT_PREALLOCATE=false step 170 bf16 \
     $PY experiments/benchmarks/suite.py --dtype=bfloat16 --peak_tflops=989 "${suite_args[@]}"
   # The long LSTM, where dlearn's scan loses to cuDNN (0.19-0.25x): 8 time steps per iteration.
   wants unroll && XLA_PYTHON_CLIENT_PREALLOCATE=false step 90 unroll \
     $PY experiments/benchmarks/suite.py --peak_tflops=989 "${suite_args[@]}" --only=lstm \
     --rnn_unroll=8 --nocompile
+  wants lstm && XLA_PYTHON_CLIENT_PREALLOCATE=false step 90 lstm \
+    $PY experiments/benchmarks/suite.py --peak_tflops=989 "${suite_args[@]}" --only='lstm T1024' \
+    --nocompile --profile=/tmp/dlearn-lstm-profile --results_suffix=-lstm-profile
   # JapaneseVowels' shape, then GunPoint's (one results file, an entry per shape).
   if wants ensemble; then
     for shape in '--length=26 --channels=12' '--length=150 --channels=1'; do

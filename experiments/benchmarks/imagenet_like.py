@@ -5,7 +5,7 @@ a width drawn uniformly from 200-500 px (numpy seed 0) and saved at JPEG quality
 `train/<class>/<name>.jpg`. Upscaled 32x32 images are smoother than photographs, so their JPEGs
 are smaller and decode faster than ImageNet's of the same size: the figures are for this folder.
 
-  python experiments/benchmarks/imagenet_like.py --output=data/imagenet_like --count=2000
+  python experiments/benchmarks/imagenet_like.py --output=data/imagenet_like --count=2000 [--archive=PATH]
 
 numpy and Pillow only (the decoder benchmark runs it from other environments).
 """
@@ -64,8 +64,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--output', default='data/imagenet_like')
   parser.add_argument('--count', type=int, default=2000)
+  parser.add_argument('--archive', default=ARCHIVE, help='The CIFAR-10 JPEG archive.')
   args = parser.parse_args()
-  print(make_folder(args.output, args.count))
+  print(make_folder(args.output, args.count, args.archive))
 
 
 if __name__ == '__main__':

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 
 import jax
 
@@ -42,3 +43,26 @@ def write(name: str, kind: str, fields: dict, versions: dict | None = None) -> s
   with open(path, 'w') as f:
     json.dump(output, f, indent=2)
   return path
+
+
+def runs_summary(runs: list[dict]) -> dict:
+  """Mean, standard deviation (ddof=1), median, min and max of the runs' 'seconds' and
+  'accuracy': how repeated timed runs (a recipe's, its reference's) are reported."""
+  summary = {'runs': len(runs)}
+  for field in ('seconds', 'accuracy'):
+    values = [r[field] for r in runs]
+    summary[f'mean_{field}'] = statistics.mean(values)
+    summary[f'std_{field}'] = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary[f'median_{field}'] = statistics.median(values)
+    summary[f'min_{field}'], summary[f'max_{field}'] = min(values), max(values)
+  return summary
+
+
+def runs_line(summary: dict) -> str:
+  return (
+    f'{summary["runs"]} runs: seconds a run mean {summary["mean_seconds"]:.3f} ± '
+    f'{summary["std_seconds"]:.3f}, median {summary["median_seconds"]:.3f} '
+    f'({summary["min_seconds"]:.3f}-{summary["max_seconds"]:.3f}); accuracy mean '
+    f'{summary["mean_accuracy"]:.4f} ± {summary["std_accuracy"]:.4f}, median '
+    f'{summary["median_accuracy"]:.4f} ({summary["min_accuracy"]:.4f}-{summary["max_accuracy"]:.4f})'
+  )

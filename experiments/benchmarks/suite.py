@@ -2,7 +2,7 @@
 
   pip install -e ".[benchmark]"      # PyTorch; here: pip install torch==2.13.0 (CPU build on disk)
   python experiments/benchmarks/suite.py [--repeats=5] [--steps=5] [--only=lstm,elman] [--nocompile]
-      [--dtype=bfloat16] [--noplain_layers] [--imagenet_batch=8]
+      [--dtype=bfloat16] [--noplain_layers] [--imagenet_batch=8] [--profile=DIR]
 
 Per workload and framework: examples/s and step time (median, and min-max over repeats of
 `--steps` steps, synthetic data already on the device), the first call's time (compilation included;
@@ -15,11 +15,12 @@ autocast), float32 parameters in both. On a GPU, LSTMs get a row 'dlearn cudnn' 
 The small workloads get a row 'dlearn K/dispatch' (config.steps_per_dispatch=K, `--steps_per_dispatch`;
 per-step times are the dispatch's divided by K). For the CNNs a row 'dlearn plain layers' times the same
 step with XLA's own max pooling and convolution gradient (what dlearn.models.layers replaces), so
-the table shows whether that fast path pays on this machine.
+the table shows whether that fast path pays on this machine. `--profile=DIR` traces `--steps` more
+steps of each dlearn row (`jax.profiler`, a folder per row in DIR) and prints and keeps what the
+trace says (`profile_summary.py`: the device's busy time a step, its costliest operations).
 Results are also written as JSON to experiments/benchmarks/results/<machine kind>.json.
 """
 
-import functools
 import os
 import resource
 import statistics
@@ -28,14 +29,12 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags
 
-from dlearn import configs, optimizers, parallel, sharding
-from dlearn import steps as steps_lib
-from dlearn.data.pipeline import DatasetInfo
+from dlearn import configs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # its neighbours:
+import dlearn_step  # noqa: E402
 import results_file  # noqa: E402  (and torch_reference, imported where PyTorch is timed)
 
 FLAGS = flags.FLAGS
@@ -66,6 +65,11 @@ flags.DEFINE_float(
 )
 
 flags.DEFINE_string('results_suffix', '', 'Appended to the results file name (e.g. -imagenet).')
+flags.DEFINE_string(
+  'profile',
+  None,
+  "Trace `--steps` more of each dlearn row's steps into this folder (jax.profiler).",
+)
 flags.DEFINE_integer(
   'imagenet_batch', 8, 'Batch of the 224x224 workloads (ResNet-50, ViT-B/16): small on a CPU.'
 )
@@ -150,8 +154,10 @@ def time_dlearn(
   plain_layers=False,
   rnn_implementation='scan',
   steps_per_dispatch=1,
+  profile_as=None,
 ):
-  """(first call seconds, [seconds per step of each repeat], FLOPs per step)."""
+  """(first call seconds, [seconds per step of each repeat], FLOPs per step, and with
+  --profile, what a trace of `steps` more steps says (`profile_summary`), in --profile/profile_as)."""
   config = configs.base()
   config.model, config.data.augment, config.learning_rate = model, False, 0.01
   config.plain_layers = plain_layers
@@ -163,51 +169,29 @@ def time_dlearn(
       config[section] = ml_collections.ConfigDict(values)
   config.rnn.unroll = FLAGS.rnn_unroll
   config.rnn.implementation = rnn_implementation
-  kind = 'image' if len(shape) == 3 else 'sequence'
-  info = DatasetInfo('synthetic', kind, shape, NUM_CLASSES, tuple(map(str, range(NUM_CLASSES))))
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  tx = optimizers.create(config, 1000)
-  graphdef, state = steps_lib.create_train_state(config, info, tx, mesh)
-  step_args = dict(graphdef=graphdef, tx=tx, config=config, info=info)
-  body = (
-    functools.partial(steps_lib.train_step, **step_args)
-    if steps_per_dispatch == 1
-    else functools.partial(steps_lib.train_steps, num_steps=steps_per_dispatch, **step_args)
+  compiled, state, batch, compile_seconds = dlearn_step.compiled_step(
+    config, shape, NUM_CLASSES, batch_size, steps_per_dispatch
   )
-  step = parallel.map_over_devices(
-    body, mesh, config.mapping, state_sharding=sharding.of(state), donate_state=True
-  )
-  rng = np.random.default_rng(0)
-  batch = {
-    'label': rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32),
-    'mask': np.ones((batch_size,), np.float32),
-  }
-  if kind == 'image':
-    batch['image'] = rng.integers(0, 256, (batch_size, *shape), dtype=np.uint8)
-  else:
-    batch['sequence'] = rng.normal(size=(batch_size, *shape)).astype(np.float32)
-    batch['length'] = np.full((batch_size,), shape[0], np.int32)
-  if steps_per_dispatch > 1:  # [batch, K, ...]: the same batch for each of the K steps
-    batch = {k: np.repeat(v[:, None], steps_per_dispatch, axis=1) for k, v in batch.items()}
-  batch = parallel.to_global(batch, mesh)  # on the device once: step throughput only
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_seconds = time.perf_counter() - start
-  flops = training_flops(model, batch_size, shape, overrides)
-  if flops is None:
-    try:
-      flops = compiled.cost_analysis()['flops']
-    except Exception:  # cost analysis is best effort; the timings do not need it
-      flops = None
+  flops = training_flops(model, batch_size, shape, overrides) or dlearn_step.flops(compiled)
   holder = {'state': state}
 
   def run(n):
     for _ in range(n):
-      holder['state'], sums = step(holder['state'], batch)
+      holder['state'], sums = compiled(holder['state'], batch)
     jax.block_until_ready(sums)
 
-  first, per_dispatch = _timed(run, repeats, max(1, steps // steps_per_dispatch))
-  return compile_seconds + first, [t / steps_per_dispatch for t in per_dispatch], flops
+  dispatches = max(1, steps // steps_per_dispatch)
+  first, per_dispatch = _timed(run, repeats, dispatches)
+  profile = None
+  if FLAGS.profile and profile_as:
+    import profile_summary
+
+    folder = os.path.join(FLAGS.profile, profile_as.replace(' ', '_').replace('/', '-'))
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      run(dispatches)
+    profile = profile_summary.summarize(folder)
+    print(profile_summary.report(profile, dispatches * steps_per_dispatch), flush=True)
+  return compile_seconds + first, [t / steps_per_dispatch for t in per_dispatch], flops, profile
 
 
 def time_torch(model, batch_size, shape, overrides, repeats, steps, compiled):
@@ -279,6 +263,7 @@ def _row(workload, framework, batch_size, first, per_step, memory_mb, flops):
     'step_ms_max': 1e3 * max(per_step),
     'first_call_s': first,
     'peak_memory_mb': memory_mb,
+    'flops_per_step': flops,
     'tflops_per_second': flops / median / 1e12 if flops else None,
   }
   if FLAGS.peak_tflops and flops:
@@ -304,37 +289,29 @@ def main(argv):
   for name, model, batch_size, shape, overrides in workloads():
     if FLAGS.only and not any(part in name for part in FLAGS.only):
       continue
-    first, per_step, flops = time_dlearn(
-      model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps
-    )
-    ours = _row(name, 'dlearn', batch_size, first, per_step, _peak_memory_mb(), flops)
+
+    def dlearn_row(framework, flops=None, **options):
+      first, per_step, counted, profile = time_dlearn(
+        *(model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps),
+        profile_as=f'{name} {framework}',
+        **options,
+      )
+      row = _row(name, framework, batch_size, first, per_step, _peak_memory_mb(), flops or counted)
+      if profile:
+        row['profile'] = profile
+      return row
+
+    ours = dlearn_row('dlearn')
+    flops = ours['flops_per_step']
     results = [ours]
     if FLAGS.plain_layers and model in PLAIN_LAYER_MODELS:
-      first, per_step, _ = time_dlearn(
-        model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps, plain_layers=True
-      )
-      results.append(
-        _row(name, 'dlearn plain layers', batch_size, first, per_step, _peak_memory_mb(), flops)
-      )
+      results.append(dlearn_row('dlearn plain layers', flops, plain_layers=True))
     if name in SMALL and FLAGS.steps_per_dispatch > 1:
-      first, per_step, _ = time_dlearn(
-        model,
-        batch_size,
-        shape,
-        overrides,
-        FLAGS.repeats,
-        FLAGS.steps,
-        steps_per_dispatch=FLAGS.steps_per_dispatch,
-      )
       results.append(
-        _row(
-          name,
+        dlearn_row(
           f'dlearn {FLAGS.steps_per_dispatch}/dispatch',
-          batch_size,
-          first,
-          per_step,
-          _peak_memory_mb(),
           flops,
+          steps_per_dispatch=FLAGS.steps_per_dispatch,
         )
       )
     if (
@@ -342,12 +319,7 @@ def main(argv):
       and jax.default_backend() == 'gpu'
       and (FLAGS.dtype == 'float32')
     ):  # JAX's cuDNN LSTM (on a CPU it would time a reference)
-      first, per_step, _ = time_dlearn(
-        model, batch_size, shape, overrides, FLAGS.repeats, FLAGS.steps, rnn_implementation='cudnn'
-      )
-      results.append(
-        _row(name, 'dlearn cudnn', batch_size, first, per_step, _peak_memory_mb(), flops)
-      )
+      results.append(dlearn_row('dlearn cudnn', flops, rnn_implementation='cudnn'))
     for compiled in [False, True] if FLAGS.compile else [False]:
       framework = 'torch.compile' if compiled else 'torch eager'
       try:

@@ -68,6 +68,28 @@ def test_a_padded_case_has_the_features_of_the_case_alone():
   assert 0 < batch.mean() < 1  # proportions, not all 0 or 1
 
 
+def test_cases_grouped_by_length_on_one_device_keep_every_cases_features(monkeypatch):
+  """On one device `in_case_blocks` puts cases of like lengths in a block, and `pool` stops each
+  block at its longest case: the features are those of the batch split as on several devices
+  (where each block holds cases of every length and passes over all steps)."""
+  rng = np.random.default_rng(5)
+  cases, steps = 37, 45  # three blocks of 13: lengths mixed, the last block padded
+  x = rng.integers(-5, 6, size=(cases, 2, steps)).astype(np.float32)  # exact, as above
+  lengths = rng.integers(9, steps + 1, cases)
+  x = np.where(np.arange(steps) < lengths[:, None, None], x, 0.0).astype(np.float32)
+  series = minirocket.fit(x, lengths, num_features=168, seed=0)
+  difference = minirocket.fit(np.diff(x, axis=-1), lengths - 1, num_features=168, seed=1)
+
+  def features(devices):
+    monkeypatch.setattr(jax, 'device_count', lambda: devices)
+    jax.clear_caches()  # traced anew for each device count
+    return np.asarray(multirocket.transform(x, lengths, series, difference))
+
+  devices = jax.device_count()
+  assert devices > 1  # the tests' forced devices: the other layout
+  np.testing.assert_allclose(features(1), features(devices), rtol=1e-6, atol=1e-6)
+
+
 def _aeon_multirocket(name):
   data = np.load(REFERENCE)
   x = data[f'{name}/x']

@@ -148,7 +148,8 @@ def in_case_blocks(per_block, x, lengths, cases: int):
   the cases' order: as few blocks as the batch needs, of one size, the last padded with the last
   case (16 cases with room for 15 are two blocks of 8, not of 15). The block axis is the batch's
   minor one, so that a batch sharded over devices stays so within each block: a block holds a
-  multiple of the devices' count of cases (a global batch under jit may be split over all). A
+  multiple of the devices' count of cases (a global batch under jit may be split over all). On
+  one device a block holds cases of like lengths instead (`pool` stops at a block's longest). A
   batch of symbolic size (an exported model's) is one block."""
   batch = x.shape[0]
   if not isinstance(batch, int):  # a symbolic batch (dlearn.export): one block of it all
@@ -157,11 +158,22 @@ def in_case_blocks(per_block, x, lengths, cases: int):
   blocks = -(-batch // min(-(-cases // devices) * devices, batch))
   size = -(-batch // blocks)  # blocks as even as they can be: the last pads the fewest cases
   size = -(-size // devices) * devices
-  index = jnp.minimum(jnp.arange(size * blocks), batch - 1)
+  # Where each block's cases come from (in the batch padded to size x blocks): on one device,
+  # cases of like lengths together (block b the b-th run of the cases sorted by length, shortest
+  # first), so that `pool` stops each block at its own longest case; on several, every device's
+  # own cases in every block, as the batch is split.
+  padded = jnp.arange(size * blocks)
+  if devices == 1 and blocks > 1:
+    by_length = jnp.concatenate([jnp.argsort(lengths, stable=True), padded[batch:]])
+    padded = by_length.reshape(blocks, size).T.reshape(-1)
+  index = jnp.minimum(padded, batch - 1)
   x, lengths = x[index], lengths[index]
   split = lambda a: jnp.moveaxis(a.reshape(size, blocks, *a.shape[1:]), 1, 0)  # noqa: E731
   out = jax.lax.map(lambda a: per_block(*a), (split(x), split(lengths)))  # [blocks, size, ...]
-  return jnp.moveaxis(out, 0, 1).reshape(size * blocks, *out.shape[2:])[:batch]
+  out = jnp.moveaxis(out, 0, 1).reshape(size * blocks, *out.shape[2:])
+  if devices == 1 and blocks > 1:
+    out = out[jnp.argsort(padded)]  # back in the batch's order
+  return out[:batch]
 
 
 def pooled_runs(lengths, dilation: int, j: int):
@@ -176,7 +188,7 @@ def pooled_runs(lengths, dilation: int, j: int):
 
 
 POOLING = ('ppv', 'lspv', 'mpv', 'mipv')  # MiniRocket's, then MultiRocket's three more
-# Steps per pass of `pool`'s scan: XLA fuses a chunk's steps' updates of the running sums, which
+# Steps per pass of `pool`'s loop: XLA fuses a chunk's steps' updates of the running sums, which
 # made MultiRocket's transform about twice as fast as a step a pass on a CPU; chunks of 8 or 12
 # steps were slower than no chunks (README).
 TIME_CHUNK = 16
@@ -186,10 +198,11 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   """[B, len(poolings), features]: the kernels `weights` (one [84, C, 9] array per dilation) on
   x [B, C, T] (zero past each case's end: MiniRocket's padding), pooled at every feature's bias
   (dilation-major, then kernel, then bias) over its kernel's run of positions (`pooled_runs`);
-  `shift_left`: the four left taps that much later (`tap_offsets`). One pass over time: a scan
-  over chunks of TIME_CHUNK steps whose running sums per (bias, case, dilation, kernel) replace
-  comparing every position with every bias at once, which cost 2.5x more on a CPU (MultiRocket's
-  from the chunk's comparisons packed as bits, `_compared` and `_counted`); each chunk
+  `shift_left`: the four left taps that much later (`tap_offsets`). One pass over time, to the
+  block's longest case: a loop over chunks of TIME_CHUNK steps whose running sums per (bias,
+  case, dilation, kernel) replace comparing every position with every bias at once, which cost
+  2.5x more on a CPU (MultiRocket's from the chunk's comparisons packed as bits, `_compared` and
+  `_counted`); each chunk
   convolves its own steps from the series' taps, so that no [B, dilations, 84, T] array of
   convolutions is ever written (at 1,460 steps that array and its copies were half of
   MiniRocket's time). The dilations with as many biases per kernel share their sums' arrays, so
@@ -211,8 +224,8 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   runs, per_group, taps, group_weights = [], [], [], []
   for count, members in groups.items():
     starts, ends = zip(*(pooled_runs(lengths, dilations[j], j) for j in members))
-    # dilations, then steps, then cases in the scan's arrays: a chunk's matmul (batched over
-    # dilations) writes its convolutions [dilations, steps, B, 84], which the scan reads as they
+    # dilations, then steps, then cases in the loop's arrays: a chunk's matmul (batched over
+    # dilations) writes its convolutions [dilations, steps, B, 84], which the loop reads as they
     # are, where cases first cost a transposing copy of every chunk's convolutions, and steps
     # first a swap of its two major axes (README, "ROCKET")
     runs.append((jnp.stack(starts), jnp.stack(ends)))  # [dilations, B, 84]
@@ -221,7 +234,7 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
     w = jnp.stack([weights[j] for j in members])  # [dilations, 84, C, 9]
     if summed_first(channels):
       # each kernel's channels summed, then convolved (its weights are the same on each of its
-      # channels): [chunks, dilations, TIME_CHUNK, B, 84], read by the scan as they are
+      # channels): [chunks, dilations, TIME_CHUNK, B, 84], read by the loop as they are
       summed = jnp.einsum('dkc,bct->tbdk', taken(w), padded, precision=jax.lax.Precision.HIGHEST)
       c = [sum(KERNEL_TAPS[:, g] * summed[pad + o : pad + o + steps, :, i] for g, o in enumerate(tap_offsets(dilations[j], shift_left))) for i, j in enumerate(members)]  # fmt: skip
       taps.append(jnp.stack([a.reshape(chunks, TIME_CHUNK, batch, kernels) for a in c], 1))
@@ -264,12 +277,19 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
       s['last'] = jnp.broadcast_to(first, shape).astype(jnp.float32)  # aeon's last_val: the start
     sums.append(s)
   times = jnp.arange(steps, dtype=jnp.float32).reshape(chunks, TIME_CHUNK)
+  # Only the chunks up to the block's longest case: past it every position is outside every run
+  # (`in_case_blocks` groups cases of like lengths, so a block of short cases stops early).
+  used = jnp.minimum(-(-jnp.max(lengths) // TIME_CHUNK), chunks)
+
+  def step(i, carry):
+    return chunk(carry, jax.tree.map(lambda a: a[i], (taps, times)))[0]
+
   if extra:
     nothing = [jnp.zeros(s['hits'].shape, jnp.uint32) for s in sums]  # no step above or below
-    (sums, (bits, start)), _ = jax.lax.scan(chunk, (sums, (nothing, times[0, 0])), (taps, times))
+    sums, (bits, start) = jax.lax.fori_loop(0, used, step, (sums, (nothing, times[0, 0])))
     sums = _counted(sums, bits, start)
   else:
-    sums, _ = jax.lax.scan(chunk, sums, (taps, times))
+    sums = jax.lax.fori_loop(0, used, step, sums)
   features = [None] * len(dilations)
   for members, s, (first, end), b in zip(groups.values(), sums, runs, per_group):
     count = end - first  # [dilations, B, 84]
@@ -291,7 +311,7 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
 def _pooled_step(sums, c_groups, t, biases):
   """MiniRocket's running hits after time t: per group, c_g [dilations, B, 84] (the convolutions
   at t) against its biases [count, dilations, 1, 84]. Jitted, so that the TIME_CHUNK steps of the
-  scan's body are traced once and lowered as one function that XLA inlines into each step (the
+  loop's body are traced once and lowered as one function that XLA inlines into each step (the
   steps traced one by one were most of the time to trace and lower a transform)."""
   return [{'hits': s['hits'] + (c_g > b)} for b, c_g, s in zip(biases, c_groups, sums)]
 
@@ -307,7 +327,7 @@ def _compared(sums, c_groups, biases):
   """MultiRocket's sums of values after a chunk (per group, c_g [dilations, TIME_CHUNK, B, 84]
   against biases [count, dilations, 1, 84]) and the chunk's comparisons as bits, a uint32 per
   sum: bit k if its step k is above the bias, bit TIME_CHUNK + k if below (`_counted` counts
-  them). The scan carries the bits to its next chunk, which XLA then writes once: within one
+  them). The loop carries the bits to its next chunk, which XLA then writes once: within one
   chunk, it fused their comparisons into each of their four readers (an optimization barrier
   did not stop it)."""
   out, bits = [], []

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one call on a lent GPU machine (the `device` tool; its image has
+# Every GPU check and benchmark, in two calls on a lent GPU machine (the `device` tool; its image has
 # jax, flax, optax, orbax and torch, but not tensorflow-datasets, grain or ml_collections).
 #
 # Here, once (all git-ignored; a call carries 64 MiB at most, so the 16 MB JPEG archive travels,
@@ -20,7 +20,8 @@
 # "data/raw", "peers", ".cache", "workdirs/gpu_exports"] and timeout_s 590; a session's 15 minutes
 # of device time (the machine's start included) hold two calls on a warm machine, in the order of
 # issue 28's items: call 1 `checks recipe reference`, call 2 `suite bf16 unroll lstm export
-# ensemble epoch pipeline imagenet` (what the budget cuts is named in the log; rerun it first next session).
+# ensemble epoch pipeline imagenet` (what the budget cuts is named in the log: run it first in the
+# next session).
 # Steps (no names: all, in this order). Their device time on an H200 (2026-11-27, cold caches):
 # checks 48 s, suite 144 s, recipe 160 s for 5 runs (61 s of it the first compilation; each run
 # then also read and decoded the splits, ~10 s, which the runs now share), reference 93 s for 5

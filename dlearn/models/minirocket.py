@@ -202,10 +202,9 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   block's longest case: a loop over chunks of TIME_CHUNK steps whose running sums per (bias,
   case, dilation, kernel) replace comparing every position with every bias at once, which cost
   2.5x more on a CPU (MultiRocket's from the chunk's comparisons packed as bits, `_compared` and
-  `_counted`); each chunk
-  convolves its own steps from the series' taps, so that no [B, dilations, 84, T] array of
-  convolutions is ever written (at 1,460 steps that array and its copies were half of
-  MiniRocket's time). The dilations with as many biases per kernel share their sums' arrays, so
+  `_counted`); each chunk convolves its own steps from the series' taps, so that no [B,
+  dilations, 84, T] array of convolutions is ever written (at 1,460 steps that array and its
+  copies were half of MiniRocket's time). The dilations with as many biases per kernel share their sums' arrays, so
   that the body to compile grows with the distinct counts, not the dilations. The poolings
   (multirocket.py defines the last three): ppv, the proportion of values above the bias; lspv,
   the longest gap between consecutive values below it, from the run's start and to its end; mpv,

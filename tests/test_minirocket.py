@@ -68,12 +68,12 @@ def test_a_padded_case_has_the_features_of_the_case_alone():
   assert 0 < batch.mean() < 1  # proportions, not all 0 or 1
 
 
-def test_cases_grouped_by_length_on_one_device_keep_every_cases_features(monkeypatch):
-  """On one device `in_case_blocks` puts cases of like lengths in a block, and `pool` stops each
-  block at its longest case: the features are those of the batch split as on several devices
-  (where each block holds cases of every length and passes over all steps)."""
+def test_cases_grouped_by_length_keep_every_cases_features(monkeypatch):
+  """`in_case_blocks` puts cases of like lengths in a block (within each device's share) and
+  `pool` stops each block at its longest case: on one device and on several, every case's
+  features are those it has alone."""
   rng = np.random.default_rng(5)
-  cases, steps = 37, 45  # three blocks of 13: lengths mixed, the last block padded
+  cases, steps = 37, 45  # three blocks of 13 (16 on 8 devices): lengths mixed, the last padded
   x = rng.integers(-5, 6, size=(cases, 2, steps)).astype(np.float32)  # exact, as above
   lengths = rng.integers(9, steps + 1, cases)
   x = np.where(np.arange(steps) < lengths[:, None, None], x, 0.0).astype(np.float32)
@@ -86,8 +86,34 @@ def test_cases_grouped_by_length_on_one_device_keep_every_cases_features(monkeyp
     return np.asarray(multirocket.transform(x, lengths, series, difference))
 
   devices = jax.device_count()
-  assert devices > 1  # the tests' forced devices: the other layout
-  np.testing.assert_allclose(features(1), features(devices), rtol=1e-6, atol=1e-6)
+  assert devices > 1  # the tests' forced devices
+  alone = np.concatenate(
+    [
+      multirocket.transform(x[i : i + 1], lengths[i : i + 1], series, difference)
+      for i in range(cases)
+    ]
+  )
+  np.testing.assert_allclose(features(devices), alone, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(features(1), alone, rtol=1e-6, atol=1e-6)
+
+
+def test_case_blocks_hold_like_lengths_within_each_devices_share(monkeypatch):
+  """64 cases in two blocks on 8 devices: device d holds cases 8d..8d+7 (4 in each block); its 4
+  shortest go to the first block, so each block's longest is the longest of its shares."""
+  monkeypatch.setattr(jax, 'device_count', lambda: 8)
+  lengths = np.random.default_rng(0).permutation(64).astype(np.int32) + 1
+  rows = minirocket.in_case_blocks(
+    lambda x, lengths: jnp.stack([x[:, 0, 0], jnp.full(len(x), lengths.max(), jnp.float32)], 1),
+    np.arange(64, dtype=np.float32)[:, None, None],
+    lengths,
+    32,
+  )
+  np.testing.assert_array_equal(np.asarray(rows)[:, 0], np.arange(64))  # the cases' order
+  runs = np.sort(lengths.reshape(8, 8), axis=1)
+  shortest, longest = runs[:, :4].max(), runs[:, 4:].max()
+  in_first = (lengths.reshape(8, 8) <= runs[:, 3:4]).reshape(-1)
+  np.testing.assert_array_equal(np.asarray(rows)[:, 1], np.where(in_first, shortest, longest))
+  assert shortest < longest
 
 
 def _aeon_multirocket(name):

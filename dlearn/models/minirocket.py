@@ -148,9 +148,9 @@ def in_case_blocks(per_block, x, lengths, cases: int):
   the cases' order: as few blocks as the batch needs, of one size, the last padded with the last
   case (16 cases with room for 15 are two blocks of 8, not of 15). The block axis is the batch's
   minor one, so that a batch sharded over devices stays so within each block: a block holds a
-  multiple of the devices' count of cases (a global batch under jit may be split over all). On
-  one device a block holds cases of like lengths instead (`pool` stops at a block's longest). A
-  batch of symbolic size (an exported model's) is one block."""
+  multiple of the devices' count of cases (a global batch under jit may be split over all), and
+  each device's share of a block holds cases of like lengths (`pool` stops at a block's longest).
+  A batch of symbolic size (an exported model's) is one block."""
   batch = x.shape[0]
   if not isinstance(batch, int):  # a symbolic batch (dlearn.export): one block of it all
     return per_block(x, lengths)
@@ -158,20 +158,25 @@ def in_case_blocks(per_block, x, lengths, cases: int):
   blocks = -(-batch // min(-(-cases // devices) * devices, batch))
   size = -(-batch // blocks)  # blocks as even as they can be: the last pads the fewest cases
   size = -(-size // devices) * devices
-  # Where each block's cases come from (in the batch padded to size x blocks): on one device,
-  # cases of like lengths together (block b the b-th run of the cases sorted by length, shortest
-  # first), so that `pool` stops each block at its own longest case; on several, every device's
-  # own cases in every block, as the batch is split.
+  # Where each block's cases come from (in the batch padded to size x blocks). Device d holds
+  # positions [d x share, (d + 1) x share) of every block, i.e. the d-th run of share x blocks
+  # cases of the padded batch: that run is sorted by length, shortest first, and dealt to the
+  # blocks in turn (block b gets its b-th share), so that `pool` stops each block at its own
+  # longest case and no case moves to another device.
+  share = size // devices
   padded = jnp.arange(size * blocks)
-  if devices == 1 and blocks > 1:
-    by_length = jnp.concatenate([jnp.argsort(lengths, stable=True), padded[batch:]])
-    padded = by_length.reshape(blocks, size).T.reshape(-1)
+  if blocks > 1:
+    runs = lengths[jnp.minimum(padded, batch - 1)].reshape(devices, blocks * share)
+    by_length = (
+      jnp.argsort(runs, axis=1, stable=True) + jnp.arange(devices)[:, None] * blocks * share
+    )
+    padded = by_length.reshape(devices, blocks, share).transpose(0, 2, 1).reshape(-1)
   index = jnp.minimum(padded, batch - 1)
   x, lengths = x[index], lengths[index]
   split = lambda a: jnp.moveaxis(a.reshape(size, blocks, *a.shape[1:]), 1, 0)  # noqa: E731
   out = jax.lax.map(lambda a: per_block(*a), (split(x), split(lengths)))  # [blocks, size, ...]
   out = jnp.moveaxis(out, 0, 1).reshape(size * blocks, *out.shape[2:])
-  if devices == 1 and blocks > 1:
+  if blocks > 1:
     out = out[jnp.argsort(padded)]  # back in the batch's order
   return out[:batch]
 

@@ -106,7 +106,6 @@ def main(argv):
   try:
     summary = run_folds(config, FLAGS.workdir, FLAGS.folds, FLAGS.split, functools.partial(print, flush=True))  # fmt: skip
   except cli.USER_ERRORS as e:  # the messages say what is wrong and what to do
-    logging.error('%s', e)
     cli.fail(e)
   if summary is None:
     sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)

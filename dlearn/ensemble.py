@@ -33,7 +33,7 @@ import time
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from jax.experimental import multihost_utils
 
 from dlearn import cli, configs, cross_validate, distributed, metrics, train
@@ -275,7 +275,6 @@ def main(argv):
     config = ensemble_config(members, records, 4.0)
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except cli.USER_ERRORS as e:
-    logging.error('%s', e)
     cli.fail(in_ensemble_flags(str(e)))
   weights = dict(zip(config.weighted_ensemble.names, config.weighted_ensemble.weights))
   for r in records:

@@ -52,7 +52,6 @@ def main(argv):
   try:
     result = train.train_and_evaluate(config, FLAGS.workdir)
   except cli.USER_ERRORS as e:  # the messages say what is wrong and what to do
-    logging.error('%s', e)
     cli.fail(e)
   if result['preempted']:
     sys.exit(checkpoint.PREEMPTED_EXIT_STATUS)

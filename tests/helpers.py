@@ -159,3 +159,14 @@ def tiny_lstm_fcn_flags(data_dir) -> list[str]:
     '--config.rnn.conv_kernels=(3,)',
     '--config.ensemble_size=1',  # the recipe's five: tests/test_cross_validate.py trains two
   ]
+
+
+def the_error_line(result) -> str:
+  """The one `error:` line of a command that failed on bad input (a CompletedProcess): exit
+  status 1, no traceback, and its message not printed twice (e.g. logged before it)."""
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert result.stderr.count(errors[0].removeprefix('error: ')) == 1, result.stderr[-2000:]
+  return errors[0]

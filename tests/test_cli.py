@@ -4,6 +4,7 @@ config field and what to do, no traceback, exit status 1."""
 import subprocess
 import sys
 
+import helpers
 import pytest
 
 from dlearn import cli
@@ -32,11 +33,7 @@ def _error(tmp_path, module, *args):
     timeout=300,
     cwd=str(__import__('pathlib').Path(__file__).parent.parent),
   )
-  assert result.returncode == 1, result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
-  assert len(errors) == 1, result.stderr[-2000:]
-  return errors[0]
+  return helpers.the_error_line(result)
 
 
 @pytest.mark.slow  # a process per command

@@ -204,16 +204,16 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   x [B, C, T] (zero past each case's end: MiniRocket's padding), pooled at every feature's bias
   (dilation-major, then kernel, then bias) over its kernel's run of positions (`pooled_runs`);
   `shift_left`: the four left taps that much later (`tap_offsets`). One pass over time, to the
-  block's longest case: a loop over chunks of TIME_CHUNK steps whose running sums per (bias,
-  case, dilation, kernel) replace comparing every position with every bias at once, which cost
-  2.5x more on a CPU (MultiRocket's from the chunk's comparisons packed as bits, `_compared` and
-  `_counted`); each chunk convolves its own steps from the series' taps, so that no [B,
-  dilations, 84, T] array of convolutions is ever written (at 1,460 steps that array and its
-  copies were half of MiniRocket's time). The dilations with as many biases per kernel share their sums' arrays, so
-  that the body to compile grows with the distinct counts, not the dilations. The poolings
-  (multirocket.py defines the last three): ppv, the proportion of values above the bias; lspv,
-  the longest gap between consecutive values below it, from the run's start and to its end; mpv,
-  the mean of value + bias over the values above it (0 if none); mipv, the mean of their
+  block's longest case: a loop over chunks of TIME_CHUNK steps whose running sums per (bias, case,
+  dilation, kernel) replace comparing every position with every bias at once, which cost 2.5x more
+  on a CPU (MultiRocket's from the chunk's comparisons packed as bits, `_compared` and `_counted`);
+  each chunk convolves its own steps from the series' taps, so that no [B, dilations, 84, T] array
+  of convolutions is ever written (at 1,460 steps that array and its copies were half of
+  MiniRocket's time). The dilations with as many biases per kernel share their sums' arrays, so that
+  the body to compile grows with the distinct counts, not the dilations. The poolings
+  (multirocket.py defines the last three): ppv, the proportion of values above the bias; lspv, the
+  longest gap between consecutive values below it, from the run's start and to its end; mpv, the
+  mean of value + bias over the values above it (0 if none); mipv, the mean of their
   positions in the run (-1 if none)."""
   kernels = len(KERNEL_INDICES)
   batch, channels, length = x.shape

@@ -13,12 +13,12 @@ dataset (see those files); `resnet50`, ResNet-50 v1.5 (imagenet_resnet50.py, bf1
 through the JPEG pipeline (encoded images decoded, random-resized-cropped to 224x224 and flipped
 in worker processes, one per core) on the prepared `imagenet_like` folder (`imagenet_like.py`),
 the host variants only (encoded images are not kept on the device): its images/s beside
-`suite.py`'s step alone say whether the host keeps the device fed. Each run trains `--steps`
-steps (0: the workload's default; -1: one whole epoch) in a fresh work directory. Timed: every step after the first dispatch (which includes
-compilation), without the final evaluation (run on 512 validation images) but with the final
-checkpoint's save call; steps/s, examples/s, and the epoch time those give, with the on-device
-variant's one-off loading of the split shown apart. Variants run interleaved, `--repeats` times;
-the table shows medians. Results are also written as JSON to
+`suite.py`'s step alone say whether the host keeps the device fed. Each run trains `--steps` steps
+(0: the workload's default; -1: one whole epoch) in a fresh work directory. Timed: every step after
+the first dispatch (which includes compilation), without the final evaluation (run on 512 validation
+images) but with the final checkpoint's save call; steps/s, examples/s, and the epoch time those
+give, with the on-device variant's one-off loading of the split shown apart. Variants run
+interleaved, `--repeats` times; the table shows medians. Results are also written as JSON to
 experiments/benchmarks/results/epoch_time-<machine kind>.json.
 
 `--devices` (default 1) sets the CPU device count, or the visible GPUs; the batch stays the

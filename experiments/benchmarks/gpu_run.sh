@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark, in two calls on a lent GPU machine (the `device` tool; its image has
-# jax, flax, optax, orbax and torch, but not tensorflow-datasets, grain or ml_collections).
+# Every GPU check and benchmark, in two calls on a lent GPU machine (the `device` tool; its image
+# has jax, flax, optax, orbax and torch, but not tensorflow-datasets, grain or ml_collections).
 #
 # Here, once (all git-ignored; a call carries 64 MiB at most, so the 16 MB JPEG archive travels,
 # not the 161 MB prepared dataset, which is prepared there while the GPU runs the checks and suite):

@@ -18,9 +18,11 @@ from dlearn.models import rocket
 
 
 @pytest.mark.parametrize('features', [30, 9])  # more features than cases (the Gram path), fewer
-def test_leave_one_out_error_equals_refitting_without_each_case(features):
+def test_leave_one_out_error_equals_refitting_without_each_case(monkeypatch, features):
+  monkeypatch.setattr(rocket, 'GRAM_BLOCK', 7)  # the Gram path's features in 5 blocks
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(14, features))
+  features32 = rng.normal(size=(14, features)).astype(np.float32)  # as the model's features
+  x = features32.astype(np.float64)
   labels = np.arange(14) % 3
   y = -np.ones((14, 3))
   y[np.arange(14), labels] = 1
@@ -40,7 +42,7 @@ def test_leave_one_out_error_equals_refitting_without_each_case(features):
     return np.array(scores)
 
   refit = [np.mean((refit_scores(a) - y) ** 2) for a in alphas]
-  kernel, bias, alpha, left_out = rocket.ridge_loo(x, labels, 3, alphas)
+  kernel, bias, alpha, left_out = rocket.ridge_loo(features32, labels, 3, alphas)
   assert alpha == alphas[int(np.argmin(refit))]
   np.testing.assert_allclose(left_out, refit_scores(alpha), rtol=1e-6, atol=1e-8)
   xm, ym = x.mean(0), y.mean(0)

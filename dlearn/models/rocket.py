@@ -358,18 +358,31 @@ def ridge_loo(features, labels, num_classes: int, alphas):
   leave-one-out squared error (the hat matrix's diagonal), and each case's scores from the fit
   to the other cases at that alpha. One decomposition serves every alpha: with fewer cases than
   features, the eigenvectors of the centred cases' Gram matrix (scikit-learn's RidgeCV chooses
-  the same, its 'eigen' mode: an [N, N] problem instead of an SVD of [N, F]); otherwise the SVD
-  of the centred features."""
-  x = np.array(features, np.float64)  # a copy, centred in place
+  the same, its 'eigen' mode: an [N, N] problem instead of an SVD of [N, F]), summed over blocks
+  of features centred in float64 (no float64 copy of them all: a third of the memory in the same
+  time; float32 products changed the leave-one-out scores at small alphas, README); otherwise
+  the SVD of the centred features."""
+  x = np.asarray(features)
   y = -np.ones((len(x), num_classes))
   y[np.arange(len(x)), labels] = 1.0
-  x_mean, y_mean = x.mean(0), y.mean(0)
-  x -= x_mean
-  if len(x) < x.shape[1]:
-    s2, u = np.linalg.eigh(x @ x.T)  # Xc = U S V^T, so Xc Xc^T = U S^2 U^T
+  x_mean, y_mean = x.mean(0, dtype=np.float64), y.mean(0)
+  gram = len(x) < x.shape[1]
+
+  def centred():  # the features in blocks, centred, float64 [N, GRAM_BLOCK] (all at once: SVD)
+    size = GRAM_BLOCK if gram else x.shape[1]
+    for start in range(0, x.shape[1], size):
+      block = x[:, start : start + size].astype(np.float64)
+      block -= x_mean[start : start + size]
+      yield block
+
+  if gram:
+    products = np.zeros((len(x), len(x)))
+    for block in centred():
+      products += block @ block.T
+    s2, u = np.linalg.eigh(products)  # Xc = U S V^T: Xc Xc^T = U S^2 U^T
     s2 = np.maximum(s2, 0.0)  # centring leaves one zero eigenvalue; rounding may make it < 0
   else:
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    u, s, vt = np.linalg.svd(next(centred()), full_matrices=False)
     s2 = s**2
   projected = u.T @ (y - y_mean)
   left_out = []  # per alpha, each case's residual from the fit without it
@@ -380,12 +393,18 @@ def ridge_loo(features, labels, num_classes: int, alphas):
     left_out.append(residual / (1 - hat)[:, None])
   best = int(np.argmin([np.mean(r**2) for r in left_out]))
   alpha = float(alphas[best])
-  if len(x) < x.shape[1]:  # Xc^T (Xc Xc^T + alpha)^-1 Yc
-    kernel = x.T @ (u @ (projected / (s2 + alpha)[:, None]))
+  if gram:  # Xc^T (Xc Xc^T + alpha)^-1 Yc, block by block
+    dual = u @ (projected / (s2 + alpha)[:, None])
+    kernel = np.concatenate([block.T @ dual for block in centred()])
   else:  # V S (S^2 + alpha)^-1 U^T Yc
     kernel = vt.T @ ((s / (s2 + alpha))[:, None] * projected)
   bias = y_mean - x_mean @ kernel
   return kernel.astype(np.float32), bias.astype(np.float32), alpha, y - left_out[best]
+
+
+# Features per float64 block of the ridge's Gram matrix: [N, 4,096] float64 is 32 MB a
+# thousand cases.
+GRAM_BLOCK = 4096
 
 
 TEMPERATURES = np.logspace(-1, 3, 81)
@@ -478,12 +497,13 @@ def check_head(head: str, config, cases: int, features: int) -> None:
 
 
 def ridge_bytes(cases: int, features: int) -> int:
-  """About the most memory the ridge head's fit holds at once: the scaled features (float32),
-  ridge_loo's float64 copy of them and its decomposition (the [N, N] Gram matrix, its
-  eigenvectors and their squares; or LAPACK's copy of the features and the SVD's factors)."""
+  """About the most memory the ridge head's fit holds at once: the scaled features (float32) and
+  ridge_loo's float64 work: with fewer cases than features, a centred block of features and its
+  product, the [N, N] Gram matrix, its eigenvectors, their squares and LAPACK's workspace;
+  otherwise a centred copy of the features, LAPACK's copy and the SVD's factors."""
   n, f = cases, features
-  decomposition = 4 * n * n if n < f else 3 * n * f + 4 * f * f
-  return 4 * n * f + 8 * (n * f + decomposition)
+  work = 2 * n * GRAM_BLOCK + 4 * n * n if n < f else n * f + 3 * n * f + 4 * f * f
+  return 4 * n * f + 8 * work
 
 
 def available_memory() -> int | None:

@@ -95,9 +95,9 @@ def _prepared(name: str, split: str, data_dir: str, files: tuple):
     if os.path.isdir(os.path.join(os.path.expanduser(data_dir), name)):
       raise ConfigError(
         f'Cannot read split {split!r} of dataset {name!r} in {data_dir} ({type(e).__name__}: {e}). '
-        'Name splits it has (--config.data.train_split=, --config.data.eval_split=; '
-        "dlearn.prepare carves 'validation' from the training file unless "
-        '--validation_fraction=0).'
+        'Name a split it has (--split= of evaluate and predict; --config.data.train_split= and '
+        "eval_split= of a run; dlearn.prepare carves 'validation' from the training file unless "
+        '--validation_fraction=0), or add one: prepare it again with --test=FILE --overwrite.'
       ) from e
     raise FileNotFoundError(
       f'Dataset {name!r} was not found in data_dir {data_dir!r} (it looked for '

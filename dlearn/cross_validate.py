@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from dlearn import checkpoint, cli, train
+from dlearn import checkpoint, cli, runs, train
 from dlearn import main as main_command
 from dlearn.data import pipeline
 
@@ -65,6 +65,16 @@ def _write_summary(workdir, results, sizes, config, seconds):
   return summary
 
 
+def check_folds(config, workdir: str, folds: int) -> None:
+  """Refuses, before any fold runs, fold runs in `workdir` that trained on other examples than
+  `config`'s folds of its train split would (runs.SAME_DATA: a fold resumed so would be scored
+  on cases it trained on)."""
+  for fold in range(folds):
+    fold_config = config.copy_and_resolve_references()
+    fold_config.data.folds, fold_config.data.fold = folds, fold
+    runs.check_same_examples(fold_config, os.path.join(workdir, f'fold_{fold}'))
+
+
 def run_folds(config, workdir: str, folds: int, split: str, report=print):
   """Cross-validates `config` over `split` in `workdir` (a fold_<i> run per fold; rerunning
   resumes), `report`ing a line per fold; returns the summary (cross_validation.json), or None
@@ -78,6 +88,7 @@ def run_folds(config, workdir: str, folds: int, split: str, report=print):
   held_out = pipeline.stratified_folds(labels, folds, config.seed, '--folds')
   if small := pipeline.small_classes(labels, folds):
     logging.warning('--folds=%d: %s', folds, small)
+  check_folds(config, workdir, folds)
   results = []
   for fold in range(folds):
     config.data.fold = fold  # each run derives its own settings (e.g. batch_size=0) afresh

@@ -36,7 +36,7 @@ import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
 
-from dlearn import cli, configs, cross_validate, distributed, metrics, train
+from dlearn import cli, configs, cross_validate, distributed, metrics, runs, train
 from dlearn.errors import ConfigError, DoesNotFit
 from dlearn.models import weighted_ensemble
 
@@ -257,6 +257,10 @@ def main(argv):
     if len({name for name, _ in members}) < len(members):
       raise ConfigError(f'--member: {" ".join(FLAGS.member)}: a member is named twice.')
     check_same_data(members)
+    for name, config in members:  # before any run: none may resume a run on other examples
+      member_dir = os.path.join(FLAGS.workdir, 'members', name)
+      cross_validate.check_folds(config, os.path.join(member_dir, 'cv'), FLAGS.folds)
+      runs.check_same_examples(config, os.path.join(member_dir, 'final'))
     records = []
     for name, config in members:
       report(f'member {name}: {FLAGS.folds}-fold cross-validation, then the final model')

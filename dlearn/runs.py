@@ -69,24 +69,16 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
 def check_compatible(config, workdir: str, checkpointer, abstract_state):
   """Refuses to resume when the newest checkpoint's train state has other arrays or shapes than
   this config's (`abstract_state`), naming them and the config fields that differ from the run's
-  config.json. Nothing is read but metadata, and nothing is written."""
+  config.json, or when the run trained on other examples (`SAME_DATA`). Nothing is read but
+  metadata, and nothing is written."""
   shown = checkpoint_lib.shape_differences(
     checkpointer.state_shapes(checkpointer.latest_step()),
     checkpoint_lib.tree_shapes(abstract_state),
   )
   if not shown:
+    check_same_examples(config, workdir)
     return
-  fields = []
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      before = _flatten(json.loads(configs.from_dict(json.load(f)).to_json_best_effort()))
-    current = _flatten(json.loads(config.to_json_best_effort()))
-    fields = [
-      f"  {key}: {before[key]!r} in the checkpoint's config, {current.get(key)!r} now"
-      for key in before
-      if before[key] != current.get(key)
-    ]
+  fields = _differences(config, workdir)
   raise IncompatibleConfigError(
     f'{workdir} holds checkpoints of a differently shaped run; refusing to resume. Arrays of the '
     'train state (shape, dtype):\n'
@@ -94,6 +86,44 @@ def check_compatible(config, workdir: str, checkpointer, abstract_state):
     + ('\nConfig fields that differ:\n' + '\n'.join(fields) if fields else '')
     + '\nUse another --workdir, or --config.fresh=True to discard its checkpoints.'
   )
+
+
+# The fields that say which examples a run trains on: a checkpoint resumed with one of them
+# changed would go on training on other examples (a cross-validation fold's model on cases it
+# now holds out, a final model fitted on part of what it is asked to fit), so it is refused.
+SAME_DATA = ('data.name', 'data.train_split', 'data.folds', 'data.fold', 'seed')
+
+
+def check_same_examples(config, workdir: str) -> None:
+  """Refuses when `workdir` holds checkpoints of a run on other examples than `config`'s
+  (`SAME_DATA`), before any work (nothing where config.fresh discards them)."""
+  directory = checkpoint_lib.directory(workdir)
+  if config.fresh or not os.path.isdir(directory):
+    return
+  if not any(name.isdigit() for name in os.listdir(directory)):
+    return
+  if other := _differences(config, workdir, SAME_DATA):
+    raise IncompatibleConfigError(
+      f'{workdir} holds checkpoints of a run on other examples; refusing to resume it on '
+      'these:\n' + '\n'.join(other) + '\nUse another --workdir, or --config.fresh=True to '
+      'discard its checkpoints.'
+    )
+
+
+def _differences(config, workdir: str, keys=None) -> list[str]:
+  """Lines naming the fields (all, or `keys`) of `config` that differ from the run's
+  config.json (none without one)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    before = _flatten(json.loads(configs.from_dict(json.load(f)).to_json_best_effort()))
+  current = _flatten(json.loads(config.to_json_best_effort()))
+  return [
+    f"  {key}: {before[key]!r} in the checkpoint's config, {current.get(key)!r} now"
+    for key in (before if keys is None else keys)
+    if key in before and before[key] != current.get(key)
+  ]
 
 
 def checkpointer(config, workdir: str, info, tx):

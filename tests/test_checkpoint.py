@@ -239,6 +239,23 @@ def test_incompatible_config_is_refused_with_the_differences(tmp_path):
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.parametrize('field, value', [('seed', 1), ('train_split', 'train[:50%]')])
+def test_a_run_on_other_examples_is_not_resumed(tmp_path, field, value):
+  """Same shapes, other examples (another seed's order and folds, another split): resuming would
+  go on training on them (a fold's model on cases it now holds out), so it is refused."""
+  workdir = str(tmp_path / 'workdir')
+  _train(_config(), workdir)
+  before = _snapshot(workdir)
+  config = _config(num_train_steps=6)
+  (config.data if field == 'train_split' else config)[field] = value
+  with pytest.raises(train.IncompatibleConfigError, match='run on other examples') as error:
+    _train(config, workdir)
+  assert f'{value!r} now' in str(error.value)
+  assert _snapshot(workdir) == before
+  config.fresh = True
+  assert int(_train(config, workdir)['state'].step) == 6  # discarded, trained afresh
+
+
 def test_fresh_and_init_from(tmp_path):
   first = str(tmp_path / 'first')
   trained = _train(_config(), first)

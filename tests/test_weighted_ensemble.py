@@ -96,6 +96,13 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
   expected = sum(w * predicted[m['name']] for w, m in zip(weights, members)) / weights.sum()
   share = weights[0] / weights.sum()  # members[0] is the ridge member
   np.testing.assert_allclose(predicted['ensemble'], expected, atol=2e-5 + 0.01 * share)
+  # rerun on other examples (the whole training file), its runs are refused before any work
+  held = os.path.join(members[0]['cv_workdir'], 'fold_0', 'held_out.npz')
+  written = os.path.getmtime(held)
+  result = _ensemble(tmp_path, data_dir, f'--member={ROCKET}', f'--member={FCN}', '--set=data.train_split=train+validation', check=False)  # fmt: skip
+  assert 'run on other examples' in helpers.the_error_line(result)
+  assert "'train+validation' now" in result.stderr and '--set=fresh=True' in result.stderr
+  assert os.path.getmtime(held) == written  # the ridge member's folds (no checkpoints) not rerun
 
 
 def test_members_whose_folds_held_out_other_examples_are_refused_naming_the_seed(tmp_path):

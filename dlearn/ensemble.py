@@ -4,12 +4,14 @@ accuracy on the training data (HIVE-COTE 2's CAWPE: accuracy^4), in one work dir
 
   python -m dlearn.ensemble --dataset=gun_point --workdir=workdirs/ensemble_gun_point \
       [--member=experiments/configs/rocket_uea.py --member=experiments/configs/rnn_uea.py:quick] \
-      [--folds=5] [--minutes=3] [--set=data.data_dir=data/tfds ...]
+      [--folds=5] [--minutes=3] [--split=train+validation] [--set=data.data_dir=data/tfds ...]
 
 Each member is an experiment config taking the dataset as its argument (`FILE` gets
 `FILE:DATASET`; `FILE:EXTRA` gets `FILE:DATASET,EXTRA`, e.g. `rocket_uea.py:minirocket`). In
-order, each member is cross-validated over its config.data.train_split (`dlearn.cross_validate`'s
-folds, in WORKDIR/members/NAME/cv) and then trained on the whole split (WORKDIR/members/NAME/final).
+order, each member is cross-validated over `--split` (its config.data.train_split; by default the
+whole training file, as HIVE-COTE 2 and the ROCKET classifiers fit, and as `dlearn.cross_validate`
+folds it: its folds, in WORKDIR/members/NAME/cv) and then trained on the whole split
+(WORKDIR/members/NAME/final).
 The ensemble (`config.model='weighted_ensemble'`, dlearn/models/weighted_ensemble.py) takes the
 members' trained state into its own checkpoint in WORKDIR and is evaluated on the evaluation
 split; its own k-fold accuracy combines the members' held-out probabilities of each fold
@@ -50,6 +52,7 @@ def define_flags():
   flags.DEFINE_multi_string('member', list(DEFAULT_MEMBERS), 'An experiment config, FILE or FILE:EXTRA (repeat the flag for each member).')  # fmt: skip
   flags.DEFINE_integer('folds', 5, 'k of the cross-validation that weighs each member.')
   flags.DEFINE_float('minutes', 3.0, 'Time budget of the whole command (members beyond it are left out).')  # fmt: skip
+  flags.DEFINE_string('split', 'train+validation', "What the members are cross-validated and trained on (default: the whole training file; 'train' leaves the validation split out, to report on it).")  # fmt: skip
   flags.DEFINE_multi_string(
     'set', [], 'FIELD=VALUE for every member, e.g. data.data_dir=data/tfds.'
   )
@@ -252,7 +255,7 @@ def main(argv):
   distributed.initialize_from_flags()
   report = print if jax.process_index() == 0 else (lambda *_: None)
   try:
-    overrides = cli.field_values(FLAGS.set, '--set')
+    overrides = {'data.train_split': FLAGS.split, **cli.field_values(FLAGS.set, '--set')}
     members = [member_config(spec, FLAGS.dataset, overrides) for spec in FLAGS.member]
     if len({name for name, _ in members}) < len(members):
       raise ConfigError(f'--member: {" ".join(FLAGS.member)}: a member is named twice.')
@@ -299,7 +302,10 @@ def main(argv):
       json.dump(summary, f, indent=2)
   total = sum(weights.values())
   shares = ', '.join(f'{n} {w / total:.2f}' for n, w in weights.items())
-  report(f'ensemble ({shares}): {FLAGS.folds}-fold accuracy {summary["cv_accuracy"]:.4f} ± {summary["cv_std"]:.4f}; {config.data.eval_split} accuracy {result["eval"]["accuracy"]:.4f}; {summary["seconds"]:.0f} s')  # fmt: skip
+  evaluated = f'{config.data.eval_split} accuracy {result["eval"]["accuracy"]:.4f}'
+  if config.data.eval_split in config.data.train_split.split('+'):
+    evaluated += ' (a split it was trained on)'
+  report(f'ensemble ({shares}): {FLAGS.folds}-fold accuracy {summary["cv_accuracy"]:.4f} ± {summary["cv_std"]:.4f}; {evaluated}; {summary["seconds"]:.0f} s')  # fmt: skip
   sys.stdout.flush()
 
 

@@ -65,7 +65,11 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
   assert [m['name'] for m in members] == ['rocket_uea-minirocket-smoke', 'rnn_uea-smoke']
   for m in members:
     assert m['weight'] == pytest.approx(np.mean(m['fold_accuracies']) ** 4)
-  assert 'validation accuracy' in result.stdout
+  # by default every member is cross-validated and fitted on the whole training file (48 cases),
+  # and the evaluation split is said to be part of it
+  assert 'validation accuracy' in result.stdout and 'a split it was trained on' in result.stdout
+  folds = [np.load(os.path.join(members[0]['cv_workdir'], f'fold_{i}', 'held_out.npz')) for i in range(2)]  # fmt: skip
+  assert sorted(np.concatenate([f['index'] for f in folds])) == list(range(48))
   # its own k-fold accuracy: on each held-out fold, its members' probabilities from the runs that
   # did not see it, weighted
   assert len(summary['fold_accuracies']) == 2 and '2-fold accuracy' in result.stdout
@@ -96,12 +100,12 @@ def test_the_ensemble_weighs_its_members_by_cross_validated_accuracy(tmp_path):
   expected = sum(w * predicted[m['name']] for w, m in zip(weights, members)) / weights.sum()
   share = weights[0] / weights.sum()  # members[0] is the ridge member
   np.testing.assert_allclose(predicted['ensemble'], expected, atol=2e-5 + 0.01 * share)
-  # rerun on other examples (the whole training file), its runs are refused before any work
+  # rerun on other examples (the train split alone), its runs are refused before any work
   held = os.path.join(members[0]['cv_workdir'], 'fold_0', 'held_out.npz')
   written = os.path.getmtime(held)
-  result = _ensemble(tmp_path, data_dir, f'--member={ROCKET}', f'--member={FCN}', '--set=data.train_split=train+validation', check=False)  # fmt: skip
+  result = _ensemble(tmp_path, data_dir, f'--member={ROCKET}', f'--member={FCN}', '--split=train', check=False)  # fmt: skip
   assert 'run on other examples' in helpers.the_error_line(result)
-  assert "'train+validation' now" in result.stderr and '--set=fresh=True' in result.stderr
+  assert "'train' now" in result.stderr and '--set=fresh=True' in result.stderr
   assert os.path.getmtime(held) == written  # the ridge member's folds (no checkpoints) not rerun
 
 

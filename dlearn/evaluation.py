@@ -89,12 +89,19 @@ class Restored:
 
   config: ml_collections.ConfigDict  # the run's, with any overrides
   source: object  # the split's data source (`len`, `[i]`)
-  info: pipeline.DatasetInfo
+  info: pipeline.DatasetInfo  # the model's (its trained shape)
   graphdef: nnx.GraphDef
   state: steps.TrainState  # placed on `mesh`
   dataset: str
   split: str
   mesh: jax.sharding.Mesh
+
+  @property
+  def split_info(self) -> pipeline.DatasetInfo:
+    """`info` with the split's sequences padded to its longest case, where it is longer than the
+    model was trained on (`pipeline.with_room_for`): what the split's batches are made with."""
+    longest = pipeline.longest_sequence(self.source)
+    return pipeline.with_room_for(self.info, longest, self.config.partition.parts)
 
 
 def restore(run_dir, config, dataset, split, data_dir, mesh) -> Restored:
@@ -154,7 +161,7 @@ def evaluate_workdir(
   summary, confusion = evaluate_split(
     map_eval_step(restored.graphdef, config, info, mesh),
     restored.state,
-    device_batches(restored.source, info, config, mesh),
+    device_batches(restored.source, restored.split_info, config, mesh),
   )
   dataset, split = restored.dataset, restored.split
   name = f'confusion_{dataset}_{re.sub(r"[^A-Za-z0-9_.-]+", "_", split)}.csv'
@@ -191,7 +198,9 @@ def predict_workdir(
 
   outputs = {'logits': [], 'labels': [], 'inputs': [], 'lengths': []}
   key = 'image' if info.kind == 'image' else 'sequence'
-  batches = pipeline.eval_iterator(restored.source, info, global_batch_size=config.eval_batch_size)
+  batches = pipeline.eval_iterator(
+    restored.source, restored.split_info, global_batch_size=config.eval_batch_size
+  )
   for batch in batches:
     valid = batch['mask'] > 0
     outputs['logits'].append(np.asarray(forward(state, batch))[valid])

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from dlearn.data import image_codec, image_folder, ts_format
+from dlearn.data import image_codec, image_folder, pipeline, ts_format
 from dlearn.errors import ConfigError
 
 # Labels of inputs without one, and of inputs that could not be read (a placeholder example).
@@ -26,6 +26,7 @@ class ImageInputs:
 
   def __init__(self, path: str, info, resize: bool):
     self.path, self.info, self.resize = path, info, resize
+    self.longest = 0  # sequences' steps (none here)
     self.files = image_folder.ImageFiles(path)
     if not len(self.files):
       raise image_folder.ImageFolderError(f'{path}: no files found.')
@@ -88,12 +89,12 @@ class ImageInputs:
 class SequenceInputs:
   """The cases of a `.ts` file as a data source, labelled by class name or unlabelled
   (`@classLabel false`), each parsed when read (a file larger than memory streams). Every case is
-  checked against the trained channels and length first, one at a time, so that a bad line stops
-  every process before any prediction."""
+  parsed once first, one at a time, so that a bad line stops every process before any
+  prediction; `longest`: its longest case's steps."""
 
   def __init__(self, path: str, info):
     self.cases = ts_format.TsCases(path)
-    max_length, channels = info.example_shape
+    channels = info.example_shape[-1]
     if self.cases.num_channels != channels:
       raise ts_format.TsFormatError(
         f'{path}:{self.cases.lines[0]}: {self.cases.num_channels} channel(s), but the model was '
@@ -105,13 +106,8 @@ class SequenceInputs:
         f'{path}: @classLabel names {unknown}, which are not classes of the model '
         f'({" ".join(info.class_names)}).'
       )
-    for i, line in enumerate(self.cases.lines):
-      length = len(self.cases[i][0])
-      if length > max_length:
-        raise ts_format.TsFormatError(
-          f'{path}:{line}: {length} steps, more than the {max_length} the model was trained '
-          'with (config.data.max_length).'
-        )
+    # cases longer than the model was trained on are batched at the longest (`longest`)
+    self.longest = max((len(self.cases[i][0]) for i in range(len(self.cases))), default=0)
     self.label_ids = [info.class_names.index(name) for name in self.cases.class_names]
     self.errors: dict[int, str] = {}
 
@@ -131,6 +127,7 @@ class SplitInputs:
 
   def __init__(self, source):
     self.source, self.errors = source, {}
+    self.longest = pipeline.longest_sequence(source)
 
   def __len__(self) -> int:
     return len(self.source)

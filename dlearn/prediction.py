@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from dlearn import evaluation, metrics, parallel, steps
-from dlearn.data import image_folder
+from dlearn.data import image_folder, pipeline
 from dlearn.inputs import UNLABELLED, UNREADABLE, SplitInputs, open_inputs
 
 
@@ -75,8 +75,11 @@ def predict(
   if os.path.isdir(output):
     raise IsADirectoryError(f'--output={output} is a folder; name a .csv file.')
   restored = evaluation.restore_workdir(workdir, dataset, split, data_dir, overrides)
-  info = restored.info
-  inputs = open_inputs(input_path, restored.source if input_path is None else None, info, resize)
+  inputs = open_inputs(
+    input_path, restored.source if input_path is None else None, restored.info, resize
+  )
+  # batched with room for the inputs' longest sequence (the model keeps its trained shape)
+  info = pipeline.with_room_for(restored.info, inputs.longest, restored.config.partition.parts)
   top_k = min(top_k, info.num_classes)
   writing = jax.process_index() == 0
   folder = os.path.dirname(os.path.abspath(output))

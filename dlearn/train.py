@@ -227,6 +227,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   info = pipeline.dataset_info(
     train_source, config.data.name, config.data.max_length, config.data.standardize, config.data
   )
+  if info.kind == 'sequence':
+    # the model's length, kept in the run's config.json: evaluation and prediction build the
+    # model so even after a test split of longer cases is prepared (`pipeline.with_room_for`)
+    config.data.max_length = info.example_shape[0]
   check_data(config, info)
   check_partition(config, info, mesh)
   data = train_data.create(config, train_source, info, mesh)

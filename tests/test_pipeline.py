@@ -113,6 +113,18 @@ def test_a_sequence_longer_than_max_length_is_a_clear_error():
     next(pipeline.eval_iterator(records, SEQUENCES, global_batch_size=2))
 
 
+def test_room_for_longer_sequences_pads_the_batches_not_the_model():
+  assert pipeline.with_room_for(SEQUENCES, 6) is SEQUENCES  # the trained length: as it is
+  assert pipeline.with_room_for(SEQUENCES, 4) is SEQUENCES
+  assert pipeline.with_room_for(SEQUENCES, 7).example_shape == (7, 2)
+  assert pipeline.with_room_for(SEQUENCES, 7, multiple=4).example_shape == (8, 2)  # time parts
+  assert pipeline.with_room_for(IMAGES, 99) is IMAGES
+  records = [{'sequence': np.ones((7, 2), np.float32), 'label': 0}]
+  room = pipeline.with_room_for(SEQUENCES, 7)
+  batch = next(pipeline.eval_iterator(records, room, global_batch_size=2))
+  assert batch['sequence'].shape == (2, 7, 2) and batch['length'][0] == 7
+
+
 def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):
   with pytest.raises(FileNotFoundError) as error:
     pipeline.load_split('cifar10', 'train', str(tmp_path))

@@ -4,6 +4,7 @@ numpy alone."""
 
 import csv
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dlearn import exporting, prediction
+from dlearn import evaluation, exporting, prediction
 from dlearn.data import dataset_writer, image_folder, ts_format
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
@@ -245,6 +246,34 @@ def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path
     prediction.predict(str(runs / 'cnn'), str(tmp_path / 'labelled'), str(output))
   with pytest.raises(FileExistsError, match='already exists'):
     exporting.export(str(runs / 'cnn'), str(tmp_path))
+
+
+@pytest.mark.parametrize('model', ['rnn', 'rocket'])
+def test_cases_longer_than_the_training_files_are_predicted_and_evaluated(runs, tmp_path, model):
+  """A test file's case may be longer than every training case (UEA's JapaneseVowels: 7-26 steps
+  in training, up to 29 in test): predict batches at the longest case, and a test split
+  prepared later is evaluated, the model keeping the length it was trained at (config.json);
+  the other cases' probabilities are those they have batched at the trained length."""
+  run = runs / model
+  assert json.loads((run / 'config.json').read_text())['data']['max_length'] == 6
+  lines = (runs / 'toy_sequences.ts').read_text().splitlines()
+  cases = lines[lines.index('@data') + 1 :]
+  rng = np.random.default_rng(2)
+  long_case = ':'.join(','.join(map(str, rng.normal(1, 0.3, 9).round(3))) for _ in range(2))
+  longer = helpers.ts_file(tmp_path / 'longer.ts', [*cases, f'{long_case}:b'])
+  short = prediction.predict(str(run), str(runs / 'toy_sequences.ts'), str(tmp_path / 's.csv'))
+  long = prediction.predict(str(run), longer, str(tmp_path / 'l.csv'))
+  assert (short['count'], long['count']) == (15, 16)
+  rows = _rows(tmp_path / 'l.csv')
+  np.testing.assert_allclose(
+    _probabilities(rows[:15], 'abc'), _probabilities(_rows(tmp_path / 's.csv'), 'abc'), atol=1e-5
+  )
+  data_dir = str(tmp_path / 'tfds')
+  train = str(runs / 'toy_sequences.ts')
+  dataset_writer.write_dataset('toy_sequences', {'train': train, 'test': longer}, data_dir)
+  summary, confusion, *_ = evaluation.evaluate_workdir(str(run), split='test', data_dir=data_dir)
+  assert confusion.sum() == 16
+  assert summary['accuracy'] == pytest.approx(long['summary']['accuracy'])
 
 
 @pytest.mark.parametrize('model', ['cnn', 'rnn', 'rocket'])

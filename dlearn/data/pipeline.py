@@ -326,6 +326,26 @@ def dataset_info(
   )
 
 
+def with_room_for(info: DatasetInfo, longest: int, multiple: int = 1) -> DatasetInfo:
+  """`info` whose sequences are padded to `longest` steps (rounded up to a multiple of `multiple`:
+  a time-partitioned model's parts) where that is more than the model was trained on, as for a
+  test split prepared later whose cases are longer than the training file's (UEA's
+  JapaneseVowels: 7-26 steps in training, up to 29 in test). The model keeps its trained shape:
+  the sequence models read any number of steps (their convolutions and pooling, or their
+  recurrence, run to each case's own length). Images, and shorter sequences: `info` as it is."""
+  if info.kind != 'sequence' or longest <= info.example_shape[0]:
+    return info
+  longest = -(-longest // multiple) * multiple
+  return dataclasses.replace(info, example_shape=(longest, *info.example_shape[1:]))
+
+
+def longest_sequence(source) -> int:
+  """The longest sequence in any split of `source`'s prepared dataset (dlearn.prepare records it);
+  0 where it is not recorded."""
+  metadata = getattr(getattr(source, 'dataset_info', None), 'metadata', None) or {}
+  return int(metadata.get('max_length') or 0)
+
+
 def resolved_standardize(standardize: str, num_features: int) -> str:
   """config.data.standardize with 'auto' resolved: each case on its own for univariate series,
   the train split's statistics for multivariate ones."""

@@ -261,7 +261,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   dispatch_function = _dispatch_functions(config, mesh, data, tx, graphdef, info, timing)
   eval_step = evaluation.map_eval_step(graphdef, config, info, mesh)
-  eval_batches = functools.partial(evaluation.device_batches, eval_source, info, config, mesh)
+  # an evaluation split of longer cases (a test split) padded to them, the model as trained
+  longest = pipeline.longest_sequence(eval_source)
+  eval_info = pipeline.with_room_for(info, longest, config.partition.parts)
+  eval_batches = functools.partial(evaluation.device_batches, eval_source, eval_info, config, mesh)
   if config.data.on_device:
     eval_step, eval_batches = _kept_on_devices(eval_step, eval_batches(), state, timing)
   intervals = (config.log_every_steps, eval_every, checkpoint_every)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from dlearn import evaluation, exporting, prediction
-from dlearn.data import dataset_writer, image_folder, ts_format
+from dlearn.data import dataset_writer, image_folder, pipeline, ts_format
 
 pytestmark = pytest.mark.slow  # subprocesses and end-to-end runs
 
@@ -252,8 +252,9 @@ def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path
 def test_cases_longer_than_the_training_files_are_predicted_and_evaluated(runs, tmp_path, model):
   """A test file's case may be longer than every training case (UEA's JapaneseVowels: 7-26 steps
   in training, up to 29 in test): predict batches at the longest case, and a test split
-  prepared later is evaluated, the model keeping the length it was trained at (config.json);
-  the other cases' probabilities are those they have batched at the trained length."""
+  (prepared later, or with the training file: its length shapes no model) is evaluated, the
+  model keeping the length it was trained at (config.json); the other cases' probabilities are
+  those they have batched at the trained length."""
   run = runs / model
   assert json.loads((run / 'config.json').read_text())['data']['max_length'] == 6
   lines = (runs / 'toy_sequences.ts').read_text().splitlines()
@@ -271,6 +272,9 @@ def test_cases_longer_than_the_training_files_are_predicted_and_evaluated(runs, 
   data_dir = str(tmp_path / 'tfds')
   train = str(runs / 'toy_sequences.ts')
   dataset_writer.write_dataset('toy_sequences', {'train': train, 'test': longer}, data_dir)
+  metadata = pipeline.load_split('toy_sequences', 'test', data_dir).dataset_info.metadata
+  assert metadata['max_length'] == 6  # the training file's: models are built for it
+  assert metadata['split_max_length']['test'] == 9
   summary, confusion, *_ = evaluation.evaluate_workdir(str(run), split='test', data_dir=data_dir)
   assert confusion.sum() == 16
   assert summary['accuracy'] == pytest.approx(long['summary']['accuracy'])

@@ -139,7 +139,11 @@ def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
     'kind': 'sequence',
     'source': dict(paths),
     'validation_fraction': validation_fraction,
-    'max_length': max(len(s) for split in cases.values() for s, _, _ in split),
+    # The training file's longest case (train and validation), the length models are built for:
+    # a test split never shapes a model. Each split's own, to pad evaluation's batches to
+    # (pipeline.with_room_for).
+    'max_length': max(len(s) for name, c in cases.items() if name != 'test' for s, _, _ in c),
+    'split_max_length': {name: max(len(s) for s, _, _ in c) for name, c in cases.items()},
     # Per-channel statistics of train, for standardising inputs in the pipeline.
     'feature_mean': train_values.mean(0).tolist(),
     'feature_std': np.maximum(train_values.std(0), 1e-6).tolist(),

@@ -328,9 +328,9 @@ def dataset_info(
 
 def with_room_for(info: DatasetInfo, longest: int, multiple: int = 1) -> DatasetInfo:
   """`info` whose sequences are padded to `longest` steps (rounded up to a multiple of `multiple`:
-  a time-partitioned model's parts) where that is more than the model was trained on, as for a
-  test split prepared later whose cases are longer than the training file's (UEA's
-  JapaneseVowels: 7-26 steps in training, up to 29 in test). The model keeps its trained shape:
+  a time-partitioned model's parts) where that is more than the model was trained on: a test
+  split whose cases are longer than the training file's (UEA's JapaneseVowels: 7-26 steps in
+  training, up to 29 in test), whose length shapes no model. The model keeps its trained shape:
   the sequence models read any number of steps (their convolutions and pooling, or their
   recurrence, run to each case's own length). Images, and shorter sequences: `info` as it is."""
   if info.kind != 'sequence' or longest <= info.example_shape[0]:
@@ -340,10 +340,11 @@ def with_room_for(info: DatasetInfo, longest: int, multiple: int = 1) -> Dataset
 
 
 def longest_sequence(source) -> int:
-  """The longest sequence in any split of `source`'s prepared dataset (dlearn.prepare records it);
-  0 where it is not recorded."""
+  """The longest sequence in any split of `source`'s prepared dataset (dlearn.prepare records
+  each split's); 0 where it is not recorded."""
   metadata = getattr(getattr(source, 'dataset_info', None), 'metadata', None) or {}
-  return int(metadata.get('max_length') or 0)
+  lengths = [*(metadata.get('split_max_length') or {}).values(), metadata.get('max_length') or 0]
+  return int(max(lengths))
 
 
 def resolved_standardize(standardize: str, num_features: int) -> str:

@@ -2,6 +2,7 @@
 once, and the errors a user meets first."""
 
 import dataclasses
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +124,21 @@ def test_room_for_longer_sequences_pads_the_batches_not_the_model():
   room = pipeline.with_room_for(SEQUENCES, 7)
   batch = next(pipeline.eval_iterator(records, room, global_batch_size=2))
   assert batch['sequence'].shape == (2, 7, 2) and batch['length'][0] == 7
+
+
+def test_a_splits_longest_sequence_is_its_own():
+  info = types.SimpleNamespace(
+    metadata={'max_length': 26, 'split_max_length': {'train': 25, 'validation': 26, 'test': 29}}
+  )
+  split = lambda name: types.SimpleNamespace(dataset_info=info, split=name)  # noqa: E731
+  assert pipeline.longest_sequence(split('test')) == 29
+  assert pipeline.longest_sequence(split('train')) == 25
+  assert pipeline.longest_sequence(split('train+validation')) == 26
+  assert pipeline.longest_sequence(pipeline.Subset(split('train'), [0])) == 25  # a fold
+  assert pipeline.longest_sequence(split('train[:10]')) == 29  # not recorded: every split's
+  info.metadata = {'max_length': 26}  # prepared before split_max_length
+  assert pipeline.longest_sequence(split('test')) == 26
+  assert pipeline.longest_sequence([]) == 0
 
 
 def test_a_missing_dataset_says_where_it_looked_and_how_to_prepare_it(tmp_path):

@@ -340,11 +340,17 @@ def with_room_for(info: DatasetInfo, longest: int, multiple: int = 1) -> Dataset
 
 
 def longest_sequence(source) -> int:
-  """The longest sequence in any split of `source`'s prepared dataset (dlearn.prepare records
-  each split's); 0 where it is not recorded."""
+  """The longest sequence of `source`, a prepared split (`train+validation`: the longer of the
+  two) or a fold of one, as dlearn.prepare recorded each split's; where that is not recorded,
+  the longest of every split (0 if none)."""
+  while isinstance(source, Subset):
+    source = source.source
   metadata = getattr(getattr(source, 'dataset_info', None), 'metadata', None) or {}
-  lengths = [*(metadata.get('split_max_length') or {}).values(), metadata.get('max_length') or 0]
-  return int(max(lengths))
+  lengths = dict(metadata.get('split_max_length') or {})
+  names = str(getattr(source, 'split', '')).split('+')
+  if all(name in lengths for name in names):
+    return int(max(lengths[name] for name in names))
+  return int(max([*lengths.values(), metadata.get('max_length') or 0]))
 
 
 def resolved_standardize(standardize: str, num_features: int) -> str:

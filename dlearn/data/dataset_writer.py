@@ -139,9 +139,9 @@ def _sequence_dataset(paths: dict[str, str], validation_fraction: float):
     'kind': 'sequence',
     'source': dict(paths),
     'validation_fraction': validation_fraction,
-    # The training file's longest case (train and validation), the length models are built for:
-    # a test split never shapes a model. Each split's own, to pad evaluation's batches to
-    # (pipeline.with_room_for).
+    # Each split's longest case: a model is built for the split it trains on (a test split never
+    # shapes one), and evaluation pads a split of longer cases to its own (pipeline.with_room_for).
+    # max_length: the training file's (train and validation), where a split is not recorded.
     'max_length': max(len(s) for name, c in cases.items() if name != 'test' for s, _, _ in c),
     'split_max_length': {name: max(len(s) for s, _, _ in c) for name, c in cases.items()},
     # Per-channel statistics of train, for standardising inputs in the pipeline.

@@ -275,7 +275,8 @@ def dataset_info(
   source, name: str, max_length: int | None, standardize: str = 'train_split', data=None
 ) -> DatasetInfo:
   """What the model and the loop need to know of `source`; `data` (config.data) sets the host
-  transform of encoded images (default: `configs.base()`'s)."""
+  transform of encoded images (default: `configs.base()`'s). Sequences are padded to
+  `max_length`, or to the longest of `source` (`longest_sequence`)."""
   features = source.dataset_info.features
   label = features['label']
   class_names = tuple(label.names)
@@ -298,7 +299,8 @@ def dataset_info(
     )
   if 'sequence' in features:
     metadata = source.dataset_info.metadata or {}
-    max_length = max_length or metadata.get('max_length')
+    # the longest case of the split itself: the model is shaped by what it trains on alone
+    max_length = max_length or longest_sequence(source)
     if not max_length:
       raise ConfigError(
         f'Dataset {name!r} holds sequences: set config.data.max_length (the length '

@@ -98,6 +98,18 @@ def test_missing_values_follow_the_documented_rule(tmp_path):
   np.testing.assert_allclose(data.sequences[2], [[0, 1], [0, 2], [0, 3]])  # empty channel: zeros
 
 
+def test_a_file_with_windows_line_ends_and_a_byte_order_mark_reads_as_without(tmp_path):
+  path = helpers.ts_file(tmp_path / 'plain.ts', ['1,2:3,4:a', '5,6,7:8,9,10:b'])
+  with open(path, 'rb') as f:
+    text = f.read()
+  windows = tmp_path / 'windows.ts'
+  windows.write_bytes(b'\xef\xbb\xbf' + text.replace(b'\n', b'\r\n'))
+  plain, other = ts_format.read_ts(path), ts_format.read_ts(str(windows))
+  assert other.class_names == plain.class_names and other.labels == plain.labels
+  for a, b in zip(plain.sequences, other.sequences):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_carved_validation_is_the_last_fraction_of_each_class(tmp_path):
   lines = [f'{i},{i}:{i},{i}:{"ab"[i % 2]}' for i in range(20)]
   data_dir = str(tmp_path / 'tfds')
@@ -220,6 +232,12 @@ def test_malformed_header(tmp_path, header_line, match):
       r'declares @dimensions 2',
     ),
     ('1,x:3,4:a', r"bad.ts:11: channel 1, value 2 is 'x', not a number"),
+    # an infinite value would give NaN features and a prediction made of them
+    ('1,2:3,-inf:a', r"bad.ts:11: channel 2, value 2 is '-inf', not a finite number"),
+    (
+      '1,2:1e39,4:a',
+      r"bad.ts:11: channel 2, value 1 is '1e39', not a finite number within float32",
+    ),
     ('1,2:3,4:z', r"bad.ts:11: class label 'z' is not declared in @classLabel \(a b c\)"),
   ],
 )

@@ -11,6 +11,8 @@ Missing values (`?` or `NaN`), a documented rule:
   2. any other missing value is linearly interpolated from the nearest observed values of its
      channel, and repeats the nearest observed value at a channel's ends;
   3. a channel with no observed value at all is zeros.
+An infinite value, or one beyond float32's range, is refused (TsFormatError): a model's features
+of it would be NaN.
 """
 
 from __future__ import annotations
@@ -104,7 +106,15 @@ def _parse_case(
       f'{path}:{number}: the channels of this case have different lengths '
       f'{sorted(lengths)}; every channel of a case needs one value per step.'
     )
-  sequence = np.asarray(columns, np.float32).T  # [length, channels]
+  with np.errstate(over='ignore'):  # beyond float32's range: refused below, naming the value
+    sequence = np.asarray(columns, np.float32).T  # [length, channels]
+  if np.isinf(sequence).any():  # inf, or beyond float32's range: no model reads it (NaN out)
+    step, channel = np.argwhere(np.isinf(sequence))[0]
+    raise TsFormatError(
+      f'{path}:{number}: channel {channel + 1}, value {step + 1} is '
+      f"{channels[channel].split(',')[step].strip()!r}, not a finite number within float32's "
+      'range (about ±3.4e38); write missing values as ? or NaN.'
+    )
   observed_steps = np.flatnonzero(~np.isnan(sequence).all(axis=1))
   if not len(observed_steps):
     raise TsFormatError(f'{path}:{number}: this case has no observed value.')
@@ -134,6 +144,8 @@ class TsCases:
       for number, raw in enumerate(f, start=1):
         start, offset = offset, offset + len(raw)
         line = raw.decode('utf-8', errors='replace').strip()
+        if number == 1:  # a byte order mark, as editors on Windows write one
+          line = line.removeprefix('\ufeff')
         if not line or line.startswith('#'):
           continue
         if in_data:

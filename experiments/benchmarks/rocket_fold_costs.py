@@ -1,7 +1,7 @@
 """Where a warm k-fold cross-validation of a ROCKET config spends its seconds, on a prepared dataset.
 
   python experiments/benchmarks/rocket_fold_costs.py --dataset=gun_point [--transform=...]
-      [--data_dir=data/tfds] [--folds=5] [--runs=3]
+      [--data_dir=data/tfds] [--folds=5] [--runs=3] [--set=FIELD=VALUE ...]
 
 Runs the folds of `dlearn.cross_validate` (`cross_validate.run_folds`, the config
 experiments/configs/rocket_uea.py:DATASET[,TRANSFORM], fresh runs) in this process: twice untimed
@@ -38,6 +38,7 @@ flags.DEFINE_enum('transform', None, list(rocket.TRANSFORMS), "rocket_uea.py's d
 flags.DEFINE_string('data_dir', 'data/tfds', 'Where the dataset is prepared.')
 flags.DEFINE_integer('folds', 5, 'k.')
 flags.DEFINE_integer('runs', 3, 'Timed cross-validations.')
+flags.DEFINE_multi_string('set', [], 'FIELD=VALUE of the config, e.g. rocket.num_features=10000.')
 FLAGS = flags.FLAGS
 
 # (owner, attribute, label): what a fold calls, outermost first
@@ -72,7 +73,7 @@ def main(argv):
   argument = ','.join(a for a in (FLAGS.dataset, FLAGS.transform) if a)
   config = configs.override(
     configs.load_file('experiments/configs/rocket_uea.py', argument),
-    {'data.data_dir': FLAGS.data_dir, 'fresh': True},
+    {'data.data_dir': FLAGS.data_dir, 'fresh': True, **cli.field_values(FLAGS.set, '--set')},
   )
   root = tempfile.mkdtemp()
 

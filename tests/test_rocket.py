@@ -112,6 +112,36 @@ def test_series_shorter_than_the_kernels_are_zero_padded_as_the_references_pad(t
   assert features[0].std() > 0
 
 
+@pytest.mark.parametrize('transform', ['multirocket_hydra', 'minirocket'])
+def test_a_case_of_one_step_has_finite_features_and_leaves_the_others_as_they_are(transform):
+  """A case of one step (a .ts case whose other values are trailing missing ones) has an empty
+  first difference: the biases fitted to it and its features are finite (they were NaN, and the
+  ridge's decomposition failed on them), and the other cases' features are as without it."""
+  from flax import nnx
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(12, 20, 1)).astype(np.float32)
+  lengths = rng.integers(10, 21, 12)
+  one_step = lengths.copy()
+  one_step[0] = 1
+
+  def model_fitted_to(n):
+    model = rocket.RocketClassifier(
+      2, x.shape[1:], transform=transform, num_features=1344, max_dilations=32, seed=0, rngs=nnx.Rngs(0)
+    )  # fmt: skip
+    model.fit_biases(lambda index: (x[index], n[index]), len(x), 0)
+    return model
+
+  model = model_fitted_to(lengths)
+  before, after = (np.asarray(rocket.feature_parts(*nnx.split(model), x, n)[0]) for n in (lengths, one_step))  # fmt: skip
+  assert np.isfinite(after).all()
+  np.testing.assert_array_equal(after[1:], before[1:])
+  # every kernel's biases drawn from the one-step case
+  model = model_fitted_to(np.ones_like(lengths))
+  assert all(np.isfinite(r.biases[...]).all() for r in model.representations)
+  assert np.isfinite(np.asarray(rocket.feature_parts(*nnx.split(model), x, one_step)[0])).all()
+
+
 @pytest.mark.slow  # a whole run
 @pytest.mark.parametrize('transform', ['minirocket', 'multirocket', 'hydra', 'multirocket_hydra'])
 def test_the_recipe_fits_in_zero_steps_and_evaluates_from_its_checkpoint(tmp_path, transform):

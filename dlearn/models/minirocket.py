@@ -298,7 +298,8 @@ def pool(x, weights, lengths, biases, dilations, counts, poolings=('ppv',), shif
   for members, s, (first, end), b in zip(groups.values(), sums, runs, per_group):
     count = end - first  # [dilations, B, 84]
     hits = s['hits']
-    pooled = {'ppv': hits / count}
+    # a case of one step has an empty difference (MultiRocket's): no positions, no hits, PPV 0
+    pooled = {'ppv': hits / jnp.maximum(count, 1)}
     if extra:
       some = jnp.maximum(hits, 1)
       pooled['mpv'] = jnp.where(hits > 0, s['values'] / some + b, 0.0)
@@ -472,7 +473,8 @@ def biases_of(x, lengths, cases, weights, dilations, per_dilation, shift_left: i
   dilations = tuple(int(d) for d in dilations)
   weights = [np.asarray(w, np.float32) for w in weights]
   c = own_convolutions(x, cases, weights, dilations, shift_left)
-  lengths = lengths[cases]
+  # the empty difference of a one-step case: its bias is of its convolution's zero padding
+  lengths = np.maximum(lengths[cases], 1)
   q = quantiles(len(KERNEL_INDICES) * int(np.sum(per_dilation)))
   biases, start = [], 0
   for j, n in enumerate(per_dilation):

@@ -4,6 +4,7 @@ random series of one shape, warm (after a call that compiles), on this machine's
 
   python experiments/benchmarks/rocket_transforms.py [--length=150 --channels=1] [--cases=40]
       [--rounds=5] [--calls=5] [--transforms=minirocket,multirocket,hydra,aeon_minirocket]
+      [--multirocket_features=50000]
 
 GunPoint is about --length=150 --channels=1, BasicMotions --length=100 --channels=6,
 JapaneseVowels --length=29 --channels=12. The transforms take turns, round by round (`--rounds`
@@ -47,6 +48,9 @@ flags.DEFINE_list(
   "Which transforms; aeon_minirocket: aeon's MiniRocket fit and transform (one thread), for "
   'reference (needs the benchmark extra).',
 )
+flags.DEFINE_integer(
+  'multirocket_features', 50_000, "MultiRocket's features (its paper's smaller variant: 10,000)."
+)
 flags.DEFINE_string('machine_kind', None, 'Name of the results file (default: from the device).')
 FLAGS = flags.FLAGS
 
@@ -61,7 +65,7 @@ def fitted_call(transform: str, sequences, lengths):
     2,
     sequences.shape[1:],
     transform=transform,
-    num_features=FEATURES[transform],
+    num_features=FLAGS.multirocket_features if transform == 'multirocket' else FEATURES[transform],
     max_dilations=32,
     seed=0,
     rngs=nnx.Rngs(0),

@@ -71,19 +71,21 @@ class ImageInputs:
       except (OSError, ValueError) as e:
         self.errors[i] = f'{self.path}: {self.files.names[i]}: {e}'
         return {'image': np.zeros(self.info.example_shape, np.uint8), 'label': UNREADABLE}
+    name = self.files.names[i]
     try:
+      content = self.files.read(i)
+      # what dlearn.prepare refuses (16 bits a channel would be clipped to white, CMYK converted
+      # naively, 1 x 1 px) is refused here too, rather than predicted from
+      image_codec.checked(content, channels)
       image = image_folder.decode(
-        self.path,
-        self.files.names[i],
-        self.files.content(i),
-        channels=channels,
-        size=(height, width),
-        resize=self.resize,
+        self.path, name, content, channels=channels, size=(height, width), resize=self.resize
       )
       return {'image': image, 'label': self.labels[i]}
     except image_folder.ImageFolderError as e:
       self.errors[i] = str(e)
-      return {'image': np.zeros(self.info.example_shape, np.uint8), 'label': UNREADABLE}
+    except (OSError, ValueError) as e:
+      self.errors[i] = f'{self.path}: {name}: {e}'
+    return {'image': np.zeros(self.info.example_shape, np.uint8), 'label': UNREADABLE}
 
 
 class SequenceInputs:

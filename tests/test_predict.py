@@ -209,6 +209,8 @@ def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path
     (folder / name).write_bytes(helpers.image_bytes(10, '.png', size=(8, 8)))
   (folder / 'b.jpg').write_bytes(b'not an image')
   (folder / 'd.png').write_bytes(helpers.image_bytes(10, '.png', size=(9, 8)))
+  # 16 bits a channel: dlearn.prepare refuses it, and so does predict (it was clipped to white)
+  Image.fromarray(np.full((8, 8), 40_000, np.uint16)).save(folder / 'e.png')
   output = tmp_path / 'out.csv'
   cnn = f'--workdir={runs / "cnn"}'
   result = _predict(cnn, f'--input={folder}', f'--output={output}', check=False)
@@ -219,8 +221,9 @@ def test_bad_inputs_stop_before_writing_or_are_skipped_and_listed(runs, tmp_path
     cnn, f'--input={folder}', f'--output={output}', '--skip_bad_inputs', '--noresize'
   )
   assert [row['input'] for row in _rows(output)] == ['a.png', 'c.png']
-  skipped = result.stderr[result.stderr.index('skipped 2') :]
+  skipped = result.stderr[result.stderr.index('skipped 3') :]
   assert 'b.jpg: cannot decode' in skipped and 'd.png is 9x8, not 8x8: refused' in skipped
+  assert 'e.png: 16-bit PNG: dlearn reads 8 bits per channel' in skipped
 
   # Library errors are the `error:` lines' messages.
   bad_ts = helpers.ts_file(tmp_path / 'bad.ts', ['1,2:3,4:a', '1,2:3,4:5,6:b'])

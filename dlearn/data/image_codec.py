@@ -79,6 +79,8 @@ def checked(content: bytes, channels: int) -> tuple[bytes, int, int]:
     raise
   except Image.DecompressionBombError as e:
     raise ValueError(f'{e} (a decompression bomb?): downscale it') from e
+  except Image.UnidentifiedImageError as e:  # its message names a BytesIO, not the file
+    raise ValueError('cannot decode the image (not an image format Pillow reads)') from e
   except Exception as e:  # Pillow raises many types for a corrupt or truncated file
     raise ValueError(f'cannot decode the image ({e})') from e
 

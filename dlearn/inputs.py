@@ -63,25 +63,21 @@ class ImageInputs:
 
   def __getitem__(self, i):
     height, width, channels = self.info.example_shape
-    if self.info.transform is not None:  # a model trained on encoded images: evaluation's crop
-      try:
-        content = self.files.read(i)
-        image_codec.checked(content, channels)  # OpenCV passes a truncated JPEG in silence
-        return {'image': self.info.transform.evaluate(content), 'label': self.labels[i]}
-      except (OSError, ValueError) as e:
-        self.errors[i] = f'{self.path}: {self.files.names[i]}: {e}'
-        return {'image': np.zeros(self.info.example_shape, np.uint8), 'label': UNREADABLE}
     name = self.files.names[i]
     try:
       content = self.files.read(i)
-      # what dlearn.prepare refuses (16 bits a channel would be clipped to white, CMYK converted
-      # naively, 1 x 1 px) is refused here too, rather than predicted from
+      # what dlearn.prepare refuses is refused here too, rather than predicted from: a truncated
+      # JPEG (OpenCV passes it in silence), 16 bits a channel (Pillow clips them to white), CMYK
+      # (converted naively), a side under 4 px
       image_codec.checked(content, channels)
-      image = image_folder.decode(
-        self.path, name, content, channels=channels, size=(height, width), resize=self.resize
-      )
+      if self.info.transform is not None:  # a model trained on encoded images: evaluation's crop
+        image = self.info.transform.evaluate(content)
+      else:
+        image = image_folder.decode(
+          self.path, name, content, channels=channels, size=(height, width), resize=self.resize
+        )
       return {'image': image, 'label': self.labels[i]}
-    except image_folder.ImageFolderError as e:
+    except image_folder.ImageFolderError as e:  # its message names the file
       self.errors[i] = str(e)
     except (OSError, ValueError) as e:
       self.errors[i] = f'{self.path}: {name}: {e}'

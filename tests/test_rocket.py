@@ -17,6 +17,13 @@ from dlearn.data import pipeline
 from dlearn.models import rocket
 
 
+@pytest.fixture(autouse=True)
+def counting_afresh(monkeypatch):
+  """Each test's fits count Hydra's responses themselves (the tests compare transforms), but
+  the memo's own tests, which set their own."""
+  monkeypatch.setattr(rocket, 'HYDRA_COUNTS', rocket.CountsMemo(limit=0))
+
+
 @pytest.mark.parametrize('features', [30, 9])  # more features than cases (the Gram path), fewer
 def test_leave_one_out_error_equals_refitting_without_each_case(monkeypatch, features):
   monkeypatch.setattr(rocket, 'GRAM_BLOCK', 7)  # the Gram path's features in 5 blocks
@@ -140,6 +147,52 @@ def test_a_case_of_one_step_has_finite_features_and_leaves_the_others_as_they_ar
   model = model_fitted_to(np.ones_like(lengths))
   assert all(np.isfinite(r.biases[...]).all() for r in model.representations)
   assert np.isfinite(np.asarray(rocket.feature_parts(*nnx.split(model), x, one_step)[0])).all()
+
+
+@pytest.mark.parametrize('transform', ['multirocket_hydra', 'hydra'])
+def test_hydras_counts_are_counted_once_a_case_over_the_folds(monkeypatch, transform):
+  """A fold's fit whose cases an earlier fit (of the same kernels) counted takes Hydra's counts
+  from the memo, in any order and batch, and has the features of a fit that counts them; other
+  kernels (another seed) or any case not counted yet count afresh; past its limit, the oldest
+  cases are dropped."""
+  from flax import nnx
+
+  memo = rocket.CountsMemo(limit=2**24)
+  monkeypatch.setattr(rocket, 'HYDRA_COUNTS', memo)
+  counted = []
+  parts = rocket.feature_parts
+  monkeypatch.setattr(rocket, 'feature_parts', lambda *a, counts=True: counted.append(counts) or parts(*a, counts=counts))  # fmt: skip
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(30, 40, 2)).astype(np.float32)
+  lengths = rng.integers(20, 41, 30)
+
+  def features(cases, seed=0):
+    model = rocket.RocketClassifier(
+      2, (40, 2), transform=transform, num_features=1344, max_dilations=32, seed=seed, rngs=nnx.Rngs(0)
+    )  # fmt: skip
+    model.fit_biases(lambda index: (x[cases][index], lengths[cases][index]), len(cases), 0)
+    counted.clear()
+    return model.fit_scaling(x[cases], lengths[cases], np.arange(len(cases)))
+
+  first = np.arange(25)
+  memo.limit = 0
+  fresh = features(first[::-1])  # counted by no memo
+  memo.limit = 2**24
+  features(first)
+  assert counted == [True] and len(memo.rows) == 25
+  known = [False] if transform == 'multirocket_hydra' else []  # the kernels' features alone
+  again = features(first[::-1])  # every case known: not counted, in another order and batch
+  assert counted == known
+  np.testing.assert_array_equal(again, fresh)
+  features(np.arange(5, 30))  # five cases never counted: the batch is counted
+  assert counted == [True] and len(memo.rows) == 30
+  features(first, seed=1)  # other kernels
+  assert counted == [True] and len(memo.rows) == 55
+  memo.limit = 10 * memo.bytes // 55  # ten cases' counts: the newest ten of the next fit kept
+  features(first, seed=2)
+  assert counted == [True] and len(memo.rows) == 10
+  features(first[15:], seed=2)
+  assert counted == known
 
 
 @pytest.mark.slow  # a whole run

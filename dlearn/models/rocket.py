@@ -34,8 +34,10 @@ training are the ordinary sharded steps.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import hashlib
 import logging
 
 import jax
@@ -196,7 +198,7 @@ class RocketClassifier(nnx.Module):
     them all), returns the scaled features of every process's cases, in the split's order,
     [cases, all features]; without (the logistic head, for data whose features would not fit
     in memory), only their moments are kept, chunk by chunk, and merged over the processes."""
-    chunks = own_feature_chunks(functools.partial(feature_parts, *nnx.split(self)), sequences, lengths)  # fmt: skip
+    chunks = self.own_features(sequences, lengths)
     if keep_features:  # every process's features, in the split's order
       joined = lambda p: p[0] if len(p) == 1 else np.concatenate(p)  # noqa: E731
       rocket, raw = (in_split_order(joined(p), index) if p[0] is not None else None for p in zip(*chunks))  # fmt: skip
@@ -225,6 +227,26 @@ class RocketClassifier(nnx.Module):
       self._set_sparse_scale(*hydra.sparse_scale_from(raw.count, raw.mean, raw.squares, raw.zeros))
     return None
 
+  def own_features(self, sequences, lengths):
+    """(the kernels' features or None, Hydra's counts or None) of this process's cases, chunk by
+    chunk (`own_feature_chunks`); Hydra's counts from `HYDRA_COUNTS` where this process has
+    counted these cases with these kernels before, and kept there otherwise."""
+    keys = HYDRA_COUNTS.keys(self.hydra, sequences, lengths) if self.hydra is not None else None
+    known = HYDRA_COUNTS.get(keys) if keys is not None else None
+    if known is not None and self.scale is None:  # Hydra alone: nothing left to compute
+      yield None, known
+      return
+    features_of = functools.partial(feature_parts, *nnx.split(self), counts=known is None)
+    start = 0
+    for rocket, counts in own_feature_chunks(features_of, sequences, lengths):
+      end = start + len(rocket if counts is None else counts)
+      if known is not None:
+        counts = known[start:end]
+      elif keys is not None:
+        HYDRA_COUNTS.put(keys[start:end], counts)
+      start = end
+      yield rocket, counts
+
   def _set_sparse_scale(self, mean, std):
     self.hydra.mean.set_value(np.asarray(mean, np.float32))
     self.hydra.std.set_value(np.asarray(std, np.float32))
@@ -241,16 +263,66 @@ def _series(sequences, lengths):
   return multirocket.with_difference(jnp.swapaxes(sequences.astype(jnp.float32), 1, 2), lengths)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def feature_parts(graphdef, state, sequences, lengths):
-  """(the kernels' features or None, Hydra's counts or None) of the RocketClassifier
-  `nnx.merge(graphdef, state)`: one compiled program per model structure and batch shape,
-  however many models (the folds of a cross-validation) run it; the model itself is left as it
-  is (nnx.jit would write its arrays back, placed on one device)."""
+@functools.partial(jax.jit, static_argnums=0, static_argnames='counts')
+def feature_parts(graphdef, state, sequences, lengths, counts: bool = True):
+  """(the kernels' features or None, Hydra's counts or None: also where not `counts`) of the
+  RocketClassifier `nnx.merge(graphdef, state)`: one compiled program per model structure and
+  batch shape, however many models (the folds of a cross-validation) run it; the model itself
+  is left as it is (nnx.jit would write its arrays back, placed on one device)."""
   model = nnx.merge(graphdef, state)
   rocket = model.rocket_features(sequences, lengths) if model.scale is not None else None
-  counts = model.hydra_features(sequences, lengths) if model.hydra is not None else None
-  return rocket, counts
+  counted = model.hydra_features(sequences, lengths) if model.hydra is not None and counts else None
+  return rocket, counted
+
+
+class CountsMemo:
+  """Hydra's counts of the cases this process has counted, by the kernels and the case's own
+  values: they depend on no other case and on nothing fitted, and every fit of one config draws
+  the same kernels, so the folds of a cross-validation (each case a training case in k - 1 of
+  them) and `dlearn.ensemble`'s final fit count each case once. The oldest are dropped past
+  `limit` bytes."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.rows = collections.OrderedDict()
+    self.bytes = 0
+
+  def keys(self, part: HydraPart, sequences, lengths) -> list[bytes]:
+    kernels = hashlib.blake2b(np.asarray(part.weights[...]).tobytes(), digest_size=16)
+    if part.channels is not None:
+      kernels.update(np.asarray(part.channels[...]).tobytes())
+    keys = []
+    for case, length in zip(sequences, lengths):
+      key = kernels.copy()
+      key.update(np.ascontiguousarray(case[: int(length)], np.float32).tobytes())  # its own steps
+      key.update(np.int64(length).tobytes())
+      keys.append(key.digest())
+    return keys
+
+  def clear(self) -> None:
+    """Forgets every case (a benchmark's cross-validations then each count their own)."""
+    self.rows.clear()
+    self.bytes = 0
+
+  def get(self, keys) -> np.ndarray | None:
+    """The counts of every case of `keys`, or None unless all are known."""
+    if not self.limit or not all(k in self.rows for k in keys):
+      return None
+    for k in keys:
+      self.rows.move_to_end(k)
+    return np.stack([self.rows[k] for k in keys])
+
+  def put(self, keys, counts) -> None:
+    for k, row in zip(keys, np.asarray(counts)):
+      if k not in self.rows and row.nbytes <= self.limit:
+        self.rows[k] = row.copy()
+        self.bytes += row.nbytes
+    while self.bytes > self.limit:
+      self.bytes -= self.rows.popitem(last=False)[1].nbytes
+
+
+# 1,024 cases of 1,460 steps (8,192 counts each) in 32 MB
+HYDRA_COUNTS = CountsMemo(limit=256 * 2**20)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,6 +78,7 @@ def main(argv):
   root = tempfile.mkdtemp()
 
   def cross_validation(run):
+    rocket.HYDRA_COUNTS.clear()  # each counts its cases as a command's would
     summary = cross_validate.run_folds(
       config, os.path.join(root, str(run)), FLAGS.folds, 'train+validation', lambda *_: None
     )

@@ -74,6 +74,7 @@ import results_file  # noqa: E402
 
 from dlearn import cli, configs, cross_validate  # noqa: E402
 from dlearn.data import dataset_writer, ts_format  # noqa: E402
+from dlearn.models import rocket  # noqa: E402
 
 FLAGS = flags.FLAGS
 SHARED_DATA = os.path.normpath(os.path.join(REPO, '..', 'shared', 'data'))
@@ -452,6 +453,7 @@ def in_process_seconds(config_file: str, argument: str, overrides: dict, folds: 
   config = configs.override(configs.load_file(config_file, argument), overrides)
   seconds = {}
   for run in ('first_seconds', 'warm_seconds'):
+    rocket.HYDRA_COUNTS.clear()  # the second counts its cases as the first did
     summary = cross_validate.run_folds(
       config, os.path.join(workdir, f'in_process_{run}'), folds, 'train+validation', lambda *_: None
     )

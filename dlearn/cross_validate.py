@@ -65,14 +65,18 @@ def _write_summary(workdir, results, sizes, config, seconds):
   return summary
 
 
-def check_folds(config, workdir: str, folds: int) -> None:
-  """Refuses, before any fold runs, fold runs in `workdir` that trained on other examples than
-  `config`'s folds of its train split would (runs.SAME_DATA: a fold resumed so would be scored
-  on cases it trained on)."""
+def check_folds(config, workdir: str, folds: int) -> list[np.ndarray]:
+  """The held-out positions of `config`'s `folds` folds of its train split; refuses, before any
+  fold runs, a number of folds the split cannot hold (naming --folds) and fold runs in `workdir`
+  that trained on other examples than these folds would (runs.SAME_DATA: a fold resumed so would
+  be scored on cases it trained on)."""
+  source = pipeline.load_split(config.data.name, config.data.train_split, config.data.data_dir)
+  held_out = pipeline.stratified_folds(pipeline.labels(source), folds, config.seed, '--folds')
   for fold in range(folds):
     fold_config = config.copy_and_resolve_references()
     fold_config.data.folds, fold_config.data.fold = folds, fold
     runs.check_same_examples(fold_config, os.path.join(workdir, f'fold_{fold}'))
+  return held_out
 
 
 def run_folds(config, workdir: str, folds: int, split: str, report=print):
@@ -83,12 +87,10 @@ def run_folds(config, workdir: str, folds: int, split: str, report=print):
   config = config.copy_and_resolve_references()
   config.data.train_split, config.data.folds = split, folds
   # The folds' checks and sizes before any training; each run cuts the same folds again.
+  held_out = check_folds(config, workdir, folds)
   source = pipeline.load_split(config.data.name, config.data.train_split, config.data.data_dir)
-  labels = pipeline.labels(source)
-  held_out = pipeline.stratified_folds(labels, folds, config.seed, '--folds')
-  if small := pipeline.small_classes(labels, folds):
+  if small := pipeline.small_classes(pipeline.labels(source), folds):
     logging.warning('--folds=%d: %s', folds, small)
-  check_folds(config, workdir, folds)
   results = []
   for fold in range(folds):
     config.data.fold = fold  # each run derives its own settings (e.g. batch_size=0) afresh

@@ -141,6 +141,15 @@ def test_a_missing_dataset_is_one_error_line_in_the_ensembles_own_flags(tmp_path
   assert '--set=data.data_dir=' in message and '--config.' not in message, message
 
 
+@pytest.mark.slow  # a process
+def test_folds_the_split_cannot_hold_are_refused_before_any_member_is_announced(tmp_path):
+  data_dir = helpers.prepared_sequences(tmp_path, per_class=(2, 2, 2))
+  result = _ensemble(tmp_path, data_dir, f'--member={ROCKET}', '--folds=7', check=False)
+  assert '--folds=7: use from 2 to 6 folds' in helpers.the_error_line(result)
+  assert 'member' not in result.stdout  # it printed the member's line first
+  assert not os.path.exists(tmp_path / 'ensemble' / 'members')
+
+
 def test_a_set_field_one_member_lacks_names_that_member_and_where_its_own_settings_go():
   from dlearn import ensemble
   from dlearn.errors import ConfigError

@@ -38,7 +38,7 @@ flags.DEFINE_enum('transform', None, list(rocket.TRANSFORMS), "rocket_uea.py's d
 flags.DEFINE_string('data_dir', 'data/tfds', 'Where the dataset is prepared.')
 flags.DEFINE_integer('folds', 5, 'k.')
 flags.DEFINE_integer('runs', 3, 'Timed cross-validations.')
-flags.DEFINE_multi_string('set', [], 'FIELD=VALUE of the config, e.g. rocket.num_features=10000.')
+flags.DEFINE_multi_string('set', [], 'FIELD=VALUE of the config, e.g. rocket.num_features=50000.')
 FLAGS = flags.FLAGS
 
 # (owner, attribute, label): what a fold calls, outermost first

@@ -321,7 +321,7 @@ class CountsMemo:
       self.bytes -= self.rows.popitem(last=False)[1].nbytes
 
 
-# 1,024 cases of 1,460 steps (8,192 counts each) in 32 MB
+# 256 MB: 8,192 cases of 1,460 steps (8,192 counts each), 16,384 of 100 steps (4,096)
 HYDRA_COUNTS = CountsMemo(limit=256 * 2**20)
 
 

@@ -306,7 +306,7 @@ class CountsMemo:
 
   def get(self, keys) -> np.ndarray | None:
     """The counts of every case of `keys`, or None unless all are known."""
-    if not self.limit or not all(k in self.rows for k in keys):
+    if not keys or not all(k in self.rows for k in keys):
       return None
     for k in keys:
       self.rows.move_to_end(k)

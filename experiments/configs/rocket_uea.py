@@ -27,7 +27,8 @@ from dlearn.models import rocket
 # The references' sizes: MiniRocket's 10,000 features; MultiRocket's 50,000; Hydra's own depend on
 # the length (512 per dilation and series). Beside Hydra's, MultiRocket's paper's 10,000: as
 # accurate by cross-validation on the training files, and within the issue's 3x of aeon's
-# MiniRocket on long series, where the 50,000 were not (README, "The ROCKET family as a dlearn model").
+# MiniRocket on long series, where the 50,000 were not (README, "The ROCKET family as a dlearn
+# model").
 FEATURES = {'minirocket': 10_000, 'multirocket': 50_000, 'hydra': 0, 'multirocket_hydra': 10_000}
 
 

@@ -29,7 +29,7 @@ from dlearn.models import rocket
 # (aeon's MultiRocketHydraClassifier, the bake-off's); Hydra's own depend on the length (512 per
 # dilation and series). MultiRocket's smaller variant (10,000) was as accurate on the small
 # training files but fell below MiniRocket on a larger one, where the 50,000 stayed above it
-# (README, "The ROCKET family as a dlearn model").
+# (README, the bullet "Back to MultiRocket's 50,000").
 FEATURES = {'minirocket': 10_000, 'multirocket': 50_000, 'hydra': 0, 'multirocket_hydra': 50_000}
 
 

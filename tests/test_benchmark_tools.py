@@ -1,5 +1,5 @@
 """The benchmarks' own reading of what they measure: the reference's printed runs, the summary of
-repeated runs, and a profiler trace (experiments/benchmarks/)."""
+repeated runs, and a profiler trace; and the synthetic data they make (experiments/benchmarks/)."""
 
 import os
 import sys
@@ -11,8 +11,12 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'experiments', 'benchmarks'))
 
 import airbench_results  # noqa: E402
+import numpy as np  # noqa: E402
 import profile_summary  # noqa: E402
 import results_file  # noqa: E402
+import synthetic_ts  # noqa: E402
+
+from dlearn.data import ts_format  # noqa: E402
 
 # airbench94's table (../shared/peers/airbench), as gpu_run.sh's log holds it: a warm-up run, then
 # runs 0 and 1; each run's last row ('eval') holds its TTA accuracy and seconds.
@@ -62,3 +66,21 @@ def test_profile_summary_reads_a_trace(tmp_path):
   assert sum(op['share'] for op in device['ops']) == pytest.approx(1.0)
   assert all(op['count'] >= 1 for op in device['ops'])
   assert 'busy' in profile_summary.report(summary, steps=3)
+
+
+def test_synthetic_cases_are_a_ts_file_that_dlearn_reads_and_a_seed_repeats(tmp_path):
+  def written(seed, name):
+    x, labels = synthetic_ts.cases(60, 50, 7, np.random.default_rng(seed))
+    path = str(tmp_path / name)
+    synthetic_ts.write(path, 'Synth', x, labels, 7)
+    return path, labels
+
+  path, labels = written(0, 'a.ts')
+  data = ts_format.read_ts(path)
+  assert data.class_names == tuple(str(c) for c in range(7))
+  assert [s.shape for s in data.sequences] == [(50, 1)] * 60
+  assert data.labels == [int(c) for c in labels] and len(set(data.labels)) == 7
+  with open(path) as f, open(written(0, 'b.ts')[0]) as g:
+    assert f.read() == g.read()
+  with open(path) as f, open(written(1, 'c.ts')[0]) as g:
+    assert f.read() != g.read()

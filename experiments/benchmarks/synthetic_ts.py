@@ -15,17 +15,24 @@ and `--seed` write the same files (training cases drawn first, then the test cas
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string('name', 'SynthFord', 'Problem name: the files are NAME_TRAIN.ts, NAME_TEST.ts.')
-flags.DEFINE_integer('cases', 3600, 'Training cases.')
-flags.DEFINE_integer('test_cases', 1300, 'Test cases.')
-flags.DEFINE_integer('length', 500, 'Steps of every case (at least 40).')
-flags.DEFINE_integer('classes', 2, 'Classes.')
-flags.DEFINE_integer('seed', 0, 'Random seed.')
-flags.DEFINE_string('out', 'workdirs/synthetic', 'Folder of the two files.')
+
+def define_flags():  # when run, not imported (tests import the functions beside other flags)
+  flags.DEFINE_string(
+    'name', 'SynthFord', 'Problem name: the files are NAME_TRAIN.ts, NAME_TEST.ts.'
+  )
+  flags.DEFINE_integer('cases', 3600, 'Training cases.')
+  flags.DEFINE_integer('test_cases', 1300, 'Test cases.')
+  flags.DEFINE_integer('length', 500, 'Steps of every case (at least 40).')
+  flags.DEFINE_integer('classes', 2, 'Classes.')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
+  flags.DEFINE_string('out', 'workdirs/synthetic', 'Folder of the two files.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -54,8 +61,9 @@ def write(path: str, name: str, x: np.ndarray, labels: np.ndarray, classes: int)
 
 def main(argv):
   del argv
-  if FLAGS.length < 40 or FLAGS.classes < 2 or min(FLAGS.cases, FLAGS.test_cases) < 1:
-    raise app.UsageError('give --length of at least 40, --classes of at least 2 and some cases.')
+  for flag, least in (('length', 40), ('classes', 2), ('cases', 1), ('test_cases', 1)):
+    if FLAGS[flag].value < least:
+      sys.exit(f'error: --{flag}={FLAGS[flag].value}: give at least {least}.')
   rng = np.random.default_rng(FLAGS.seed)
   os.makedirs(FLAGS.out, exist_ok=True)
   for split, count in (('TRAIN', FLAGS.cases), ('TEST', FLAGS.test_cases)):
@@ -65,4 +73,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
